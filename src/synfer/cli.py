@@ -1,0 +1,36 @@
+"""The command line: one table of verb -> typed function. Run ``synfer VERB --help`` for any verb.
+
+Functions are named as ``"module:function"`` and imported only when their verb runs, so ``synfer info`` does
+not pay for importing torch. Every function's signature and docstring are its CLI (jsonargparse); every verb
+also takes ``--config FILE.yaml``.
+"""
+
+from __future__ import annotations
+
+from ._cli_util import run
+
+COMMANDS: dict[str, str] = {
+    # stage 1: import real data, inspect and reshape dataset folders
+    "import-ferplus": "synfer.data.ferplus:import_ferplus",
+    "import-fer2013": "synfer.data.fer2013:import_fer2013_csv",
+    "import-imagefolder": "synfer.data.imagefolder:import_imagefolder",
+    "import-rafdb": "synfer.data.rafdb:import_rafdb",
+    "import-affectnet": "synfer.data.affectnet:import_affectnet",
+    "info": "synfer.dataset_ops:info",
+    "validate": "synfer.dataset_ops:validate",
+    "filter": "synfer.dataset_ops:filter_dataset",
+    "split": "synfer.dataset_ops:split_dataset",
+    "merge": "synfer.dataset_ops:merge_datasets",
+    "export-imagefolder": "synfer.export:export_imagefolder",
+    "export-parquet": "synfer.export:export_parquet",
+    "export-webdataset": "synfer.export:export_webdataset",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``synfer`` console script and ``python -m synfer``."""
+    return run(COMMANDS, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

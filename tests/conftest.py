@@ -1,0 +1,49 @@
+"""Shared test helpers: the real-data location and small fixture builders (no network, tiny files)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+#: ../shared/data beside the checkout (SYNFER_SHARED_DATA overrides); tests that need it skip when it is absent.
+SHARED_DATA = Path(os.environ.get("SYNFER_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+FERPLUS_DIR = SHARED_DATA / "ferplus"
+
+needs_ferplus = pytest.mark.skipif(not (FERPLUS_DIR / "FER2013Train" / "label.csv").is_file(),
+                                   reason=f"real FER+ folder not found at {FERPLUS_DIR}")
+
+
+def gray_face(seed: int, size: int = 48) -> Image.Image:
+    """A small random gray image (deterministic per seed)."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8), mode="L")
+
+
+def write_ferplus_fixture(root: Path, rows_per_split: dict[str, list[list[int]]]) -> Path:
+    """Write a FER+-layout folder: for each split folder, ``label.csv`` rows of 10 vote counts and PNGs.
+
+    Args:
+        root: where to create it.
+        rows_per_split: ``{"FER2013Train": [[votes x10], ...], ...}``.
+    """
+    n = 0
+    for folder, rows in rows_per_split.items():
+        d = root / folder
+        d.mkdir(parents=True)
+        lines = []
+        for votes in rows:
+            name = f"fer{n:07d}.png"
+            gray_face(n).save(d / name)
+            lines.append(f'{name},"(0, 0, 48, 48)",' + ",".join(map(str, votes)))
+            n += 1
+        (d / "label.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def tree_state(root: Path) -> dict[str, tuple[int, int]]:
+    """Relative path -> (size, mtime_ns) of every file under root: to check a source is left untouched."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
