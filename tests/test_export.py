@@ -1,0 +1,192 @@
+"""Exports round-trip: ImageFolder, Parquet and WebDataset tars hold the source records and image bytes."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+import synfer.export as export
+from synfer.dataset import DatasetError, DatasetFolder, DatasetWriter, Record, provenance_entry
+from synfer.export import export_imagefolder, export_parquet, export_webdataset, flat_record, json_row
+from synfer.schema import AUSet
+
+EXPR = ("neutral", "happiness", "surprise")
+PLAN = {"train": 4, "val": 2, "test": 1}
+
+
+def make_dataset(path: Path, aus: AUSet | None = None) -> Path:
+    """3 splits x 3 classes, ids with dots (``train.happiness.0``), one unlabelled train record."""
+    with DatasetWriter(path, EXPR, aus=aus, flush_every=4, licence="FER test licence") as w:
+        w.add_provenance(provenance_entry("import-test", {}))
+        k = 0
+        for split, n in PLAN.items():
+            for c, expr in enumerate(EXPR):
+                for i in range(n):
+                    probs = [0.1, 0.1, 0.1]
+                    probs[c] = 0.8
+                    w.add(Record(f"{split}.{expr}.{i}", split, f"test:{k}", expr, probs,
+                                 aus=[0.25 * c, 0.5] if aus else None,
+                                 caption=f"a {expr} face" if i else None, meta={"k": k} if i else {}),
+                          Image.fromarray(np.full((6, 6), k * 11 % 256, np.uint8)))
+                    k += 1
+        w.add(Record("train-unlabelled", "train", "test:x"), Image.new("L", (6, 6)))
+    return path
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture(params=[None, AUSet.from_names(["AU01", "AU12"])], ids=["no_aus", "aus"])
+def ds(request, tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "src", aus=request.param)
+
+
+def expected_rows(ds: Path, split: str | None = None) -> dict[str, tuple[dict, bytes]]:
+    """id -> (flat row, image bytes), from the source folder."""
+    f = DatasetFolder(ds)
+    return {r.id: (flat_record(r, f.header), (ds / r.image).read_bytes()) for r in f.records(split)}
+
+
+def assert_same_row(got: dict, want: dict) -> None:
+    assert got.keys() >= want.keys()
+    for key, value in want.items():
+        if key == "label_probs" and value is not None:
+            np.testing.assert_allclose(got[key], value, rtol=1e-6)
+        elif isinstance(value, float):
+            assert got[key] == pytest.approx(value)
+        else:
+            assert got[key] == value, key
+
+
+def test_flat_record_names_columns_for_people(ds: Path) -> None:
+    f = DatasetFolder(ds)
+    row = flat_record(next(f.records("val")), f.header)
+    assert row["label"] == "neutral" and row["label_id"] == 0 and row["split"] == "val"
+    assert ("AU01" in row) == (f.header.aus is not None)
+    unl = flat_record(next(r for r in f.records() if r.expression is None), f.header)
+    assert unl["label"] is None and unl["label_id"] is None and unl["label_probs"] is None
+    assert json.loads(flat_record(next(r for r in f.records() if r.meta), f.header)["meta"])["k"] >= 0
+    assert unl["meta"] == "{}" and json_row(unl) == dict(unl, label="", label_id=-1, caption="")
+
+
+def test_imagefolder_round_trip(ds: Path, tmp_path: Path) -> None:
+    out = export_imagefolder(ds, tmp_path / "hf")
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "test", "train", "val"]
+    for split in PLAN:
+        want = expected_rows(ds, split)
+        lines = [json.loads(x) for x in (out / split / "metadata.jsonl").read_text().splitlines()]
+        assert [x["id"] for x in lines] == list(want)
+        for line in lines:
+            row, data = want[line["id"]]
+            assert line["file_name"] == f"{line['id']}.png"
+            assert (out / split / line["file_name"]).read_bytes() == data
+            if row["label"] is None:  # typed placeholders keep column types equal across splits
+                assert (line["label"], line["label_id"]) == ("", -1)
+            assert_same_row(line, json_row(row))
+    card = (out / "README.md").read_text()
+    assert "FER test licence" in card and "| 1 | happiness |" in card and "- split: val" in card
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    with pytest.raises(DatasetError, match="already exists"):
+        export_imagefolder(ds, out)
+    only = export_imagefolder(ds, out, splits=["test"], overwrite=True)
+    assert sorted(p.name for p in only.iterdir()) == ["README.md", "test"]
+    with pytest.raises(DatasetError, match="no split"):
+        export_imagefolder(ds, tmp_path / "x", splits=["dev"])
+
+
+def test_killed_export_leaves_nothing(ds: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"n": 0}
+    real = export.flat_record
+
+    def dies_late(rec, header):
+        calls["n"] += 1
+        if calls["n"] > 10:
+            raise KeyboardInterrupt
+        return real(rec, header)
+
+    monkeypatch.setattr(export, "flat_record", dies_late)
+    for fn, target in ((export_imagefolder, "hf"), (export_parquet, "d.parquet"), (export_webdataset, "wds")):
+        calls["n"] = 0
+        with pytest.raises(KeyboardInterrupt):
+            fn(ds, tmp_path / target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_parquet_round_trip(ds: Path, tmp_path: Path) -> None:
+    path = export_parquet(ds, tmp_path / "out" / "data.parquet")
+    table = pq.read_table(path)
+    assert table.column_names[:4] == ["image", "id", "split", "label"]
+    hf = json.loads(table.schema.metadata[b"huggingface"])
+    assert hf["info"]["features"]["label_id"]["names"] == list(EXPR)
+    want = expected_rows(ds)
+    rows = table.to_pylist()
+    assert [r["id"] for r in rows] == [i for s in PLAN for i in expected_rows(ds, s)]
+    for r in rows:
+        row, data = want[r["id"]]
+        assert r["image"] == {"bytes": data, "path": f"{r['id']}.png"}
+        assert_same_row(r, row)
+    val = pq.read_table(export_parquet(ds, tmp_path / "val.parquet", splits=["val"]))
+    assert set(val.column("split").to_pylist()) == {"val"} and val.num_rows == 6
+    with pytest.raises(DatasetError, match="already exists"):
+        export_parquet(ds, path)
+    export_parquet(ds, path, splits=["test"], overwrite=True)
+    assert pq.read_table(path).num_rows == 3
+
+
+def test_webdataset_round_trip(ds: Path, tmp_path: Path) -> None:
+    shards = export_webdataset(ds, tmp_path / "wds", shard_size=5)
+    assert [p.name for p in shards] == ["train-000000.tar", "train-000001.tar", "train-000002.tar",
+                                        "val-000000.tar", "val-000001.tar", "test-000000.tar"]
+    info = json.loads((tmp_path / "wds" / "info.json").read_text())
+    assert info["expressions"] == list(EXPR) and sum(info["shards"].values()) == len(DatasetFolder(ds))
+    want = expected_rows(ds)
+    seen = []
+    for shard in shards:
+        samples: dict[str, dict[str, bytes]] = defaultdict(dict)
+        with tarfile.open(shard) as tar:
+            names = tar.getnames()
+            for m in tar.getmembers():
+                key, ext = m.name.split(".", 1)  # how webdataset splits a member name
+                samples[key][ext] = tar.extractfile(m).read()
+        assert len(samples) == info["shards"][shard.name] <= 5
+        keys_in_order = list(dict.fromkeys(n.split(".", 1)[0] for n in names))
+        # a sample's members are adjacent in the tar
+        assert [n.split(".", 1)[0] for n in names] == [k for k in keys_in_order for _ in samples[k]]
+        for key, sample in samples.items():
+            meta = json.loads(sample["json"])
+            row, data = want[meta["id"]]
+            assert key == meta["id"].replace(".", "_") and sample["png"] == data
+            assert_same_row(meta, json_row(row))
+            assert sorted(sample) == ["cls", "json", "png"]
+            assert int(sample["cls"]) == json_row(row)["label_id"]
+            seen.append(meta["id"])
+    assert sorted(seen) == sorted(want)
+
+
+def test_webdataset_refuses_key_collisions(tmp_path: Path) -> None:
+    with DatasetWriter(tmp_path / "c", EXPR) as w:
+        w.add(Record("a.b", "train", "x"), Image.new("L", (2, 2)))
+        w.add(Record("a_b", "train", "x"), Image.new("L", (2, 2)))
+    with pytest.raises(DatasetError, match="same WebDataset key 'a_b'"):
+        export_webdataset(tmp_path / "c", tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+
+
+def test_exports_never_modify_input(ds: Path, tmp_path: Path) -> None:
+    before = snapshot(ds)
+    export_imagefolder(ds, tmp_path / "a")
+    export_parquet(ds, tmp_path / "b.parquet")
+    export_webdataset(ds, tmp_path / "c")
+    assert snapshot(ds) == before
+    with pytest.raises(DatasetError, match="overlaps"):
+        export_imagefolder(ds, ds, overwrite=True)
+    assert snapshot(ds) == before
