@@ -21,17 +21,17 @@ from synfer.dataset import (
     DatasetWriter,
     Record,
     provenance_entry,
-    shard_files,
 )
 from synfer.dataset_ops import (
-    LinkingWriter,
+    filter_dataset,
+    merge_datasets,
+    split_dataset,
+)
+from synfer.dataset_report import (
     check_dataset,
     dataset_summary,
     dataset_summary_dict,
-    filter_dataset,
     info,
-    merge_datasets,
-    split_dataset,
     validate,
     validate_dataset,
 )
@@ -271,25 +271,20 @@ def test_operations_never_modify_inputs(tmp_path: Path) -> None:
     assert all(check_dataset(tmp_path / o) == [] for o in ("o1", "o2", "o3"))
 
 
-def test_linking_writer_links_falls_back_and_matches_dataset_writer(
+def test_writer_link_option_links_and_falls_back(
     ds: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     src = DatasetFolder(ds)
     rows = [(r, ds / r.image) for r in src.records()]
-    for cls, name in ((LinkingWriter, "linked"), (DatasetWriter, "copied")):
-        with cls(tmp_path / name, EXPR, aus=AUS, flush_every=4) as w:
+    for name, link in (("linked", True), ("copied", False)):
+        with DatasetWriter(tmp_path / name, EXPR, aus=AUS, flush_every=4) as w:
             for rec, image in rows:
-                w.add(rec, image)
+                w.add(rec, image, link=link)
     linked, copied = DatasetFolder(tmp_path / "linked"), DatasetFolder(tmp_path / "copied")
-    assert linked.table.equals(copied.table)  # same rows, same shards as the writer it extends
-    assert [p.name for p in shard_files(linked.path)] == [p.name for p in shard_files(copied.path)]
+    assert linked.table.equals(copied.table)
     for rec, image in rows:
         assert os.path.samefile(linked.path / rec.image, image)
         assert not os.path.samefile(copied.path / rec.image, image)
-    dup = LinkingWriter(tmp_path / "dup", EXPR, aus=AUS)
-    dup.add(*rows[0])
-    with pytest.raises(DatasetError, match="duplicate record id"):
-        dup.add(*rows[0])
 
     def no_links(src, dst):
         raise OSError(18, "Invalid cross-device link")

@@ -33,8 +33,9 @@ def _param_kinds(fn: Callable[..., Any]) -> tuple[set[str], set[str]]:
     for name, hint in hints.items():
         if hint is bool:
             bools.add(name)
-        args = typing.get_args(hint) or (hint,)
-        if any(typing.get_origin(a) in (list, tuple) for a in args):
+        # list[X] itself, or list[X] | None
+        options = (hint, *typing.get_args(hint)) if typing.get_origin(hint) not in (list, tuple) else (hint,)
+        if any(typing.get_origin(a) in (list, tuple) for a in options):
             lists.add(name)
     return bools, lists
 

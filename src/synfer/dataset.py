@@ -260,12 +260,15 @@ class DatasetWriter:
             entry["examples"].append(detail)
 
     # -- writing ---------------------------------------------------------------------------------------------
-    def add(self, record: Record, image: Image.Image | bytes | str | Path) -> None:
+    def add(self, record: Record, image: Image.Image | bytes | str | Path, link: bool = False) -> None:
         """Add one record and its image.
 
         Args:
             record: the row (validated against the header).
             image: a PIL image, encoded PNG bytes, or a path to a PNG file to copy as is.
+            link: with a path, hard-link it instead of copying when the filesystem allows (copies otherwise).
+                Safe because synfer never writes an image in place, only by rename; used by the dataset
+                operations, where copying 30k small PNGs costs 5-10x more than linking them.
         """
         if self._closed:
             raise RuntimeError("writer is closed")
@@ -282,7 +285,12 @@ class DatasetWriter:
             if src.suffix.lower() != ".png":
                 raise DatasetError(f"{src}: only PNG files are copied as is; pass a PIL image to convert it.")
             tmp = target.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{target.name}")
-            shutil.copyfile(src, tmp)
+            try:
+                if not link:
+                    raise OSError
+                os.link(src, tmp)
+            except OSError:  # not asked, or another filesystem / no link support: copy
+                shutil.copyfile(src, tmp)
             os.replace(tmp, target)
         self._ids.add(record.id)
         self._buffer.append(

@@ -24,7 +24,8 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .dataset import DatasetError, DatasetFolder, Record, atomic_write_json
-from .dataset_ops import Rows, check_output_path, chosen_splits, counts_table, records_with_images
+from .dataset_ops import Rows, check_output_path, chosen_splits, records_with_images
+from .dataset_report import counts_table
 from .schema import DatasetHeader
 
 PARQUET_BATCH = 1000  # rows per Parquet row group: bounded memory, small enough for streaming readers

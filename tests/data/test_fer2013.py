@@ -66,12 +66,12 @@ def test_fer2013_labels(src, tmp_path):
     assert tree_state(src) == before  # the source is never touched
     assert d.counts() == {"train": {"happiness": 1, "anger": 1, "neutral": 1},
                           "val": {"happiness": 1, "surprise": 1}, "test": {"sadness": 1}}
-    assert d.ids == [f"fer{i:07d}" for i in range(6)]
+    assert d.ids == [f"fer2013-{i:05d}" for i in range(6)]
     assert d.header.licence == FER2013_LICENCE
     cfg = d.header.provenance[-1]["config"]
     assert cfg["source"] == str((src / "fer2013.csv").resolve()) and cfg["ferplus_csv"] is None
     recs = {r.id: r for r in d.records()}
-    r = recs["fer0000001"]
+    r = recs["fer2013-00001"]
     assert r.expression == "anger" and r.label_probs == [1.0, 0, 0, 0, 0, 0, 0]
     assert r.meta == {"fer2013_label": 0, "fer2013_row": 1}
     img = d.load_image(r.image)
@@ -82,7 +82,7 @@ def test_splits_and_image_options(src, tmp_path):
     out = import_fer2013_csv(src / "fer2013.csv", tmp_path / "out", splits=["val"], image_mode="RGB",
                              image_size=64)
     d = DatasetFolder(out)
-    assert d.ids == ["fer0000003", "fer0000004"] and set(d.column("split")) == {"val"}
+    assert d.ids == ["fer2013-00003", "fer2013-00004"] and set(d.column("split")) == {"val"}
     img = d.load_image(d.column("image")[0])
     assert img.mode == "RGB" and img.size == (64, 64)
     with pytest.raises(ValueError, match="Unknown split"):
@@ -168,7 +168,7 @@ def test_bad_rows(src, tmp_path, case):
     skipped = d.header.stats["skipped"]
     assert list(skipped) == [reason] and skipped[reason]["count"] == 1
     assert "fer2013.csv, line 4" in skipped[reason]["examples"][0]
-    assert len(d) == 5 and "fer0000002" not in d.ids and "fer0000003" in d.ids  # later ids keep their row
+    assert len(d) == 5 and "fer2013-00002" not in d.ids and "fer2013-00003" in d.ids  # later ids keep their row
 
 
 def test_bad_header_and_missing_file(tmp_path):
@@ -211,5 +211,5 @@ def test_interrupted_import_resumes(src, tmp_path, monkeypatch):
     monkeypatch.setattr(fer2013, "_to_image", real)
     import_fer2013_csv(src / "fer2013.csv", tmp_path / "out", resume=True)
     d = DatasetFolder(tmp_path / "out")
-    assert d.header.complete and d.ids == [f"fer{i:07d}" for i in range(6)]
+    assert d.header.complete and d.ids == [f"fer2013-{i:05d}" for i in range(6)]
     assert len(d.header.provenance) == 2  # both runs are on record

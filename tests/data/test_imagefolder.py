@@ -10,8 +10,8 @@ from PIL import Image
 
 from conftest import gray_face, tree_state
 from synfer.data import imagefolder
-from synfer.data.common import BadInputError
-from synfer.data.imagefolder import UniqueIds, import_imagefolder
+from synfer.data.common import BadInputError, UniqueIds
+from synfer.data.imagefolder import import_imagefolder
 from synfer.dataset import DatasetError, DatasetFolder
 from synfer.schema import BASIC7, FERPLUS8
 

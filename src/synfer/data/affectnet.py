@@ -30,8 +30,7 @@ from tqdm.auto import tqdm
 
 from ..dataset import Record
 from ..schema import AFFECTNET7, AFFECTNET8
-from .common import BadInputError, BadInputPolicy, image_for_writer, open_output, read_image_checked
-from .imagefolder import UniqueIds
+from .common import BadInputError, UniqueIds, image_for_writer, read_image_checked, start_import
 
 COLUMNS = ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "facial_landmarks",
            "expression", "valence", "arousal")
@@ -182,19 +181,12 @@ def import_affectnet(
                 seen[r.path] = where
                 kept.append(r)
         rows[:] = kept
-    if problems and not skip_bad:
-        raise BadInputError(f"{problems[0][1]} ({len(problems)} bad row(s) in all.) Fix the file, "
-                            "or pass --skip-bad to skip such rows and count them.")
     config = {"source": str(root.resolve()), "csvs": {s: str(p.resolve()) for s, p in csvs.items()},
               "images": str(image_root.resolve()), "classes": classes, "crop": crop, "val_as": val_as,
               "skip_bad": skip_bad, "image_mode": image_mode, "image_size": image_size}
-    with open_output(out, expressions.names, "import-affectnet", config, overwrite=overwrite, resume=resume,
-                     licence=AFFECTNET_LICENCE) as writer:
-        # A resumed run meets every bad input again (bad inputs are never written): count afresh, not twice.
-        writer.header.stats.pop("skipped", None)
-        bad = BadInputPolicy(writer, skip_bad)
-        for reason, message in problems:
-            bad(reason, message)
+    writer, bad = start_import(out, expressions.names, "import-affectnet", config, problems, skip_bad,
+                               overwrite=overwrite, resume=resume, licence=AFFECTNET_LICENCE, what="bad row(s)")
+    with writer:
         ids = UniqueIds()
         excluded: dict[str, dict[str, int]] = {}
         for split, (rows, _) in parsed.items():

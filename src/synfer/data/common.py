@@ -8,6 +8,7 @@ is written; an image that cannot be read fails (or, with ``skip_bad``, is skippe
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -56,13 +57,92 @@ def open_output(
     resume: bool = False,
     licence: str = "",
 ) -> DatasetWriter:
-    """Create (or resume) the output folder of an import and record its provenance."""
+    """Create (or resume) the output folder of an import and record its provenance.
+
+    Resuming checks that the earlier run of this stage had the same options (a changed label mode would mix two
+    labellings in one folder) and clears the skipped-input counts, which the resumed run counts afresh: bad
+    inputs are never written, so every run meets all of them again.
+    """
     if overwrite and resume:
         raise ValueError("Pass either overwrite or resume, not both.")
     mode = "overwrite" if overwrite else "resume" if resume else "create"
     writer = DatasetWriter(out, expressions=expressions, aus=aus, mode=mode, licence=licence)
-    writer.add_provenance(provenance_entry(stage, config))
+    earlier = [e for e in writer.header.provenance if e.get("stage") == stage]
+    if earlier:
+        before = {k: v for k, v in earlier[-1].get("config", {}).items() if k != "skip_bad"}
+        now = {k: v for k, v in config.items() if k != "skip_bad"}
+        if before != now:
+            changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+            writer.close(complete=False)
+            raise DatasetError(
+                f"{out} was started by {stage} with other options ({', '.join(f'{k}={before.get(k)!r}' for k in changed)}"
+                f"; now {', '.join(f'{k}={now.get(k)!r}' for k in changed)}). Resume with the same options, or "
+                "pass --overwrite to start again."
+            )
+        writer.header.stats.pop("skipped", None)
+    writer.add_provenance(provenance_entry(stage, config, resumed=bool(earlier)))
     return writer
+
+
+def start_import(
+    out: str | Path,
+    expressions: Sequence[str],
+    stage: str,
+    config: dict[str, Any],
+    problems: list[tuple[str, str]],
+    skip_bad: bool,
+    overwrite: bool = False,
+    resume: bool = False,
+    licence: str = "",
+    what: str = "malformed row(s)",
+    fix: str = "Fix the file",
+) -> tuple[DatasetWriter, BadInputPolicy]:
+    """The common start of every importer, once its label files are parsed.
+
+    Args:
+        problems: ``(reason, message)`` for each bad row found while parsing. Without ``skip_bad`` the first one
+            is raised here, before the output folder exists; with it, all are counted in the header.
+        what, fix: words for the error ("3 malformed row(s) in all. Fix the file, or pass --skip-bad ...").
+
+    Returns:
+        the open writer (use it as a context manager) and the bad-input policy for what the import meets later.
+    """
+    if problems and not skip_bad:
+        raise BadInputError(f"{problems[0][1]} ({len(problems)} {what} in all.) {fix}, or pass --skip-bad to "
+                            "skip such inputs and count them.")
+    writer = open_output(out, expressions, stage, config, overwrite=overwrite, resume=resume, licence=licence)
+    bad = BadInputPolicy(writer, skip_bad)
+    for reason, message in problems:
+        bad(reason, message)
+    return writer, bad
+
+
+_UNSAFE_ID = re.compile(r"[^A-Za-z0-9._-]+")
+_ID_MAX = 190  # ids may be 200 characters; this leaves room for a de-duplication suffix
+
+
+def sanitise_id(text: str) -> str:
+    """``text`` made a valid record id: runs of other characters become ``_``, leading ``._-`` dropped."""
+    return _UNSAFE_ID.sub("_", text).lstrip("._-")[:_ID_MAX] or "image"
+
+
+class UniqueIds:
+    """Hands out sanitised ids, de-duplicated by a ``-2``, ``-3``, ... suffix in call order.
+
+    Deterministic when the calls are (callers iterate sorted inputs). Ids are compared case-insensitively
+    because they become file names, and some file systems (macOS, Windows) take ``A.png`` for ``a.png``.
+    """
+
+    def __init__(self) -> None:
+        self._used: set[str] = set()
+
+    def __call__(self, text: str) -> str:
+        base = sanitise_id(text)
+        rid, n = base, 2
+        while rid.lower() in self._used:
+            rid, n = f"{base}-{n}", n + 1
+        self._used.add(rid.lower())
+        return rid
 
 
 def read_image_checked(path: Path, mode: str | None = None, size: int | None = None,

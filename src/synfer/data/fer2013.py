@@ -13,8 +13,9 @@ Source files::
 Record ids: with ``ferplus_csv``, the stem of FER+'s own image name (``fer0000000``), so a fer2013.csv + FER+
 import and a FER+ folder import agree on ids. FER+ numbers only the rows it kept (its FER2013Valid folder
 starts at fer0028638 although PublicTest starts at row 28709), so its names are *not* fer2013.csv row
-numbers past the first removed row. Without ``ferplus_csv`` the id is ``fer{row:07d}``, ``row`` the 0-based
-data row of fer2013.csv (the only name there is). Either way ``meta["fer2013_row"]`` holds the row.
+numbers past the first removed row. Without ``ferplus_csv`` the id is ``fer2013-{row:05d}``, ``row`` the
+0-based data row of fer2013.csv (the only name there is; the prefix keeps it from colliding with a FER+ name
+that belongs to another image). Either way ``meta["fer2013_row"]`` holds the row.
 
 Without ``ferplus_csv`` the labels are FER2013's own (expression set BASIC7, one-hot ``label_probs``). With it
 the labels come from the FER+ votes through :func:`synfer.data.ferplus.ferplus_target` (expression set
@@ -38,7 +39,7 @@ from tqdm.auto import tqdm
 
 from ..dataset import Record
 from ..schema import BASIC7, FERPLUS8
-from .common import FER2013_LICENCE, BadInputError, BadInputPolicy, open_output
+from .common import FER2013_LICENCE, BadInputError, start_import
 from .ferplus import LABEL_MODES, ferplus_target
 
 SIDE = 48
@@ -269,27 +270,20 @@ def import_fer2013_csv(
                                                     f"{csv_path}, line {r.line} has {r.usage!r}; are the "
                                                     "files in their original order?"))
                 votes.pop(r.row)
-    if problems and not skip_bad:
-        raise BadInputError(f"{problems[0][1]} ({len(problems)} malformed row(s) in all.) Fix the file, "
-                            "or pass --skip-bad to skip such rows and count them.")
     expressions = FERPLUS8 if ferplus_csv is not None else BASIC7
     config = {"source": str(csv_path.resolve()),
               "ferplus_csv": str(ferplus_csv.resolve()) if ferplus_csv is not None else None,
               "label_mode": label_mode if ferplus_csv is not None else None, "splits": chosen,
               "skip_bad": skip_bad, "image_mode": image_mode, "image_size": image_size}
-    with open_output(out, expressions.names, "import-fer2013", config, overwrite=overwrite, resume=resume,
-                     licence=FER2013_LICENCE) as writer:
-        # A resumed run meets every bad input again (bad inputs are never written): count afresh, not twice.
-        writer.header.stats.pop("skipped", None)
-        bad = BadInputPolicy(writer, skip_bad)
-        for reason, message in problems:
-            bad(reason, message)
+    writer, bad = start_import(out, expressions.names, "import-fer2013", config, problems, skip_bad,
+                               overwrite=overwrite, resume=resume, licence=FER2013_LICENCE)
+    with writer:
         excluded = {s: 0 for s in chosen}  # FER+ label unknown / not a face / ambiguous
         removed = {s: 0 for s in chosen}  # FER+ removed the image (empty "Image name")
         for r in tqdm(rows.values(), desc="fer2013.csv", unit="img", mininterval=1.0):
             split = USAGE_SPLITS[r.usage]
             meta: dict = {"fer2013_label": r.label, "fer2013_row": r.row}
-            rid = f"fer{r.row:07d}"
+            rid = f"fer2013-{r.row:05d}"
             if ferplus_csv is not None:
                 v = votes.get(r.row)
                 if v is None:

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..dataset import Record
 from ..schema import FERPLUS8
-from .common import FER2013_LICENCE, BadInputError, BadInputPolicy, image_for_writer, open_output
+from .common import FER2013_LICENCE, BadInputError, image_for_writer, start_import
 
 LABEL_MODES = ("majority", "probability", "crossentropy", "multi_target")
 SPLIT_FOLDERS = {"train": "FER2013Train", "val": "FER2013Valid", "test": "FER2013Test"}
@@ -194,17 +194,12 @@ def import_ferplus(
     # Parse every label file before writing anything: a malformed file fails with nothing created.
     parsed = {s: parse_label_csv(source / SPLIT_FOLDERS[s] / "label.csv") for s in chosen}
     all_problems = [p for _, probs in parsed.values() for p in probs]
-    if all_problems and not skip_bad:
-        raise BadInputError(f"{all_problems[0][1]} ({len(all_problems)} malformed row(s) in all.) Fix the file, "
-                            "or pass --skip-bad to skip such rows and count them.")
     original = _original_labels(source)
     config = {"source": str(source.resolve()), "label_mode": label_mode, "splits": chosen, "skip_bad": skip_bad,
               "image_mode": image_mode, "image_size": image_size}
-    with open_output(out, FERPLUS8.names, "import-ferplus", config, overwrite=overwrite, resume=resume,
-                     licence=FER2013_LICENCE) as writer:
-        bad = BadInputPolicy(writer, skip_bad)
-        for reason, message in all_problems:
-            bad(reason, message)
+    writer, bad = start_import(out, FERPLUS8.names, "import-ferplus", config, all_problems, skip_bad,
+                               overwrite=overwrite, resume=resume, licence=FER2013_LICENCE)
+    with writer:
         excluded = writer.header.stats.setdefault("excluded_unknown_or_not_face", {})
         for split in chosen:
             rows, _ = parsed[split]

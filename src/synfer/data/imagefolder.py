@@ -24,36 +24,10 @@ from tqdm.auto import tqdm
 
 from ..dataset import Record
 from ..schema import EXPRESSION_SETS, ExpressionSet, canonical_expression, get_expression_set
-from .common import BadInputError, BadInputPolicy, image_for_writer, open_output
+from .common import BadInputError, UniqueIds, image_for_writer, start_import
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_ID_MAX = 190  # dataset ids may be 200 characters; this leaves room for a de-duplication suffix
-
-
-def sanitise_id(text: str) -> str:
-    """``text`` made a valid record id: runs of other characters become ``_``, leading ``._-`` dropped."""
-    return _UNSAFE.sub("_", text).lstrip("._-")[:_ID_MAX] or "image"
-
-
-class UniqueIds:
-    """Hands out sanitised ids, de-duplicated by a ``-2``, ``-3``, ... suffix in call order.
-
-    Deterministic when the calls are (callers iterate sorted inputs). Ids are compared case-insensitively
-    because they become file names, and some file systems (macOS, Windows) take ``A.png`` for ``a.png``.
-    """
-
-    def __init__(self) -> None:
-        self._used: set[str] = set()
-
-    def __call__(self, text: str) -> str:
-        base = sanitise_id(text)
-        rid, n = base, 2
-        while rid.lower() in self._used:
-            rid, n = f"{base}-{n}", n + 1
-        self._used.add(rid.lower())
-        return rid
 
 
 def _visible_dirs(folder: Path) -> list[Path]:
@@ -152,23 +126,16 @@ def import_imagefolder(
                                               f"{len(images)} images) is not in expression set {chosen.name} "
                                               f"{list(chosen.names)}."))
     classes = [c for c in classes if c[2] in chosen.names]
-    if problems and not skip_bad:
-        raise BadInputError(f"{problems[0][1]} ({len(problems)} bad class folder(s) in all.) Rename or "
-                            "remove it, choose --expressions, or pass --skip-bad to skip such folders and "
-                            "count them.")
     if not classes:
         raise BadInputError(f"{root}: none of the class folders {[f.name for _, f in pairs]} is an "
                             f"expression of {list(chosen.names)}; nothing to import.")
     config = {"source": str(root.resolve()), "layout": layout, "split": split if layout == "class" else None,
               "expressions": list(chosen.names), "skip_bad": skip_bad, "image_mode": image_mode,
               "image_size": image_size}
-    with open_output(out, chosen.names, "import-imagefolder", config, overwrite=overwrite,
-                     resume=resume) as writer:
-        # A resumed run meets every bad input again (bad inputs are never written): count afresh, not twice.
-        writer.header.stats.pop("skipped", None)
-        bad = BadInputPolicy(writer, skip_bad)
-        for reason, message in problems:
-            bad(reason, message)
+    writer, bad = start_import(out, chosen.names, "import-imagefolder", config, problems, skip_bad,
+                               overwrite=overwrite, resume=resume, what="bad class folder(s)",
+                               fix="Rename or remove it, or choose --expressions")
+    with writer:
         ids = UniqueIds()
         total = sum(len(images) for *_, images in classes)
         with tqdm(total=total, desc="image folder", unit="img", mininterval=1.0) as progress:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..dataset import Record
 from ..schema import RAFDB7
-from .common import BadInputError, BadInputPolicy, image_for_writer, open_output
+from .common import BadInputError, image_for_writer, start_import
 
 LABEL_FILE = "EmoLabel/list_patition_label.txt"  # sic: RAF-DB spells it "patition"
 RAFDB_LICENCE = (
@@ -125,18 +125,11 @@ def import_rafdb(
     # Parse the label file completely before writing anything: a malformed file fails with nothing created.
     label_path = basic / LABEL_FILE
     rows, problems = parse_partition_labels(label_path)
-    if problems and not skip_bad:
-        raise BadInputError(f"{problems[0][1]} ({len(problems)} bad line(s) in all.) Fix the file, "
-                            "or pass --skip-bad to skip such lines and count them.")
     config = {"source": str(basic.resolve()), "aligned": aligned, "skip_bad": skip_bad,
               "image_mode": image_mode, "image_size": image_size}
-    with open_output(out, RAFDB7.names, "import-rafdb", config, overwrite=overwrite, resume=resume,
-                     licence=RAFDB_LICENCE) as writer:
-        # A resumed run meets every bad input again (bad inputs are never written): count afresh, not twice.
-        writer.header.stats.pop("skipped", None)
-        bad = BadInputPolicy(writer, skip_bad)
-        for reason, message in problems:
-            bad(reason, message)
+    writer, bad = start_import(out, RAFDB7.names, "import-rafdb", config, problems, skip_bad, overwrite=overwrite,
+                               resume=resume, licence=RAFDB_LICENCE, what="bad line(s)")
+    with writer:
         for row in tqdm(rows, desc="RAF-DB", unit="img", mininterval=1.0):
             stem, suffix = row.name.rsplit(".", 1)
             rid = f"rafdb-{stem}"

@@ -1,0 +1,36 @@
+# The README's two commands live here: `make demo` and `make test`.
+# Both create the virtual environment on first use (.venv, ~2 minutes: torch is the bulk) and reuse it after.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The bundled default data: the FER+ folder beside the checkout (override: make demo FERPLUS=/path/to/ferplus).
+FERPLUS ?= ../shared/data/ferplus
+RUNS   ?= runs
+
+.PHONY: demo test env bench lint clean
+
+env: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,au,text]'
+	touch $@
+
+# Main job on the bundled default: import FER+ into a dataset folder and print its summary.
+demo: env
+	$(BIN)/synfer import-ferplus $(FERPLUS) $(RUNS)/ferplus --resume
+	$(BIN)/synfer info $(RUNS)/ferplus
+
+# Default test run (offline; slow and GPU tests are marked and left out: `$(BIN)/pytest -m slow`).
+test: env
+	$(BIN)/pytest
+
+bench: env
+	$(BIN)/python benchmarks/import_ferplus.py --ferplus $(FERPLUS)
+
+lint: env
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(RUNS) .pytest_cache
