@@ -1,0 +1,128 @@
+"""Resumable training state without pickles: tensors in safetensors, everything else in JSON.
+
+A training run's resume state (model, optimizer, scheduler, EMA, RNG states, step) is kept apart from the
+exported weights (``config.json`` + ``model.safetensors``). It is still loaded from a user's path, so it is no
+pickle either: :func:`flatten` turns any nest of dicts / lists / tensors / plain values into one dict of tensors
+plus a JSON skeleton that says where each tensor goes, and :func:`unflatten` rebuilds it.
+
+    save_state(run_dir / "state", {"model": m.state_dict(), "optimizer": opt.state_dict(), "step": 1200, ...})
+    state = load_state(run_dir / "state")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+_TENSOR = "__tensor__"
+_TUPLE = "__tuple__"
+_INTKEYS = "__intkeys__"
+
+
+def flatten(obj: Any, tensors: dict[str, torch.Tensor], prefix: str = "t") -> Any:
+    """Replace every tensor in ``obj`` by a reference and collect it in ``tensors``; returns the JSON skeleton."""
+    if isinstance(obj, torch.Tensor):
+        key = f"{prefix}{len(tensors)}"
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {_TENSOR: key}
+    if isinstance(obj, dict):
+        if all(isinstance(k, int) for k in obj) and obj:  # optimizer state is keyed by param index
+            return {_INTKEYS: {str(k): flatten(v, tensors, prefix) for k, v in obj.items()}}
+        bad = [k for k in obj if not isinstance(k, str)]
+        if bad:
+            raise TypeError(f"cannot store dict keys {bad[:3]} in training state (str or int keys only)")
+        return {k: flatten(v, tensors, prefix) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return {_TUPLE: [flatten(v, tensors, prefix) for v in obj]}
+    if isinstance(obj, list):
+        return [flatten(v, tensors, prefix) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return flatten(torch.from_numpy(obj.copy()), tensors, prefix)
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store a {type(obj).__name__} in training state")
+
+
+def unflatten(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`flatten`."""
+    if isinstance(skeleton, dict):
+        if _TENSOR in skeleton:
+            return tensors[skeleton[_TENSOR]]
+        if _TUPLE in skeleton:
+            return tuple(unflatten(v, tensors) for v in skeleton[_TUPLE])
+        if _INTKEYS in skeleton:
+            return {int(k): unflatten(v, tensors) for k, v in skeleton[_INTKEYS].items()}
+        return {k: unflatten(v, tensors) for k, v in skeleton.items()}
+    if isinstance(skeleton, list):
+        return [unflatten(v, tensors) for v in skeleton]
+    return skeleton
+
+
+def rng_state() -> dict[str, Any]:
+    """The Python, NumPy and torch (CPU and CUDA) RNG states."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state()[1],  # the MT19937 key; position and the rest follow
+        "numpy_rest": list(np.random.get_state()[2:]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned (after a round trip through save/load)."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    key = state["numpy"].numpy() if isinstance(state["numpy"], torch.Tensor) else np.asarray(state["numpy"])
+    np.random.set_state(("MT19937", key.astype(np.uint32), *state["numpy_rest"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state["cuda"]))
+
+
+def save_state(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` to the folder ``path`` (``state.json`` + ``tensors.safetensors``), replacing it atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = flatten(state, tensors)
+    # safetensors refuses tensors that share memory; clone each (the state is small next to training cost)
+    save_file({k: v.clone() for k, v in tensors.items()}, str(tmp / "tensors.safetensors"))
+    (tmp / "state.json").write_text(json.dumps(skeleton))
+    old = path.with_name(f".old-{path.name}")
+    if path.exists():
+        os.replace(path, old)  # a directory cannot be renamed over a non-empty one: move the old aside first
+    os.replace(tmp, path)
+    if old.exists():
+        shutil.rmtree(old)
+    return path
+
+
+def load_state(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
+    """Read a folder written by :func:`save_state`; a half-replaced state (killed mid-save) is recovered."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    old = path.with_name(f".old-{path.name}")
+    if not path.exists() and old.exists():  # killed between the two renames: the previous state is complete
+        os.replace(old, path)
+    if not (path / "state.json").is_file():
+        raise FileNotFoundError(f"{path}: no training state here (state.json missing).")
+    tensors = load_file(str(path / "tensors.safetensors"), device=map_location)
+    return unflatten(json.loads((path / "state.json").read_text()), tensors)
