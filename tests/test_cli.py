@@ -47,7 +47,10 @@ def test_list_options_take_commas(tmp_path):
     from synfer.dataset_ops import merge_datasets
 
     assert normalise_args(["--srcs", "a,b", "--prefix-ids"], merge_datasets) == ["--srcs=[a,b]", "--prefix_ids=true"]
-    assert normalise_args(["--no-prefix-ids", "--out", "x"], merge_datasets) == ["--prefix_ids=false", "--out", "x"]
+    assert normalise_args(["--no-prefix-ids", "--out", "x"], merge_datasets) == ["--prefix_ids=false", "--out=x"]
+    # positional lists too, and option values that look like positionals are not taken for them
+    assert normalise_args(["a,b", "--overwrite", "o"], merge_datasets) == ["[a,b]", "--overwrite=true", "o"]
+    assert normalise_args(["--seed", "3", "a", "o"], merge_datasets) == ["--seed=3", "[a]", "o"]
 
 
 def test_user_error_is_one_line_exit_2(tmp_path, capsys):

@@ -26,8 +26,10 @@ def resolve(target: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), name)
 
 
-def _param_kinds(fn: Callable[..., Any]) -> tuple[set[str], set[str]]:
-    """Names of the boolean and the list-typed parameters of ``fn``."""
+def _param_kinds(fn: Callable[..., Any]) -> tuple[set[str], set[str], list[str]]:
+    """The boolean and the list-typed parameters of ``fn``, and its required (positional) parameters in order."""
+    import inspect
+
     hints = typing.get_type_hints(fn)
     bools, lists = set(), set()
     for name, hint in hints.items():
@@ -37,18 +39,30 @@ def _param_kinds(fn: Callable[..., Any]) -> tuple[set[str], set[str]]:
         options = (hint, *typing.get_args(hint)) if typing.get_origin(hint) not in (list, tuple) else (hint,)
         if any(typing.get_origin(a) in (list, tuple) for a in options):
             lists.add(name)
-    return bools, lists
+    required = [n for n, p in inspect.signature(fn).parameters.items() if p.default is inspect.Parameter.empty]
+    return bools, lists, required
+
+
+def _as_list(value: str) -> str:
+    """``a,b`` -> ``[a,b]``; values already in jsonargparse's list form (or null) are kept."""
+    if value and not value.startswith("[") and value.lower() not in ("null", "none"):
+        return "[" + value + "]"
+    return value
 
 
 def normalise_args(args: list[str], fn: Callable[..., Any]) -> list[str]:
     """Rewrite friendly flags into jsonargparse's spelling (see module docstring)."""
-    bools, lists = _param_kinds(fn)
+    bools, lists, required = _param_kinds(fn)
     out: list[str] = []
+    positional = 0
     i = 0
     while i < len(args):
         tok = args[i]
         if not tok.startswith("--") or tok == "--":
-            out.append(tok)
+            # a positional argument: the next required parameter
+            name = required[positional] if positional < len(required) else None
+            out.append(_as_list(tok) if name in lists else tok)
+            positional += 1
             i += 1
             continue
         key, eq, value = tok[2:].partition("=")
@@ -62,15 +76,16 @@ def normalise_args(args: list[str], fn: Callable[..., Any]) -> list[str]:
                 i += 1
             else:
                 out.append(f"--{key}=true")
-        elif key in lists:
-            if not eq:
-                value = args[i + 1] if i + 1 < len(args) else ""
+        elif key in ("help", "print_config", "config") or key.startswith("print_config"):
+            out.append(tok)  # jsonargparse's own options, kept as written
+            if key == "config" and not eq and i + 1 < len(args):
+                out.append(args[i + 1])
                 i += 1
-            if value and not value.startswith("[") and value.lower() not in ("null", "none"):
-                value = "[" + value + "]"
-            out.append(f"--{key}={value}")
         else:
-            out.append(f"--{key}{eq}{value}")
+            if not eq and i + 1 < len(args):  # every other option takes one value
+                value = args[i + 1]
+                i += 1
+            out.append(f"--{key}={_as_list(value) if key in lists else value}")
         i += 1
     return out
 

@@ -24,6 +24,8 @@ COMMANDS: dict[str, str] = {
     "export-imagefolder": "synfer.export:export_imagefolder",
     "export-parquet": "synfer.export:export_parquet",
     "export-webdataset": "synfer.export:export_webdataset",
+    # stage 5: expression classifiers
+    "train-fer": "synfer.fer.train:train_fer",
 }
 
 

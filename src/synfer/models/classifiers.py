@@ -64,11 +64,14 @@ class FerResNet(nn.Module):
         widths: channels per stage.
         depths: blocks per stage.
         stem_stride: stride of the stem conv.
+        first_stage_stride: stride of the first stage (2 downsamples after a full-resolution stem: the stem
+            sees every pixel of a small face while the stages cost what a stride-2 stem would).
         drop_rate: dropout before the classifier.
     """
 
     def __init__(self, num_classes: int, in_chans: int = 1, widths: tuple[int, ...] = (32, 64, 128, 256),
-                 depths: tuple[int, ...] = (2, 2, 2, 2), stem_stride: int = 1, drop_rate: float = 0.3) -> None:
+                 depths: tuple[int, ...] = (2, 2, 2, 2), stem_stride: int = 1, first_stage_stride: int = 1,
+                 drop_rate: float = 0.3) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.num_features = widths[-1]
@@ -78,7 +81,8 @@ class FerResNet(nn.Module):
         cin = widths[0]
         for i, (w, d) in enumerate(zip(widths, depths, strict=True)):
             for j in range(d):
-                blocks.append(_BasicBlock(cin, w, 2 if (j == 0 and i > 0) else 1))
+                stride = (first_stage_stride if i == 0 else 2) if j == 0 else 1
+                blocks.append(_BasicBlock(cin, w, stride))
                 cin = w
         self.stages = nn.Sequential(*blocks)
         self.drop = nn.Dropout(drop_rate)
@@ -91,7 +95,7 @@ class FerResNet(nn.Module):
                 nn.init.zeros_(m.bn2.weight)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, D, H/8/stem_stride, W/8/stem_stride)."""
+        """(B, C, H, W) -> (B, D, H / (8 * stem_stride * first_stage_stride), ...)."""
         return self.stages(self.stem(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
