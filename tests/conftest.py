@@ -47,3 +47,37 @@ def write_ferplus_fixture(root: Path, rows_per_split: dict[str, list[list[int]]]
 def tree_state(root: Path) -> dict[str, tuple[int, int]]:
     """Relative path -> (size, mtime_ns) of every file under root: to check a source is left untouched."""
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+PATTERN_CLASSES = ("neutral", "happiness", "surprise")
+
+
+def pattern_face(label: int, rng: np.random.Generator, size: int = 16) -> Image.Image:
+    """An easy synthetic 'expression': class 0 bright top half, 1 bright bottom half, 2 bright left half."""
+    a = rng.normal(70, 20, (size, size))
+    h = size // 2
+    if label == 0:
+        a[:h] += 120
+    elif label == 1:
+        a[h:] += 120
+    else:
+        a[:, :h] += 120
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), mode="L")
+
+
+def write_pattern_dataset(path: Path, per_class: dict[str, int] | None = None, size: int = 16, seed: int = 0,
+                          expressions: tuple[str, ...] = PATTERN_CLASSES) -> Path:
+    """A small labelled dataset folder of :func:`pattern_face` images (train / val / test)."""
+    from synfer.dataset import DatasetWriter, Record
+
+    per_class = per_class or {"train": 40, "val": 12, "test": 12}
+    rng = np.random.default_rng(seed)
+    with DatasetWriter(path, expressions) as w:
+        for split, n in per_class.items():
+            for c, name in enumerate(PATTERN_CLASSES):
+                for i in range(n):
+                    probs = [0.0] * len(expressions)
+                    probs[expressions.index(name)] = 1.0
+                    w.add(Record(id=f"{split}-{name}-{i:03d}", split=split, source="pattern", expression=name,
+                                 label_probs=probs), pattern_face(c, rng, size))
+    return path

@@ -26,6 +26,8 @@ COMMANDS: dict[str, str] = {
     "export-webdataset": "synfer.export:export_webdataset",
     # stage 5: expression classifiers
     "train-fer": "synfer.fer.train:train_fer",
+    "evaluate": "synfer.fer.evaluate:evaluate",
+    "probe": "synfer.fer.probe:probe",
 }
 
 

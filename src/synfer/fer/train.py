@@ -28,6 +28,7 @@ from ..dataset import DatasetError, atomic_write_json, provenance_entry
 from ..models.classifiers import ClassifierConfig, ExpressionClassifier
 from ..train_state import load_state, rng_state, save_state, set_rng_state
 from .data import LoadedSplit, MixSampler, load_split, train_transform
+from .evaluate import predict
 from .metrics import classification_metrics
 
 
@@ -47,21 +48,6 @@ class _Indices(torch.utils.data.Dataset):
 def _augment(batch: torch.Tensor, transform, group: int) -> torch.Tensor:
     """Apply a v2 transform to uint8 faces (B, C, H, W), ``group`` faces sharing one draw of its parameters."""
     return torch.cat([transform(chunk) for chunk in batch.split(group)])
-
-
-@torch.no_grad()
-def predict_probs(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 512,
-                  device: torch.device | str = "cpu", tta: bool = False) -> torch.Tensor:
-    """Softmax outputs (N, K) for uint8 faces (N, C, H, W); ``tta`` averages with the mirrored face."""
-    model.eval()
-    out = []
-    for chunk in images.split(batch_size):
-        x = chunk.to(device).float() / 255.0
-        p = model(x).float().softmax(-1)
-        if tta:
-            p = 0.5 * (p + model(x.flip(-1)).float().softmax(-1))
-        out.append(p.cpu())
-    return torch.cat(out)
 
 
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
@@ -228,7 +214,9 @@ def train_fer(
     # 3. epochs
     for epoch in range(start_epoch, epochs):
         model.train()
-        sampler.set_epoch(epoch)
+        # accelerate's loader counts epochs itself and passes its count to the sampler on every __iter__; set
+        # it, or a resumed run would replay epoch 0's plan
+        loader.set_epoch(epoch)
         t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
                    disable=not accel.is_local_main_process, mininterval=2.0)
@@ -259,8 +247,8 @@ def train_fer(
         # 4. validation (main process) and model selection on it
         if accel.is_main_process:
             judge = ema if ema is not None else accel.unwrap_model(model)
-            p_val = predict_probs(judge, val_data.images, device=accel.device)
-            m = classification_metrics(val_data.labels.numpy(), p_val.argmax(-1).numpy(), list(expressions))
+            p_val = predict(judge, val_data, accel.device)
+            m = classification_metrics(val_data.labels.numpy(), p_val.argmax(-1), list(expressions))
             row = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
                    "val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"], "lr": sched.get_last_lr()[0],
                    "images_per_s": seen * accel.num_processes / train_time, "epoch_s": time.perf_counter() - t0}
