@@ -50,6 +50,31 @@ def _augment(batch: torch.Tensor, transform, group: int) -> torch.Tensor:
     return torch.cat([transform(chunk) for chunk in batch.split(group)])
 
 
+@torch.no_grad()
+def recalibrate_bn(model: torch.nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 256) -> None:
+    """Recompute BatchNorm running statistics of ``model`` on uint8 faces (N, C, H, W), in place.
+
+    An EMA of weights inherits an EMA of running statistics that belonged to other weights; while the learning
+    rate is high the mismatch costs many points of accuracy (measured: 0.54 -> 0.75 val accuracy after 9 FER+
+    epochs), so the averaged weights get their own statistics before they are judged.
+    """
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    was_training = model.training
+    model.train()
+    with torch.random.fork_rng(devices=[]):  # dropout draws here must not shift the training RNG stream
+        for chunk in images.split(batch_size):
+            model(chunk.to(device).float() / 255.0)
+    for m, mom in zip(bns, momenta, strict=True):
+        m.momentum = mom
+    model.train(was_training)
+
+
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     with torch.no_grad():
         for e, m in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
@@ -107,7 +132,9 @@ def train_fer(
             label drawn from label_probs each time: FER+'s "probability" protocol).
         epochs, batch_size, lr, weight_decay, warmup_epochs: SGD (Nesterov, momentum 0.9) with cosine decay.
         label_smoothing: smoothing of the targets.
-        ema_decay: EMA of the weights evaluated and exported instead of the raw weights (0 = off).
+        ema_decay: keep an EMA of the weights (0 = off); each epoch the EMA (with BatchNorm statistics recomputed on
+            4,096 training faces) and the raw weights are both scored on validation, and the better one is the
+            epoch's candidate for export.
         augment: ``standard`` or ``none`` (see fer.data.train_transform).
         aug_group: faces that share one draw of augmentation parameters (4 keeps CPU cost low; 1 = per face).
         mixed_precision: ``auto`` (bf16 on CUDA, none on CPU), ``no``, ``fp16``, ``bf16``.
@@ -162,6 +189,8 @@ def train_fer(
         collate_fn=lambda idx: (all_images[idx], all_soft[idx], all_hard[idx]),
     )
     transform = train_transform(size[1:], augment)
+    # a fixed, unaugmented subset of training faces on which an EMA's BatchNorm statistics are recomputed
+    calib_images = all_images[torch.randperm(len(all_images), generator=torch.Generator().manual_seed(seed))[:4096]]
 
     # 2. model, optimiser, schedule
     c, h, w = size
@@ -246,18 +275,29 @@ def train_fer(
         train_time = time.perf_counter() - t0
         # 4. validation (main process) and model selection on it
         if accel.is_main_process:
-            judge = ema if ema is not None else accel.unwrap_model(model)
-            p_val = predict(judge, val_data, accel.device)
-            m = classification_metrics(val_data.labels.numpy(), p_val.argmax(-1), list(expressions))
+            # the raw weights and (if kept) the EMA, with BN statistics of its own, on a copy so that neither the
+            # EMA nor the training RNG stream is changed by judging; the better one on validation is the candidate
+            candidates = {"raw": accel.unwrap_model(model)}
+            if ema is not None:
+                candidates["ema"] = copy.deepcopy(ema)
+                recalibrate_bn(candidates["ema"], calib_images, accel.device)
+            scores = {}
+            for name, cand in candidates.items():
+                p_val = predict(cand, val_data, accel.device)
+                scores[name] = classification_metrics(val_data.labels.numpy(), p_val.argmax(-1), list(expressions))
+            pick = max(scores, key=lambda n: scores[n]["accuracy"])
+            judge, m = candidates[pick], scores[pick]
             row = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
-                   "val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"], "lr": sched.get_last_lr()[0],
+                   "val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"], "weights": pick,
+                   **{f"val_accuracy_{n}": sc["accuracy"] for n, sc in scores.items()}, "lr": sched.get_last_lr()[0],
                    "images_per_s": seen * accel.num_processes / train_time, "epoch_s": time.perf_counter() - t0}
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
-            accel.print(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}  val acc {m['accuracy']:.4f}  "
+            accel.print(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}  val acc {m['accuracy']:.4f} ({pick})  "
                         f"macro-F1 {m['macro_f1']:.4f}  {row['images_per_s']:.0f} img/s")
             if m["accuracy"] > best["val_accuracy"]:
-                best = {"val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"], "epoch": epoch + 1}
+                best = {"val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"], "epoch": epoch + 1,
+                        "weights": pick}
                 judge.config.extra = {"selected_on": f"{val_data.name} accuracy", **best,
                                       "trained_on": [p.name for p in parts], "seed": seed}
                 judge.save_pretrained(out)
