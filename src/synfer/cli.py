@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "import-imagefolder": "synfer.data.imagefolder:import_imagefolder",
     "import-rafdb": "synfer.data.rafdb:import_rafdb",
     "import-affectnet": "synfer.data.affectnet:import_affectnet",
+    "prepare": "synfer.data.prepare:prepare",
     "info": "synfer.dataset_report:info",
     "validate": "synfer.dataset_report:validate",
     "filter": "synfer.dataset_ops:filter_dataset",

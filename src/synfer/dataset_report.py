@@ -154,6 +154,12 @@ def dataset_summary_dict(path: Path) -> dict[str, Any]:
     }
 
 
+def au_means(path: Path | DatasetFolder) -> dict[str, dict[str, float]] | None:
+    """Mean intensity of each AU per expression, ``{expression: {AU column: mean}}`` in header order, over the
+    records that have AU values (None when the folder has none); unlabelled records are grouped as "(none)"."""
+    return _au_means(path if isinstance(path, DatasetFolder) else DatasetFolder(path, allow_incomplete=True))
+
+
 def _au_means(folder: DatasetFolder) -> dict[str, dict[str, float]] | None:
     """Mean of each AU per expression over records that have AU values (None when there are none)."""
     if folder.header.aus is None:
