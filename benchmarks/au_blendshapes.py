@@ -11,13 +11,11 @@ columns computed from both, and faces/s. Writes benchmarks/results/au_blendshape
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import machine_info, write_result
 from PIL import Image
 
 from synfer.data.au import MEDIAPIPE_AUS_ALL, blendshapes_to_aus
@@ -76,13 +74,9 @@ def main() -> None:
         "wall_s": round(wall, 2),
         "time_s": {"decode": round(t_decode, 2), **{k: round(v, 2) for k, v in est.timings.items()}},
         "threads": args.threads,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "note": "2-core machine shared with a background training job; faces/s is a lower bound"},
-        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine_info("2-core machine shared with a background training job; faces/s is a lower bound"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
     print(f"\n| fast MediaPipe blendshapes, FER+ test ({len(names)} faces) | MAD {result['blendshape_mad']:.2e} "
           f"vs reference | {result['faces_per_s']} faces/s | {args.threads} thread(s) |")
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from _common import machine_info, write_result
 
 from synfer.fer.data import load_split
 from synfer.fer.evaluate import evaluate
@@ -83,12 +82,9 @@ def main() -> None:
         "test_per_class_recall": {k: v["recall"] for k, v in evals["test"]["per_class"].items()},
         "test_confusion_matrix": evals["test"]["confusion_matrix"],
         "labels": evals["test"]["labels"],
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine_info(),
     }
-    out = results_dir / f"fer_classifier-{name}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k not in ("test_confusion_matrix",)}, indent=2))
+    write_result(results_dir / f"fer_classifier-{name}.json", result)
 
 
 if __name__ == "__main__":

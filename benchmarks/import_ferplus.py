@@ -8,13 +8,13 @@ Writes benchmarks/results/import_ferplus.json (wall times, images/s, machine) an
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
+
+from _common import machine_info, write_result
 
 from synfer.data.ferplus import import_ferplus
 from synfer.dataset import DatasetFolder
@@ -47,12 +47,9 @@ def main() -> None:
         "runs": runs,
         "best_import_s": best,
         "images_per_s": round(35710 / best),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine_info(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
     print(f"\n| import all of FER+ | {best:.1f} s | {result['images_per_s']} source images/s | "
           f"{os.cpu_count()} CPUs |")
 

@@ -12,13 +12,12 @@ records, and extrapolates the measured rate to the 31,373 majority-labelled reco
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
+
+from _common import machine_info, write_result
 
 from synfer.data.ferplus import import_ferplus
 from synfer.data.prepare import prepare
@@ -67,13 +66,9 @@ def main() -> None:
         "target_min": 15,
         "within_target": bool(est_min < 15),
         "threads": args.threads,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "note": "2-core machine shared with a background training job; rates are lower bounds"},
-        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine_info("2-core machine shared with a background training job; rates are lower bounds"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
     print(f"\n| prepare FER+ (fast MediaPipe + template captions), {n} records | {rate:.0f} records/s | all of "
           f"FER+ ~{est_min:.1f} min (extrapolated) | {args.threads} thread(s) |")
 
