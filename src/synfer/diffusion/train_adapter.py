@@ -1,0 +1,170 @@
+"""``synfer train-adapter``: the AU adapter (SynFER §2) trained on a frozen generator.
+
+Everything of the pipeline stays frozen (UNet, VAE, text encoder with its projection); only
+``AUAdapter.trainable_parameters()`` train, with the generator's own denoising loss and the adapter installed on the
+UNet (``applied_to``). The AU vector of a face is replaced by the adapter's learned null tokens with probability
+``au_dropout``, and always where the record has no AUs; its caption by "" with probability ``caption_dropout``
+(drawn independently, so both are dropped together 0.5% of the time at the defaults). That gives the three rows
+of the pipeline's two-condition guidance. AU order is data: the adapter takes the folders' header order, every
+folder must share it, and an adapter given to continue is checked against it.
+
+The run folder::
+
+    OUT/adapter/              the AUAdapter (config.json + safetensors)
+    OUT/pipeline/             the input pipeline with the adapter attached
+    OUT/samples/epoch_NNN.png sample prompts with their faces' AUs (AU guidance 2), fixed seeds
+    OUT/metrics.jsonl, OUT/train_config.json, OUT/state/
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..dataset import DatasetError, atomic_write_json, provenance_entry
+from ..models.au_adapter import AUAdapter
+from .loop import Trainer, atomic_save_dir, index_loader, load_faces, start_run
+from .train_unet import CaptionEmbedder, ValDraw, noise_loss, sample_grid, sample_prompts_from
+from .train_vae import encode_latents
+
+
+def train_adapter(
+    data: list[Path],
+    out: Path,
+    pipeline: Path,
+    adapter: Path | None = None,
+    split: str = "train",
+    val_split: str = "val",
+    num_tokens: int = 4,
+    hidden_dim: int = 256,
+    au_dropout: float = 0.1,
+    caption_dropout: float = 0.05,
+    epochs: int = 10,
+    batch_size: int = 64,
+    lr: float = 1e-4,
+    ema_decay: float = 0.999,
+    snr_gamma: float | None = None,
+    sample_every_epochs: int = 1,
+    sample_steps: int = 25,
+    seed: int = 0,
+    limit: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    mixed_precision: str = "auto",
+) -> Path:
+    """Train an AU adapter for a frozen SynferPipeline; save it and the pipeline with it attached.
+
+    Args:
+        data: dataset folders with captions and AUs (from ``synfer prepare``), all in one AU order.
+        out: run folder (see the module docs).
+        pipeline: a SynferPipeline folder (``train-generator``'s ``OUT/pipeline``); never modified.
+        adapter: an AUAdapter folder to continue training (its AU order must equal the data's); default a new
+            one built for the pipeline's UNet (AU key/values initialised from the text ones).
+        split, val_split: trained on / scored on (without a val split: a fixed set of training faces).
+        num_tokens, hidden_dim: AU tokens per face and the MLP's hidden width (new adapters only).
+        au_dropout: probability of training on the null AU tokens (classifier-free guidance on AUs).
+        caption_dropout: probability of training on "" instead of the caption.
+        epochs, batch_size, lr, ema_decay, snr_gamma: as in ``train-generator``.
+        sample_every_epochs, sample_steps: sample grids (validation captions with their AUs).
+        seed, limit, resume, overwrite, mixed_precision: as in ``train-vae``.
+
+    Returns:
+        ``OUT/adapter``.
+    """
+    from .pipeline import SynferPipeline
+
+    out = Path(out)
+    for name, p in (("au_dropout", au_dropout), ("caption_dropout", caption_dropout)):
+        if not 0 <= p < 1:
+            raise ValueError(f"{name} must be in [0, 1); got {p}.")
+    # 1. data first: a folder without AUs or captions is refused before anything is loaded or written
+    probe = load_faces(data, split, need_captions=True, need_aus=True, limit=1)
+    au_names = probe.au_names
+    init = AUAdapter.from_pretrained(str(adapter)) if adapter is not None else None
+    if init is not None:
+        init.check_aus(au_names, str(data[0]))
+    accel, resume = start_run(out, resume, overwrite, mixed_precision, seed)
+
+    # 2. the frozen pipeline and the adapter
+    pipe = SynferPipeline.from_pretrained(pipeline)
+    vae, unet, encoder = pipe.vae, pipe.unet, pipe.text_encoder
+    for module in (vae, unet, encoder):
+        module.requires_grad_(False).eval().to(accel.device)
+    au = init if init is not None else AUAdapter.for_unet(unet, au_names, num_tokens=num_tokens,
+                                                          hidden_dim=hidden_dim)
+    au.to(accel.device)
+    cfg = vae.config
+    size = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
+    train = load_faces(data, split, size, need_captions=True, need_aus=True, limit=limit)
+    val = load_faces(data, val_split, size, need_captions=True, need_aus=True, limit=limit)
+    val = val if len(val) else train
+    if len(train) == 0:
+        raise DatasetError(f"No captioned records in split {split!r} of {[str(p) for p in data]}.")
+    latents = encode_latents(vae, train.images).cpu()
+    val_latents = encode_latents(vae, val.images).cpu()
+    embed = CaptionEmbedder(encoder, train.captions + val.captions, accel.device)
+    ids, val_ids = embed.ids_of(train.captions), embed.ids_of(val.captions)
+    aus, has_aus = train.aus, train.has_aus
+    draw = ValDraw(val_latents, val_ids, pipe.scheduler, seed)
+    draw_aus, draw_has = val.aus[draw.keep], val.has_aus[draw.keep]
+    rows = sample_prompts_from(val)
+    prompts, prompt_aus = [val.captions[i] for i in rows], val.aus[rows]
+    # pipe.scheduler is the sampler (DDIM); its config carries the training noise schedule
+    from diffusers import DDPMScheduler
+
+    train_sched = DDPMScheduler.from_config(pipe.scheduler.config)
+
+    # 3. loss and trainer
+    loader = accel.prepare(index_loader(len(latents), batch_size, seed,
+                                        lambda idx: (latents[idx], ids[idx], aus[idx], has_aus[idx])))
+
+    def loss_fn(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        z, rows, vectors, has = batch[0].to(accel.device), batch[1], batch[2], batch[3]
+        rows = torch.where(torch.rand(len(rows)) < caption_dropout, embed.empty, rows)
+        drop = (torch.rand(len(rows)) < au_dropout) | ~has.cpu()
+        cond = au.condition(embed(rows), vectors.to(accel.device), drop.to(accel.device))
+        return noise_loss(unet, train_sched, z, cond, snr_gamma)
+
+    def val_condition(r: torch.Tensor) -> torch.Tensor:
+        return au.condition(embed(draw.ids[r]), draw_aus[r].to(accel.device), (~draw_has[r]).to(accel.device))
+
+    options = {"data": [str(Path(p).resolve()) for p in data], "split": split, "size": list(size),
+               "pipeline": str(Path(pipeline).resolve()), "adapter": None if adapter is None else str(adapter),
+               "au_names": list(au_names), "num_tokens": au.config.num_tokens, "hidden_dim": au.config.hidden_dim,
+               "au_dropout": au_dropout, "caption_dropout": caption_dropout, "batch_size": batch_size, "lr": lr,
+               "ema_decay": ema_decay, "snr_gamma": snr_gamma, "seed": seed, "limit": limit}
+    trainer = Trainer(accel, out, {"adapter": au}, epochs, len(loader), lr, ema_decay=ema_decay,
+                      fingerprint=options)
+    if resume:
+        trainer.load()  # nothing below draws random numbers before fit(): a resumed run replays the same one
+    if accel.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "train_config.json", provenance_entry(
+            "train-adapter", {**options, "epochs": epochs, "sample_prompts": prompts, "sample_steps": sample_steps,
+                              "mixed_precision": mixed_precision},
+            data={"train_faces": len(train), "with_aus": int(has_aus.sum()), "val_faces": len(draw.ids),
+                  "skipped_without_caption": train.skipped, "text_cache": embed.mode},
+            processes=accel.num_processes))
+
+    # 4. after each epoch: raw vs EMA adapter on the fixed draw; the better one exported and sampled
+    def end_epoch(epoch: int) -> dict[str, Any]:
+        scores = {}
+        for which in ("raw", "ema") if trainer.ema is not None else ("raw",):
+            with trainer.weights(which):
+                scores[which] = draw.loss(accel, unet, train_sched, val_condition)
+        pick = min(scores, key=scores.get)
+        with trainer.weights(pick):
+            pipe.set_au_adapter(au)
+            if (epoch + 1) % sample_every_epochs == 0 or epoch + 1 == epochs:
+                sample_grid(pipe, prompts, out / "samples" / f"epoch_{epoch + 1:03d}.png", seed, sample_steps,
+                            aus=prompt_aus)
+            atomic_save_dir(out / "adapter", au.save_pretrained)
+            atomic_save_dir(out / "pipeline", pipe.save_pretrained)
+        return {"val_loss": scores[pick], **{f"val_loss_{k}": v for k, v in scores.items()}, "weights": pick}
+
+    with au.applied_to(unet):
+        trainer.fit(loader, loss_fn, end_epoch)
+    accel.print(f"adapter exported to {out / 'adapter'}, pipeline with it to {out / 'pipeline'}")
+    return out / "adapter"

