@@ -25,6 +25,10 @@ COMMANDS: dict[str, str] = {
     "export-imagefolder": "synfer.export:export_imagefolder",
     "export-parquet": "synfer.export:export_parquet",
     "export-webdataset": "synfer.export:export_webdataset",
+    # stage 2: the generator
+    "train-vae": "synfer.diffusion.train_vae:train_vae",
+    "train-generator": "synfer.diffusion.train_unet:train_generator",
+    "train-adapter": "synfer.diffusion.train_adapter:train_adapter",
     # stage 5: expression classifiers
     "train-fer": "synfer.fer.train:train_fer",
     "evaluate": "synfer.fer.evaluate:evaluate",

@@ -26,6 +26,8 @@ from ..schema import check_same_order
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+#: The bundled FER+ classifier (src/synfer/assets/classifiers/<name>): the default guidance model of generation.
+DEFAULT_CLASSIFIER = "ferplus-resnet-s"
 
 
 # ----------------------------------------------------------------------------------------------------------------
