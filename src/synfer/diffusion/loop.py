@@ -33,6 +33,7 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..batching import IndexDataset, decode_image
 from ..dataset import DatasetError, DatasetFolder
 from ..schema import check_same_order
 from ..train_state import load_state, rng_state, save_state, set_rng_state
@@ -125,15 +126,6 @@ class Faces:
         return len(self.captions)
 
 
-def _decode(path: Path, mode: str, size: tuple[int, int]) -> np.ndarray:
-    with Image.open(path) as im:
-        im = im.convert(mode)
-        if im.size != (size[1], size[0]):
-            im = im.resize((size[1], size[0]), Image.Resampling.BICUBIC)
-        a = np.asarray(im, dtype=np.uint8)
-    return a[:, :, None] if a.ndim == 2 else a
-
-
 def load_faces(paths: Sequence[Path], split: str, size: tuple[int, int, int] | None = None,
                need_captions: bool = False, need_aus: bool = False, limit: int | None = None) -> Faces:
     """Decode every record of ``split`` in ``paths`` (labels not needed), resized to ``size`` = (C, H, W).
@@ -173,7 +165,7 @@ def load_faces(paths: Sequence[Path], split: str, size: tuple[int, int, int] | N
         size = (1 if first.mode in ("L", "I", "I;16") else 3, first.height, first.width)
     mode = "L" if size[0] == 1 else "RGB"
     with ThreadPoolExecutor(max_workers=4) as pool:  # PNG decoding releases the GIL
-        arrays = list(pool.map(lambda fr: _decode(fr[0].image_path(fr[1]["image"]), mode, size[1:]), rows))
+        arrays = list(pool.map(lambda fr: decode_image(fr[0].image_path(fr[1]["image"]), mode, size[1:]), rows))
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     has_aus = torch.tensor([r["aus"] is not None for _, r in rows])
     aus = None
@@ -188,19 +180,6 @@ def to_model_range(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 127.5 - 1.0
 
 
-class _Indices(torch.utils.data.Dataset):
-    """0..n-1: the loader (and accelerate's sharding) plans index batches; the data stay in memory tensors."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> int:
-        return i
-
-
 def index_loader(n: int, batch_size: int, seed: int, collate: Callable[[list[int]], Any]) -> torch.utils.data.DataLoader:
     """Shuffled index batches (epoch ``e`` uses ``seed + e``, so a resumed run replays the same plan)."""
     from ..fer.data import MixSampler
@@ -208,7 +187,7 @@ def index_loader(n: int, batch_size: int, seed: int, collate: Callable[[list[int
     if n < batch_size:
         raise DatasetError(f"{n} training images is less than one batch of {batch_size}; lower --batch-size.")
     sampler = MixSampler([n], [torch.zeros(n, dtype=torch.long)], seed=seed)
-    return torch.utils.data.DataLoader(_Indices(n), batch_size=batch_size, sampler=sampler, drop_last=True,
+    return torch.utils.data.DataLoader(IndexDataset(n), batch_size=batch_size, sampler=sampler, drop_last=True,
                                        collate_fn=collate)
 
 

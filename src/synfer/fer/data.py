@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from ..batching import decode_image
 from ..dataset import DatasetError, DatasetFolder
 
 
@@ -42,15 +42,6 @@ class LoadedSplit:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-
-def _decode(path: Path, mode: str, size: tuple[int, int]) -> np.ndarray:
-    with Image.open(path) as im:
-        im = im.convert(mode)
-        if im.size != (size[1], size[0]):
-            im = im.resize((size[1], size[0]), Image.Resampling.BICUBIC)
-        a = np.asarray(im, dtype=np.uint8)
-    return a[:, :, None] if a.ndim == 2 else a
 
 
 def load_split(
@@ -88,7 +79,7 @@ def load_split(
     c, h, w = input_size
     mode = "L" if c == 1 else "RGB"
     with ThreadPoolExecutor(max_workers=4) as pool:  # PNG decoding releases the GIL
-        arrays = list(pool.map(lambda r: _decode(folder.image_path(r["image"]), mode, (h, w)), rows))
+        arrays = list(pool.map(lambda r: decode_image(folder.image_path(r["image"]), mode, (h, w)), rows))
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     probs = torch.zeros(len(rows), k)
     labels = torch.zeros(len(rows), dtype=torch.long)

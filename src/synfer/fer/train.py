@@ -24,25 +24,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..batching import IndexDataset
 from ..dataset import DatasetError, atomic_write_json, provenance_entry
 from ..models.classifiers import ClassifierConfig, ExpressionClassifier
 from ..train_state import load_state, rng_state, save_state, set_rng_state
 from .data import LoadedSplit, MixSampler, load_split, train_transform
 from .evaluate import predict
 from .metrics import classification_metrics
-
-
-class _Indices(torch.utils.data.Dataset):
-    """0..n-1: lets a DataLoader (and accelerate's sharding) drive the sampler while faces stay in one tensor."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> int:
-        return i
 
 
 def _augment(batch: torch.Tensor, transform, group: int) -> torch.Tensor:
@@ -185,7 +173,7 @@ def train_fer(
     all_hard = torch.cat([p.labels for p in parts])
     # The loader yields index batches; faces are gathered as uint8 and augmented per group in the loop below.
     loader = torch.utils.data.DataLoader(
-        _Indices(len(all_images)), batch_size=batch_size, sampler=sampler, drop_last=True,
+        IndexDataset(len(all_images)), batch_size=batch_size, sampler=sampler, drop_last=True,
         collate_fn=lambda idx: (all_images[idx], all_soft[idx], all_hard[idx]),
     )
     transform = train_transform(size[1:], augment)
