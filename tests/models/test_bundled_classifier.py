@@ -1,0 +1,38 @@
+"""The classifier shipped inside the package: loadable by short name, offline, and accurate on real FER+ faces."""
+
+import torch
+
+from conftest import FERPLUS_DIR, needs_ferplus
+from synfer.models.classifiers import (
+    DEFAULT_CLASSIFIER,
+    ExpressionClassifier,
+    bundled_classifiers,
+    bundled_dir,
+)
+from synfer.schema import FERPLUS8
+
+
+def test_bundled_classifier_loads_by_name():
+    assert DEFAULT_CLASSIFIER in bundled_classifiers()
+    clf = ExpressionClassifier.from_pretrained(DEFAULT_CLASSIFIER)
+    assert clf.label_names == list(FERPLUS8.names) and tuple(clf.config.input_size) == (1, 48, 48)
+    size_mb = sum(p.stat().st_size for p in (bundled_dir() / DEFAULT_CLASSIFIER).iterdir()) / 2**20
+    assert size_mb < 25
+    card = (bundled_dir() / DEFAULT_CLASSIFIER / "README.md").read_text()
+    assert "research use" in card and "FER+" in card
+    with torch.no_grad():
+        assert clf(torch.rand(2, 3, 96, 96)).shape == (2, 8)
+
+
+@needs_ferplus
+def test_bundled_classifier_on_real_validation_faces(tmp_path):
+    """A regression check on the validation split (the test split is kept for reporting)."""
+    from synfer.data.ferplus import import_ferplus
+    from synfer.fer.data import load_split
+    from synfer.fer.evaluate import predict
+
+    data = import_ferplus(FERPLUS_DIR, tmp_path / "ferplus", splits=["val"])
+    val = load_split(data, "val", expressions=FERPLUS8.names, limit=800)
+    probs = predict(ExpressionClassifier.from_pretrained(DEFAULT_CLASSIFIER), val, torch.device("cpu"))
+    accuracy = (probs.argmax(1) == val.labels.numpy()).mean()
+    assert accuracy > 0.8, accuracy
