@@ -83,6 +83,8 @@ def test_resume_replays_the_same_run(pattern_data, tmp_path):
 def test_existing_run_folder_needs_a_choice(trained, pattern_data):
     with pytest.raises(ValueError, match="--resume"):
         train_fer([pattern_data], trained, epochs=1, **TINY)
+    with pytest.raises(ValueError, match="lr=0.05"):  # a resume continues the same run only
+        train_fer([pattern_data], trained, epochs=6, resume=True, **{**TINY, "lr": 0.01}, augment="none")
 
 
 def test_mix_ratios_and_counts_respected():

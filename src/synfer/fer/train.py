@@ -226,6 +226,16 @@ def train_fer(
             "mixed_precision": mixed_precision, "seed": seed, "limit": limit,
         }, data={p.name: {"faces": len(p), "per_class": p.labels.bincount(minlength=len(expressions)).tolist()}
                  for p in parts + [val_data]}, processes=accel.num_processes)
+        previous = out / "train_config.json"
+        if resume and previous.is_file():  # a resume must continue the same run, not a different one
+            before = json.loads(previous.read_text())["config"]
+            changed = sorted(k for k in before.keys() | run_config["config"].keys()
+                             if before.get(k) != run_config["config"].get(k))
+            if changed:
+                raise DatasetError(
+                    f"{out} was trained with other options ({', '.join(f'{k}={before.get(k)!r}' for k in changed)});"
+                    " resume with the same options, or pass --overwrite to start again."
+                )
         atomic_write_json(out / "train_config.json", run_config)
 
     # 3. epochs
