@@ -98,6 +98,28 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def replace_path(tmp: Path, dest: Path) -> None:
+    """Move a finished ``tmp`` (file or folder) to ``dest``.
+
+    A folder cannot be renamed over a non-empty one, so the previous ``dest`` is first moved aside to
+    ``.old-<name>`` and removed only once the new one is in place; a reader killed in between finds either the
+    new ``dest`` or the complete old one under that fixed name (``train_state.load_state`` recovers it).
+    """
+    old = dest.with_name(f".old-{dest.name}")
+    _remove(old)
+    if dest.exists() or dest.is_symlink():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    _remove(old)
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """Write JSON under a temporary name and rename it into place (never a half-written file)."""
     _atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
-from .dataset import DatasetError, DatasetFolder, Record, atomic_write_json
+from .dataset import DatasetError, DatasetFolder, Record, atomic_write_json, replace_path
 from .dataset_ops import Rows, check_output_path, chosen_splits, records_with_images
 from .dataset_report import counts_table
 from .schema import DatasetHeader
@@ -77,19 +77,6 @@ def _open(src: Path, out: Path, splits: Sequence[str] | None,
     return folder, grouped
 
 
-def _replace(tmp: Path, out: Path) -> None:
-    """Move a finished ``tmp`` (file or folder) to ``out``, removing what was there only at the end."""
-    old = None
-    if out.exists() or out.is_symlink():
-        old = out.with_name(f".old-{uuid.uuid4().hex[:8]}-{out.name}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None and old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old)
-    elif old is not None:
-        old.unlink()
-
-
 @contextmanager
 def _staged_dir(out: Path) -> Iterator[Path]:
     """A temporary folder next to ``out``, renamed to ``out`` on success and deleted on failure."""
@@ -101,7 +88,7 @@ def _staged_dir(out: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _replace(tmp, out)
+    replace_path(tmp, out)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -215,7 +202,7 @@ def export_parquet(src: Path, out_file: Path, splits: list[str] | None = None,
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _replace(tmp, out_file)
+    replace_path(tmp, out_file)
     return out_file
 
 

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .dataset import replace_path
+
 _TENSOR = "__tensor__"
 _TUPLE = "__tuple__"
 _INTKEYS = "__intkeys__"
@@ -105,12 +107,7 @@ def save_state(path: str | Path, state: dict[str, Any]) -> Path:
     # safetensors refuses tensors that share memory; clone each (the state is small next to training cost)
     save_file({k: v.clone() for k, v in tensors.items()}, str(tmp / "tensors.safetensors"))
     (tmp / "state.json").write_text(json.dumps(skeleton))
-    old = path.with_name(f".old-{path.name}")
-    if path.exists():
-        os.replace(path, old)  # a directory cannot be renamed over a non-empty one: move the old aside first
-    os.replace(tmp, path)
-    if old.exists():
-        shutil.rmtree(old)
+    replace_path(tmp, path)
     return path
 
 

@@ -34,7 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..batching import IndexDataset, decode_image
-from ..dataset import DatasetError, DatasetFolder
+from ..dataset import DatasetError, DatasetFolder, replace_path
 from ..schema import check_same_order
 from ..train_state import load_state, rng_state, save_state, set_rng_state
 
@@ -68,16 +68,11 @@ def append_metrics(out: Path, row: dict[str, Any]) -> None:
 
 def atomic_save_dir(dest: Path, write: Callable[[Path], Any]) -> Path:
     """Let ``write(folder)`` fill a temporary folder beside ``dest``, then swap it in: never a half-written folder."""
-    tmp, old = dest.with_name(f".tmp-{dest.name}"), dest.with_name(f".old-{dest.name}")
-    for d in (tmp, old):
-        if d.exists():
-            shutil.rmtree(d)
+    tmp = dest.with_name(f".tmp-{dest.name}")
+    if tmp.exists():  # left by a killed run
+        shutil.rmtree(tmp)
     write(tmp)
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    if old.exists():
-        shutil.rmtree(old)
+    replace_path(tmp, dest)
     return dest
 
 
