@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "import-rafdb": "synfer.data.rafdb:import_rafdb",
     "import-affectnet": "synfer.data.affectnet:import_affectnet",
     "prepare": "synfer.data.prepare:prepare",
+    "train-au-estimator": "synfer.data.au.distill:train_au_estimator",
     "info": "synfer.dataset_report:info",
     "validate": "synfer.dataset_report:validate",
     "filter": "synfer.dataset_ops:filter_dataset",

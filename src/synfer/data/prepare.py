@@ -74,8 +74,9 @@ def prepare(
         src: the dataset folder to read (left untouched).
         out: the dataset folder to write.
         au_model: MediaPipe's ``face_landmarker.task`` (Face Landmarker, float16, from MediaPipe's model page).
-        estimator: ``mediapipe`` (aligned face crops such as FER+; no face detector) or ``mediapipe-full``
-            (arbitrary photos; detects the face first).
+        estimator: ``mediapipe`` (aligned face crops such as FER+; no face detector), ``mediapipe-full``
+            (arbitrary photos; detects the face first) or ``distilled`` (synfer's CNN distilled from
+            ``mediapipe``; ``au_model`` is then its folder, default the bundled one; no pose).
         captioner: ``template`` (built in) or ``llm`` (needs --caption-model).
         splits: only these splits (default all).
         batch_size: images per estimator call.

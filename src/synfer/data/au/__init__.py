@@ -25,11 +25,19 @@ def _mediapipe(model_path: Path | None, fast: bool, **kwargs: Any) -> AUEstimato
     return MediaPipeAUEstimator(model_path, fast=fast, **kwargs)
 
 
+def _distilled(model_path: Path | None, **kwargs: Any) -> AUEstimator:
+    from .distilled import DistilledAUEstimator
+
+    return DistilledAUEstimator.from_pretrained(model_path, **kwargs)
+
+
 #: Estimator name -> factory(model_path, **options). ``mediapipe``: aligned crops (fast path, no detector);
-#: ``mediapipe-full``: arbitrary photos through the MediaPipe Tasks API (with face detection).
+#: ``mediapipe-full``: arbitrary photos through the MediaPipe Tasks API (with face detection); ``distilled``:
+#: synfer's CNN distilled from ``mediapipe`` (model_path None = the bundled one; differentiable, no MediaPipe).
 ESTIMATORS: dict[str, Callable[..., AUEstimator]] = {
     "mediapipe": lambda model_path, **kw: _mediapipe(model_path, True, **kw),
     "mediapipe-full": lambda model_path, **kw: _mediapipe(model_path, False, **kw),
+    "distilled": _distilled,
 }
 
 
