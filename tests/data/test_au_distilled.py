@@ -14,7 +14,13 @@ from PIL import Image
 
 from conftest import FERPLUS_DIR, SHARED_DATA
 from synfer.data.au import create_estimator
-from synfer.data.au.distill import _augment, _flip_permutation, au_agreement, pearson_per_column, train_au_estimator
+from synfer.data.au.distill import (
+    _augment,
+    _flip_permutation,
+    au_agreement,
+    pearson_per_column,
+    train_au_estimator,
+)
 from synfer.data.au.distilled import DistilledAUEstimator, resolve_au_estimator_path
 from synfer.dataset import DatasetError, DatasetWriter, Record
 from synfer.models.classifiers import ClassifierConfig, ExpressionClassifier
