@@ -30,6 +30,8 @@ COMMANDS: dict[str, str] = {
     "train-vae": "synfer.diffusion.train_vae:train_vae",
     "train-generator": "synfer.diffusion.train_unet:train_generator",
     "train-adapter": "synfer.diffusion.train_adapter:train_adapter",
+    "sample-grid": "synfer.diffusion.sample:sample_grid",
+    "au-sweep": "synfer.diffusion.sample:au_sweep",
     # stage 5: expression classifiers
     "train-fer": "synfer.fer.train:train_fer",
     "evaluate": "synfer.fer.evaluate:evaluate",

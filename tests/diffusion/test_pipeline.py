@@ -157,6 +157,30 @@ def test_save_load_round_trip(parts: dict, tmp_path: Path) -> None:
     assert SynferPipeline.from_pretrained(tmp_path / "plain").au_adapter is None
 
 
+def test_generation_defaults_travel_with_the_model(parts: dict, tmp_path: Path) -> None:
+    from synfer.diffusion.pipeline import load_pipeline
+
+    pipe = make_pipe(parts)
+    assert pipe.generation_defaults() == {"num_inference_steps": 25, "guidance_scale_text": 5.0,
+                                          "guidance_scale_au": 2.0}
+    pipe.set_generation_defaults(num_inference_steps=2, guidance_scale_au=5.0)
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = load_pipeline(tmp_path / "pipe")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.generation_defaults() == {"num_inference_steps": 2, "guidance_scale_text": 5.0,
+                                            "guidance_scale_au": 5.0}
+    steps = []
+    g = torch.Generator().manual_seed(0)
+    out = loaded(PROMPTS, aus=AUS, generator=g, output_type="pt",
+                 callback_on_step_end=lambda p, i, t, kw: steps.append(i) or {}).images
+    assert steps == [0, 1]  # the saved default, not 25
+    explicit = loaded(PROMPTS, aus=AUS, num_inference_steps=2, guidance_scale_text=5.0, guidance_scale_au=5.0,
+                      generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert torch.equal(out, explicit)
+    with pytest.raises(FileNotFoundError, match="model_index.json"):
+        load_pipeline(tmp_path / "nowhere")
+
+
 def test_from_stable_diffusion_checkpoint(parts: dict, tmp_path: Path) -> None:
     sd = tmp_path / "sd"
     parts["vae"].save_pretrained(sd / "vae")

@@ -70,11 +70,35 @@ class SynferPipeline(DiffusionPipeline):
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "au_tokens"]
 
     def __init__(self, vae: AutoencoderKL, unet: UNet2DConditionModel, text_encoder: TextEncoder,
-                 scheduler: SchedulerMixin, au_adapter: AUAdapter | None = None) -> None:
+                 scheduler: SchedulerMixin, au_adapter: AUAdapter | None = None,
+                 default_num_inference_steps: int = 25, default_guidance_scale_text: float = 5.0,
+                 default_guidance_scale_au: float = 2.0) -> None:
         super().__init__()
         self.register_modules(vae=vae, unet=unet, text_encoder=text_encoder, scheduler=scheduler,
                               au_adapter=au_adapter)
+        # The sampler settings a model was validated at travel with it (model_index.json): the bundled mini model
+        # is fast and good at fewer steps than a Stable Diffusion checkpoint.
+        self.register_to_config(default_num_inference_steps=int(default_num_inference_steps),
+                                default_guidance_scale_text=float(default_guidance_scale_text),
+                                default_guidance_scale_au=float(default_guidance_scale_au))
         self.check_components()
+
+    def generation_defaults(self) -> dict[str, float]:
+        """The settings ``__call__`` uses for arguments left at None (saved with the pipeline)."""
+        return {"num_inference_steps": self.config.default_num_inference_steps,
+                "guidance_scale_text": self.config.default_guidance_scale_text,
+                "guidance_scale_au": self.config.default_guidance_scale_au}
+
+    def set_generation_defaults(self, num_inference_steps: int | None = None, guidance_scale_text: float | None = None,
+                                guidance_scale_au: float | None = None) -> None:
+        """Change the defaults saved with the pipeline (None keeps a value)."""
+        current = self.generation_defaults()
+        self.register_to_config(
+            default_num_inference_steps=int(num_inference_steps or current["num_inference_steps"]),
+            default_guidance_scale_text=float(current["guidance_scale_text"] if guidance_scale_text is None
+                                              else guidance_scale_text),
+            default_guidance_scale_au=float(current["guidance_scale_au"] if guidance_scale_au is None
+                                            else guidance_scale_au))
 
     # -- components -----------------------------------------------------------------------------------------------
     @property
@@ -242,8 +266,9 @@ class SynferPipeline(DiffusionPipeline):
 
     # -- the recipe -----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def __call__(self, prompt: str | list[str], aus: torch.Tensor | None = None, num_inference_steps: int = 25,
-                 guidance_scale_text: float = 5.0, guidance_scale_au: float = 2.0,
+    def __call__(self, prompt: str | list[str], aus: torch.Tensor | None = None,
+                 num_inference_steps: int | None = None, guidance_scale_text: float | None = None,
+                 guidance_scale_au: float | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None,
                  latents: torch.Tensor | None = None, output_type: str = "pil", height: int | None = None,
                  width: int | None = None,
@@ -257,8 +282,10 @@ class SynferPipeline(DiffusionPipeline):
             prompt: one prompt or B prompts.
             aus: AU intensities in [0, 1], (B, A) or (A,) for every prompt, in ``au_adapter.au_names`` order;
                 None samples without AU guidance (the adapter, if any, sees its null tokens).
-            num_inference_steps: scheduler steps.
-            guidance_scale_text, guidance_scale_au: w_t and w_a of the module docstring's rule.
+            num_inference_steps: scheduler steps (None: the pipeline's saved default, see
+                :meth:`generation_defaults`; 25 unless the model says otherwise).
+            guidance_scale_text, guidance_scale_au: w_t and w_a of the module docstring's rule (None: the saved
+                defaults, 5.0 and 2.0 unless the model says otherwise).
             generator: seeds the initial noise (and stochastic schedulers); one per prompt for per-row seeds.
             latents: (B, C, h, w) starting latents instead of noise (layout initialisation).
             output_type: "pil", "np", "pt" (images in [0, 1]) or "latent".
@@ -272,6 +299,10 @@ class SynferPipeline(DiffusionPipeline):
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        defaults = self.generation_defaults()
+        num_inference_steps = defaults["num_inference_steps"] if num_inference_steps is None else num_inference_steps
+        guidance_scale_text = defaults["guidance_scale_text"] if guidance_scale_text is None else guidance_scale_text
+        guidance_scale_au = defaults["guidance_scale_au"] if guidance_scale_au is None else guidance_scale_au
         # 1. Check inputs.
         prompts, aus = self.check_inputs(prompt, aus, height, width, num_inference_steps, guidance_scale_text,
                                          guidance_scale_au, output_type, callback_on_step_end_tensor_inputs)
@@ -324,3 +355,27 @@ class SynferPipeline(DiffusionPipeline):
             images = self.postprocess(self.decode_latents(latents), output_type)
         self.maybe_free_model_hooks()
         return SynferPipelineOutput(images=images) if return_dict else (images,)
+
+
+#: The bundled generators (src/synfer/assets/generators/<name>); the first is the default.
+DEFAULT_GENERATOR = "ferplus-mini"
+
+
+def bundled_generators_dir() -> Path:
+    return Path(__file__).resolve().parents[1] / "assets" / "generators"
+
+
+def load_pipeline(path_or_name: str | Path | None = None, **kwargs: Any) -> SynferPipeline:
+    """A SynferPipeline from a folder (``model_index.json``), a bundled name, or None / "bundled" for the default
+    bundled mini model. Stable Diffusion checkpoints go through :meth:`SynferPipeline.from_stable_diffusion`."""
+    name = DEFAULT_GENERATOR if path_or_name in (None, "bundled") else str(path_or_name)
+    p = Path(name)
+    if (p / "model_index.json").is_file():
+        return SynferPipeline.from_pretrained(p, **kwargs)
+    b = bundled_generators_dir() / name
+    if (b / "model_index.json").is_file():
+        return SynferPipeline.from_pretrained(b, **kwargs)
+    have = sorted(d.name for d in bundled_generators_dir().glob("*") if (d / "model_index.json").is_file())
+    raise FileNotFoundError(
+        f"No SynferPipeline at {path_or_name!r}: give a folder with model_index.json (written by train-generator / "
+        f"train-adapter or SynferPipeline.save_pretrained) or a bundled name ({', '.join(have) or 'none bundled'}).")
