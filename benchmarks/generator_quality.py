@@ -57,7 +57,7 @@ def conditions(prepared: Path, per_class: int, seed: int) -> tuple[list[str], li
     for c in folder.expressions:
         pool = np.stack(df[df.expression == c].aus.to_numpy())
         pick = rng.integers(0, len(pool), per_class)
-        for j, k in enumerate(pick):
+        for k in pick:
             exprs.append(c)
             prompts.append(enrich_prompt("", c, None, seed=seed * 100_003 + len(prompts)))
             aus.append(pool[k])
