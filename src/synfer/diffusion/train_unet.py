@@ -129,9 +129,20 @@ class CaptionEmbedder:
         self.cache = None
         if self.mode != "live":
             fn = encoder.hidden_states if split else encoder.encode
-            with torch.no_grad():
+            import warnings
+
+            with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
                 self.cache = torch.cat([fn(self.unique[i:i + batch_size], device).half().cpu()
                                         for i in range(0, len(self.unique), batch_size)])
+            truncated = [w for w in caught if "truncated" in str(w.message)]
+            for w in caught:  # anything else as it came
+                if w not in truncated:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            if truncated:  # one line for the whole caption set instead of one per chunk
+                n = sum(int(str(w.message).split(" of ")[0]) for w in truncated)
+                warnings.warn(f"{n} of {len(self.unique)} distinct captions are longer than the text encoder's "
+                              f"{encoder.max_length} tokens and were truncated.", stacklevel=2)
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         if self.mode == "live":
