@@ -90,7 +90,8 @@ def evaluate(
 
     Args:
         model: classifier folder (config.json + model.safetensors) or a bundled name (``ferplus-resnet-s``).
-        data: dataset folder; its expression order must equal the model's (else a clear error).
+        data: dataset folder; its expression order must equal the model's (else a clear error). A synthetic
+            folder generated with this classifier as its semantic-guidance model is refused.
         split: split to evaluate (``test`` for final reporting; choose models on ``val``).
         out: folder for ``metrics.json``, ``confusion_matrix.png`` and ``predictions.jsonl`` (optional).
         tta: average predictions over the face and its mirror image.
@@ -100,6 +101,9 @@ def evaluate(
     Returns:
         a printable summary (the CLI prints it).
     """
+    from ..diffusion.generate import refuse_own_guidance_model
+
+    refuse_own_guidance_model(data, model)  # a classifier never judges faces it guided
     dev = resolve_device(device)
     clf = ExpressionClassifier.from_pretrained(model)
     split_data = load_split(data, split, expressions=clf.label_names, input_size=tuple(clf.config.input_size))
