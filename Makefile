@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 FERPLUS ?= ../shared/data/ferplus
 RUNS   ?= runs
 
-.PHONY: demo test env bench lint clean
+.PHONY: demo ferplus test env bench lint clean
 
 env: $(VENV)/.installed
 
@@ -17,8 +17,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,au,text]'
 	touch $@
 
-# Main job on the bundled default: import FER+ into a dataset folder and print its summary.
+# Main job on the bundled default: the bundled mini generator draws a grid of faces for every FER+ expression and
+# an AU sweep (AU12, lip corner puller, 0 -> 1); no data or download needed.
 demo: env
+	$(BIN)/synfer sample-grid --out $(RUNS)/demo/expressions.png
+	$(BIN)/synfer au-sweep --au AU12 --expression neutral --out $(RUNS)/demo/au12_sweep.png
+
+# Import the FER+ folder beside the checkout into a dataset folder and print its summary.
+ferplus: env
 	$(BIN)/synfer import-ferplus $(FERPLUS) $(RUNS)/ferplus --resume
 	$(BIN)/synfer info $(RUNS)/ferplus
 

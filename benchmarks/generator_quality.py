@@ -50,12 +50,14 @@ def make_scheduler(pipe, kind: str):
 def conditions(prepared: Path, per_class: int, seed: int) -> tuple[list[str], list[str], np.ndarray, list[str]]:
     """Targets: (expression per face, prompt per face, AU vectors (N, A), AU names)."""
     folder = DatasetFolder(prepared)
-    df = folder.to_pandas()
-    df = df[(df.split == "train") & df.aus.notna()]
+    pools: dict[str, list] = {}
+    for rec in folder.records("train"):
+        if rec.aus is not None:
+            pools.setdefault(rec.expression, []).append(rec.aus)
     rng = np.random.default_rng(seed)
     exprs, prompts, aus = [], [], []
     for c in folder.expressions:
-        pool = np.stack(df[df.expression == c].aus.to_numpy())
+        pool = np.asarray(pools[c], dtype=np.float32)
         pick = rng.integers(0, len(pool), per_class)
         for k in pick:
             exprs.append(c)
