@@ -153,3 +153,32 @@ def test_guidance_model_never_judges_its_own_set(pipe_dir: Path, tmp_path: Path)
     assert "accuracy" in evaluate(str(judge), out, split="train").lower()
     meta_lines = [json.loads(m) for m in DatasetFolder(out).column("meta")]
     assert all(m["guidance"]["model_sha256"] for m in meta_lines)
+
+
+def test_au_only_guidance_lowers_the_au_loss(parts: dict, tmp_path: Path) -> None:  # noqa: F811
+    from synfer.data.au.distilled import DistilledAUEstimator
+
+    pipe = make_pipe(parts)
+    torch.manual_seed(0)
+    cfg = ClassifierConfig("fer_resnet_xs", ["AU01", "AU12", "face_presence"], (1, 16, 16),
+                           model_kwargs={"widths": (4, 8, 8, 8), "depths": (1, 1, 1, 1)}, extra={"kind": "au-estimator"})
+    est = DistilledAUEstimator(ExpressionClassifier(cfg).eval())
+    clf = ExpressionClassifier.from_pretrained(tiny_classifier(tmp_path / "clf"))
+    au_targets = torch.tensor([[0.9, 0.1], [0.1, 0.9]])
+    guide = SemanticGuidance(clf, torch.tensor([1, 0]), scale=0.02, window=(0.0, 1.0), au_estimator=est,
+                             au_targets=au_targets, au_weight=1.0, ce_weight=0.0)
+    pipe.scheduler.set_timesteps(4)
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    embeds, _ = pipe.encode_prompt(["a happy face", "a calm face"], torch.device("cpu"))
+    tokens, _ = pipe.encode_aus(au_targets, 2, torch.device("cpu"))
+    t = pipe.scheduler.timesteps[2]
+
+    def au_loss(e: torch.Tensor) -> float:
+        with torch.no_grad(), pipe.au_adapter.applied_to(pipe.unet):
+            out = pipe.unet(latents, t, encoder_hidden_states=torch.cat([e, tokens], 1)).sample
+            return float(guide.loss(pipe.decode_latents(predict_x0(pipe.scheduler, latents, out, t))))
+
+    with torch.no_grad(), pipe.au_adapter.applied_to(pipe.unet):
+        new = guide(pipe, 1, pipe.scheduler.timesteps[1], {"latents": latents, "prompt_embeds": embeds,
+                                                           "au_tokens": tokens})["prompt_embeds"]
+    assert au_loss(new) < au_loss(embeds)

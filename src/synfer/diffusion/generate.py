@@ -39,6 +39,8 @@ from .sample import _load, expression_au_targets
 
 #: Records per shard flush: a killed run redoes at most this many faces.
 FLUSH_EVERY = 256
+#: The guidance step when only the AU term guides (semantic_guidance 0, au_guidance > 0).
+AU_ONLY_STEP = 0.05
 
 
 @dataclass
@@ -142,7 +144,8 @@ def generate(
         semantic_guidance: lambda of semantic guidance (0 = off; 0.05 is a reasonable start).
         guidance_window: fractions (start, end) of the steps where semantic guidance acts.
         guidance_model: the classifier that guides (folder or bundled name); recorded, so it never judges the set.
-        au_guidance: weight of the AU term in the guidance loss (needs the AU adapter's AUs; uses ``au_model``).
+        au_guidance: weight of the AU term in the guidance loss (needs the AU adapter's AUs; uses ``au_model``);
+            with semantic_guidance 0 the AU term alone guides, with a step of 0.05.
         au_model: distilled AU estimator folder or name for AU guidance (default the bundled one).
         split: the split name written on every record.
         preview: write ``OUT/preview.png`` (up to 8 faces per expression) at the end.
@@ -220,8 +223,10 @@ def generate(
                 from .guidance import SemanticGuidance
 
                 targets = torch.tensor([exprs.index(f.expression) for f in batch])
-                callback = SemanticGuidance(classifier, targets, semantic_guidance, tuple(guidance_window),
-                                            au_est, aus, au_guidance)
+                # AU guidance alone (semantic_guidance 0): the AU term steers with the default step
+                callback = SemanticGuidance(classifier, targets, semantic_guidance or AU_ONLY_STEP,
+                                            tuple(guidance_window), au_est, aus, au_guidance,
+                                            ce_weight=1.0 if semantic_guidance else 0.0)
             kw = {"callback_on_step_end": callback,
                   "callback_on_step_end_tensor_inputs": callback.tensor_inputs} if callback is not None else {}
             images = pipe(prompts, aus=aus, num_inference_steps=sampler["num_inference_steps"],

@@ -53,13 +53,14 @@ class SemanticGuidance:
         au_estimator: optional differentiable AU model ``images -> (aus (B, A), face (B,))``.
         au_targets: (B, A) target AUs in the estimator's order (with ``au_estimator``).
         au_weight: weight of the AU term.
+        ce_weight: weight of the expression term (0 with ``au_weight`` > 0 guides on AUs alone).
     """
 
     tensor_inputs: Sequence[str] = ("latents", "prompt_embeds", "au_tokens")
 
     def __init__(self, classifier: nn.Module, targets: torch.Tensor, scale: float = 0.05,
                  window: tuple[float, float] = (0.6, 1.0), au_estimator: nn.Module | None = None,
-                 au_targets: torch.Tensor | None = None, au_weight: float = 0.0) -> None:
+                 au_targets: torch.Tensor | None = None, au_weight: float = 0.0, ce_weight: float = 1.0) -> None:
         if not 0.0 <= window[0] <= window[1] <= 1.0:
             raise ValueError(f"window must be (start, end) fractions with 0 <= start <= end <= 1; got {window}.")
         if au_weight and (au_estimator is None or au_targets is None):
@@ -68,7 +69,7 @@ class SemanticGuidance:
         self.targets = targets.long()
         self.scale, self.window = float(scale), window
         self.au_estimator = None if au_estimator is None else au_estimator.eval().requires_grad_(False)
-        self.au_targets, self.au_weight = au_targets, float(au_weight)
+        self.au_targets, self.au_weight, self.ce_weight = au_targets, float(au_weight), float(ce_weight)
         self.losses: list[float] = []  # the guidance loss at each guided step (mean over faces), for inspection
 
     def guided_steps(self, num_steps: int) -> set[int]:
@@ -78,7 +79,7 @@ class SemanticGuidance:
 
     def loss(self, images: torch.Tensor) -> torch.Tensor:
         """Cross-entropy to the targets (+ the AU term) of decoded images (B, C, H, W) in [0, 1]."""
-        loss = F.cross_entropy(self.classifier(images).float(), self.targets.to(images.device))
+        loss = self.ce_weight * F.cross_entropy(self.classifier(images).float(), self.targets.to(images.device))
         if self.au_weight:
             aus, _ = self.au_estimator(images)
             loss = loss + self.au_weight * F.binary_cross_entropy(aus.float().clamp(1e-6, 1 - 1e-6),
