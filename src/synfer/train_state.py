@@ -12,6 +12,7 @@ plus a JSON skeleton that says where each tensor goes, and :func:`unflatten` reb
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -123,3 +124,46 @@ def load_state(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
         raise FileNotFoundError(f"{path}: no training state here (state.json missing).")
     tensors = load_file(str(path / "tensors.safetensors"), device=map_location)
     return unflatten(json.loads((path / "state.json").read_text()), tensors)
+
+
+# -- the run folder every trainer shares -------------------------------------------------------------------------
+def open_run_dir(out: Path, resume: bool, overwrite: bool) -> bool:
+    """Check a run folder before training: refuse to mix runs, clear it on ``overwrite``.
+
+    Returns whether there is a finished epoch to resume (``resume`` on a folder without ``state/`` starts from
+    scratch in it).
+    """
+    from .dataset import DatasetError
+
+    if resume and overwrite:
+        raise ValueError("Pass either resume or overwrite, not both.")
+    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
+        raise DatasetError(f"{out} already exists; pass --resume to continue the run or --overwrite to restart.")
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    return resume and (out / "state").exists()
+
+
+def check_same_options(out: Path, run_config: dict[str, Any]) -> None:
+    """Refuse a resume whose options differ from those in ``out/train_config.json`` (a resume must continue the
+    same run, not a different one). ``run_config`` is a provenance entry with the options under ``"config"``."""
+    from .dataset import DatasetError
+
+    previous = out / "train_config.json"
+    if not previous.is_file():
+        return
+    before, now = json.loads(previous.read_text())["config"], run_config["config"]
+    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    if changed:
+        raise DatasetError(f"{out} was trained with other options ({', '.join(f'{k}={before.get(k)!r}' for k in changed)});"
+                           " resume with the same options, or pass --overwrite to start again.")
+
+
+def warmup_cosine(warm: int, total: int):
+    """LambdaLR factor: linear warm-up over ``warm`` steps, then cosine decay to 0 at ``total``."""
+    warm = max(1, warm)
+
+    def factor(s: int) -> float:
+        return (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm)))
+
+    return factor

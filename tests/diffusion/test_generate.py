@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 from test_pipeline import make_pipe, parts  # noqa: F401  (the fixture)
+from test_sample import pipe_dir  # noqa: F401  (the fixture)
 
 from synfer.dataset import DatasetFolder, DatasetWriter, Record
 from synfer.diffusion.generate import generate, plan_faces, refuse_own_guidance_model
@@ -24,14 +25,6 @@ from synfer.models.classifiers import ClassifierConfig, ExpressionClassifier
 from synfer.schema import AUSet
 
 EXPR = ["neutral", "happiness"]
-
-
-@pytest.fixture()
-def pipe_dir(parts: dict, tmp_path: Path) -> Path:  # noqa: F811
-    pipe = make_pipe(parts)
-    pipe.set_generation_defaults(num_inference_steps=2)
-    pipe.save_pretrained(tmp_path / "pipe")
-    return tmp_path / "pipe"
 
 
 @pytest.fixture()
@@ -65,7 +58,7 @@ def test_plan_is_deterministic_and_draws_class_aus(prepared: Path) -> None:
     assert all(0 <= v <= 1 for f in jit for v in f.aus) and len({tuple(f.aus) for f in jit}) > 3
 
 
-def test_generate_writes_the_planned_records(pipe_dir: Path, prepared: Path, tmp_path: Path) -> None:
+def test_generate_writes_the_planned_records(pipe_dir: Path, prepared: Path, tmp_path: Path) -> None:  # noqa: F811
     out = generate(tmp_path / "syn", pipeline=str(pipe_dir), counts={"happy": 2, "neutral": 3}, expressions=EXPR,
                    au_source=str(prepared), coarse=["an old man", "a young woman"], batch_size=2, seed=3)
     d = DatasetFolder(out, expect_expressions=EXPR, expect_aus=("AU01", "AU12"))
@@ -89,7 +82,7 @@ def test_generate_writes_the_planned_records(pipe_dir: Path, prepared: Path, tmp
         generate(tmp_path / "bad", pipeline=str(pipe_dir), counts={"fear": 1}, expressions=EXPR)
 
 
-def test_resume_after_sigkill(pipe_dir: Path, tmp_path: Path) -> None:
+def test_resume_after_sigkill(pipe_dir: Path, tmp_path: Path) -> None:  # noqa: F811
     out = tmp_path / "syn"
     cmd = [sys.executable, "-m", "synfer", "generate", str(out), "--pipeline", str(pipe_dir),
            "--expressions", "neutral,happiness", "--per-class", "40", "--batch-size", "2", "--flush-every", "4",
@@ -111,15 +104,12 @@ def test_resume_after_sigkill(pipe_dir: Path, tmp_path: Path) -> None:
         d.load_image(r.image).load()
 
 
-def test_semantic_guidance_step_lowers_the_classifier_loss(parts: dict, tmp_path: Path) -> None:  # noqa: F811
-    pipe = make_pipe(parts)
-    clf = ExpressionClassifier.from_pretrained(tiny_classifier(tmp_path / "clf"))
-    targets = torch.tensor([1, 0])
-    guide = SemanticGuidance(clf, targets, scale=0.02, window=(0.0, 1.0))
+def guidance_step(pipe, guide: SemanticGuidance, aus: torch.Tensor):
+    """One guided step on fixed latents at the third of 4 steps: (embeddings before, after, loss of embeddings)."""
     pipe.scheduler.set_timesteps(4)
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     embeds, _ = pipe.encode_prompt(["a happy face", "a calm face"], torch.device("cpu"))
-    tokens, _ = pipe.encode_aus(torch.tensor([[0.2, 0.8], [0.1, 0.0]]), 2, torch.device("cpu"))
+    tokens, _ = pipe.encode_aus(aus, 2, torch.device("cpu"))
     t = pipe.scheduler.timesteps[2]
 
     def loss_of(e: torch.Tensor) -> float:
@@ -130,13 +120,22 @@ def test_semantic_guidance_step_lowers_the_classifier_loss(parts: dict, tmp_path
     with torch.no_grad(), pipe.au_adapter.applied_to(pipe.unet):
         new = guide(pipe, 1, pipe.scheduler.timesteps[1], {"latents": latents, "prompt_embeds": embeds,
                                                            "au_tokens": tokens})["prompt_embeds"]
+    return embeds, new, loss_of
+
+
+def test_semantic_guidance_step_lowers_the_classifier_loss(parts: dict, tmp_path: Path) -> None:  # noqa: F811
+    pipe = make_pipe(parts)
+    clf = ExpressionClassifier.from_pretrained(tiny_classifier(tmp_path / "clf"))
+    targets = torch.tensor([1, 0])
+    guide = SemanticGuidance(clf, targets, scale=0.02, window=(0.0, 1.0))
+    embeds, new, loss_of = guidance_step(pipe, guide, torch.tensor([[0.2, 0.8], [0.1, 0.0]]))
     assert new.shape == embeds.shape and not torch.equal(new, embeds)
     assert loss_of(new) < loss_of(embeds)
     assert guide.guided_steps(10) == set(range(1, 10)) and SemanticGuidance(clf, targets).guided_steps(10) == {6, 7, 8, 9}
     assert guide(pipe, 3, pipe.scheduler.timesteps[3], {}) == {}  # no step after the last one
 
 
-def test_guidance_model_never_judges_its_own_set(pipe_dir: Path, tmp_path: Path) -> None:
+def test_guidance_model_never_judges_its_own_set(pipe_dir: Path, tmp_path: Path) -> None:  # noqa: F811
     guide = tiny_classifier(tmp_path / "guide", seed=0)
     judge = tiny_classifier(tmp_path / "judge", seed=1)
     out = generate(tmp_path / "syn", pipeline=str(pipe_dir), per_class=2, expressions=EXPR, au_source="prototype",
@@ -167,18 +166,5 @@ def test_au_only_guidance_lowers_the_au_loss(parts: dict, tmp_path: Path) -> Non
     au_targets = torch.tensor([[0.9, 0.1], [0.1, 0.9]])
     guide = SemanticGuidance(clf, torch.tensor([1, 0]), scale=0.02, window=(0.0, 1.0), au_estimator=est,
                              au_targets=au_targets, au_weight=1.0, ce_weight=0.0)
-    pipe.scheduler.set_timesteps(4)
-    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    embeds, _ = pipe.encode_prompt(["a happy face", "a calm face"], torch.device("cpu"))
-    tokens, _ = pipe.encode_aus(au_targets, 2, torch.device("cpu"))
-    t = pipe.scheduler.timesteps[2]
-
-    def au_loss(e: torch.Tensor) -> float:
-        with torch.no_grad(), pipe.au_adapter.applied_to(pipe.unet):
-            out = pipe.unet(latents, t, encoder_hidden_states=torch.cat([e, tokens], 1)).sample
-            return float(guide.loss(pipe.decode_latents(predict_x0(pipe.scheduler, latents, out, t))))
-
-    with torch.no_grad(), pipe.au_adapter.applied_to(pipe.unet):
-        new = guide(pipe, 1, pipe.scheduler.timesteps[1], {"latents": latents, "prompt_embeds": embeds,
-                                                           "au_tokens": tokens})["prompt_embeds"]
-    assert au_loss(new) < au_loss(embeds)
+    embeds, new, loss_of = guidance_step(pipe, guide, au_targets)
+    assert loss_of(new) < loss_of(embeds)

@@ -35,7 +35,7 @@ from ..data.prompts import enrich_prompt
 from ..dataset import DatasetFolder, Record
 from ..models.classifiers import DEFAULT_CLASSIFIER, ExpressionClassifier, resolve_classifier_path
 from ..schema import FERPLUS8, AUSet, canonical_expression, check_same_order
-from .sample import _load, expression_au_targets
+from .sample import expression_au_targets, load_generator
 
 #: Records per shard flush: a killed run redoes at most this many faces.
 FLUSH_EVERY = 256
@@ -172,7 +172,7 @@ def generate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
 
-    pipe, pipe_dir = _load(pipeline)
+    pipe, pipe_dir = load_generator(pipeline)
     adapter = pipe.au_adapter
     au_names = tuple(adapter.au_names) if adapter is not None else None
     if au_source != "none" and au_names is None:

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from ..batching import IndexDataset, decode_image
 from ..dataset import DatasetError, DatasetFolder, replace_path
 from ..schema import check_same_order
-from ..train_state import load_state, rng_state, save_state, set_rng_state
+from ..train_state import load_state, open_run_dir, rng_state, save_state, set_rng_state, warmup_cosine
 
 
 # -- run folder and accelerator ----------------------------------------------------------------------------------
@@ -48,17 +48,12 @@ def start_run(out: Path, resume: bool, overwrite: bool, mixed_precision: str, se
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    if resume and overwrite:
-        raise ValueError("Pass either resume or overwrite, not both.")
-    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
-        raise DatasetError(f"{out} already exists; pass --resume to continue the run or --overwrite to restart.")
-    if overwrite and out.exists():
-        shutil.rmtree(out)
+    resume = open_run_dir(out, resume, overwrite)
     if mixed_precision == "auto":
         mixed_precision = "bf16" if torch.cuda.is_available() else "no"
     accel = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
     set_seed(seed, device_specific=True)  # each process its own noise draws
-    return accel, resume and (out / "state").exists()
+    return accel, resume
 
 
 def append_metrics(out: Path, row: dict[str, Any]) -> None:
@@ -257,11 +252,7 @@ class Trainer:
         # warm-up: warmup_steps, but at most a tenth of the run (short runs still get their cosine decay)
         total = max(1, epochs * steps_per_epoch)
         warm = max(1, min(warmup_steps, total // 10))
-
-        def factor(s: int) -> float:
-            return (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm)))
-
-        self.sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warm, total))
         self.opt = accel.prepare(opt)  # fp16's grad scaler lives in the prepared optimizer
         self.ema = EMA(self.params, ema_decay) if ema_decay > 0 else None
         self.step, self.start_epoch = 0, 0

@@ -365,17 +365,20 @@ def bundled_generators_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "assets" / "generators"
 
 
-def load_pipeline(path_or_name: str | Path | None = None, **kwargs: Any) -> SynferPipeline:
-    """A SynferPipeline from a folder (``model_index.json``), a bundled name, or None / "bundled" for the default
-    bundled mini model. Stable Diffusion checkpoints go through :meth:`SynferPipeline.from_stable_diffusion`."""
+def resolve_pipeline_dir(path_or_name: str | Path | None = None) -> Path:
+    """A SynferPipeline folder (``model_index.json``) from a path, a bundled name, or None / "bundled" for the
+    default bundled mini model."""
     name = DEFAULT_GENERATOR if path_or_name in (None, "bundled") else str(path_or_name)
-    p = Path(name)
-    if (p / "model_index.json").is_file():
-        return SynferPipeline.from_pretrained(p, **kwargs)
-    b = bundled_generators_dir() / name
-    if (b / "model_index.json").is_file():
-        return SynferPipeline.from_pretrained(b, **kwargs)
+    for folder in (Path(name), bundled_generators_dir() / name):
+        if (folder / "model_index.json").is_file():
+            return folder
     have = sorted(d.name for d in bundled_generators_dir().glob("*") if (d / "model_index.json").is_file())
     raise FileNotFoundError(
         f"No SynferPipeline at {path_or_name!r}: give a folder with model_index.json (written by train-generator / "
         f"train-adapter or SynferPipeline.save_pretrained) or a bundled name ({', '.join(have) or 'none bundled'}).")
+
+
+def load_pipeline(path_or_name: str | Path | None = None, **kwargs: Any) -> SynferPipeline:
+    """A SynferPipeline from a folder, a bundled name, or None / "bundled" (see :func:`resolve_pipeline_dir`).
+    Stable Diffusion checkpoints go through :meth:`SynferPipeline.from_stable_diffusion`."""
+    return SynferPipeline.from_pretrained(resolve_pipeline_dir(path_or_name), **kwargs)

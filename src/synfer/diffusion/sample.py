@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -73,13 +74,13 @@ def expression_au_targets(expressions: list[str], au_names: tuple[str, ...], au_
     return torch.tensor([table["per_expression"][e] for e in expressions], dtype=torch.float32)
 
 
-def _load(pipeline: str):
-    from .pipeline import DEFAULT_GENERATOR, bundled_generators_dir, load_pipeline
+def load_generator(pipeline: str | None) -> tuple[Any, Path]:
+    """The pipeline (progress bar off) and its folder, where ``au_targets.json`` may lie."""
+    from .pipeline import load_pipeline, resolve_pipeline_dir
 
-    pipe = load_pipeline(pipeline)
+    folder = resolve_pipeline_dir(pipeline)
+    pipe = load_pipeline(folder)
     pipe.set_progress_bar_config(disable=True)
-    name = DEFAULT_GENERATOR if pipeline in (None, "bundled") else pipeline
-    folder = Path(name) if Path(name).is_dir() else bundled_generators_dir() / name
     return pipe, folder
 
 
@@ -112,7 +113,7 @@ def sample_grid(
     """
     from .loop import save_grid
 
-    pipe, folder = _load(pipeline)
+    pipe, folder = load_generator(pipeline)
     exprs = [canonical_expression(e) for e in (expressions or FERPLUS8.names)]
     prompts, seeds = [], []
     for e in exprs:
@@ -151,7 +152,7 @@ def au_sweep(
     from ..schema import au_code
     from .loop import save_grid
 
-    pipe, folder = _load(pipeline)
+    pipe, folder = load_generator(pipeline)
     if pipe.au_adapter is None:
         raise ValueError(f"{pipeline} has no AU adapter; an AU sweep needs one.")
     names = tuple(pipe.au_adapter.au_names)

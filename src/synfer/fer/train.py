@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,15 @@ from tqdm.auto import tqdm
 from ..batching import IndexDataset
 from ..dataset import DatasetError, atomic_write_json, provenance_entry
 from ..models.classifiers import ClassifierConfig, ExpressionClassifier
-from ..train_state import load_state, rng_state, save_state, set_rng_state
+from ..train_state import (
+    check_same_options,
+    load_state,
+    open_run_dir,
+    rng_state,
+    save_state,
+    set_rng_state,
+    warmup_cosine,
+)
 from .data import LoadedSplit, MixSampler, load_split, train_transform
 from .evaluate import predict
 from .metrics import classification_metrics
@@ -140,17 +147,8 @@ def train_fer(
     out = Path(out)
     if labels not in ("soft", "hard", "sample"):
         raise ValueError(f"labels must be soft, hard or sample; got {labels!r}.")
-    if resume and overwrite:
-        raise ValueError("Pass either resume or overwrite, not both.")
     state_dir = out / "state"
-    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
-        raise DatasetError(f"{out} already exists; pass --resume to continue the run or --overwrite to restart.")
-    if overwrite and out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    if resume and not state_dir.exists():
-        resume = False  # nothing finished yet: start from scratch in the same folder
+    resume = open_run_dir(out, resume, overwrite)
     if mixed_precision == "auto":
         mixed_precision = "bf16" if torch.cuda.is_available() else "no"
     accel = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
@@ -199,9 +197,7 @@ def train_fer(
     if steps_per_epoch == 0:
         raise DatasetError(f"{len(sampler)} training faces per epoch is less than one batch of {batch_size}.")
     total, warm = epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / max(1, warm) if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) /
-                                                                                      max(1, total - warm))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warm, total))
     model, opt, loader, sched = accel.prepare(model, opt, loader, sched)
     start_epoch, best = 0, {"val_accuracy": -1.0, "epoch": -1}
     if resume:
@@ -226,16 +222,8 @@ def train_fer(
             "mixed_precision": mixed_precision, "seed": seed, "limit": limit,
         }, data={p.name: {"faces": len(p), "per_class": p.labels.bincount(minlength=len(expressions)).tolist()}
                  for p in parts + [val_data]}, processes=accel.num_processes)
-        previous = out / "train_config.json"
-        if resume and previous.is_file():  # a resume must continue the same run, not a different one
-            before = json.loads(previous.read_text())["config"]
-            changed = sorted(k for k in before.keys() | run_config["config"].keys()
-                             if before.get(k) != run_config["config"].get(k))
-            if changed:
-                raise DatasetError(
-                    f"{out} was trained with other options ({', '.join(f'{k}={before.get(k)!r}' for k in changed)});"
-                    " resume with the same options, or pass --overwrite to start again."
-                )
+        if resume:
+            check_same_options(out, run_config)
         atomic_write_json(out / "train_config.json", run_config)
 
     # 3. epochs

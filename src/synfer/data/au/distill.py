@@ -18,7 +18,6 @@ Run folder::
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,15 @@ from tqdm.auto import tqdm
 from ...batching import decode_image
 from ...dataset import DatasetError, DatasetFolder, atomic_write_json, provenance_entry
 from ...models.classifiers import ClassifierConfig, ExpressionClassifier
-from ...train_state import load_state, rng_state, save_state, set_rng_state
+from ...train_state import (
+    check_same_options,
+    load_state,
+    open_run_dir,
+    rng_state,
+    save_state,
+    set_rng_state,
+    warmup_cosine,
+)
 from .distilled import FACE_COLUMN, KIND
 
 #: An AU "varies" on a split when the teacher's standard deviation there is at least this (AU09 from MediaPipe
@@ -186,16 +193,8 @@ def train_au_estimator(
         the run folder.
     """
     out = Path(out)
-    if resume and overwrite:
-        raise ValueError("Pass either resume or overwrite, not both.")
     state_dir = out / "state"
-    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
-        raise DatasetError(f"{out} already exists; pass --resume to continue the run or --overwrite to restart.")
-    if overwrite and out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    resume = resume and state_dir.exists()
+    resume = open_run_dir(out, resume, overwrite)
     torch.manual_seed(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -226,8 +225,7 @@ def train_au_estimator(
     if steps_per_epoch == 0:
         raise DatasetError(f"{len(train)} training faces is less than one batch of {batch_size}.")
     total, warm = epochs * steps_per_epoch, max(1, int(warmup_epochs * steps_per_epoch))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warm, total))
     gen = torch.Generator().manual_seed(seed)
     start, best = 0, {"val_mean_r": -2.0, "epoch": -1}
     if resume:
@@ -246,16 +244,10 @@ def train_au_estimator(
         "face_weight": face_weight, "seed": seed, "limit": limit,
     }, data={"train": len(train), "train_with_aus": int(train.has_aus.sum()), "val": len(val),
              "val_with_aus": int(val.has_aus.sum())})
-    previous = out / "train_config.json"
-    if resume and previous.is_file():
-        before = json.loads(previous.read_text())["config"]
-        changed = sorted(k for k in before.keys() | run_config["config"].keys()
-                         if before.get(k) != run_config["config"].get(k))
-        if changed:
-            raise DatasetError(f"{out} was trained with other options ({', '.join(changed)}); resume with the same "
-                               "options, or pass --overwrite to start again.")
+    if resume:
+        check_same_options(out, run_config)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(previous, run_config)
+    atomic_write_json(out / "train_config.json", run_config)
     perm = _flip_permutation(names)
     val_mask = val.has_aus.numpy()
 
