@@ -92,6 +92,24 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(next(folder.glob("*.safetensors"))))
 
 
+def test_class_balanced_loader_draws_rare_expressions_more_often(tmp_path: Path) -> None:
+    from synfer.diffusion.loop import index_loader, load_faces
+
+    train = load_faces([write_faces(tmp_path / "ds", n_train=24)], "train")
+    assert train.expressions == ["happiness", "sadness"] * 12
+    classes = train.expressions[:4] + ["happiness"] * 20  # 22 happy, 2 sad
+    drawn = {"plain": [], "balanced": []}
+    for name, balance in (("plain", 0.0), ("balanced", 1.0)):
+        loader = index_loader(24, 4, 0, lambda idx: idx, classes, balance)
+        for epoch in range(20):
+            loader.sampler.set_epoch(epoch)
+            drawn[name] += [classes[i] for batch in loader for i in batch]
+    assert drawn["plain"].count("sadness") == 2 * 20  # every face once per epoch
+    assert 0.4 < drawn["balanced"].count("sadness") / len(drawn["balanced"]) < 0.6
+    with pytest.raises(ValueError, match="classes"):
+        index_loader(24, 4, 0, lambda idx: idx, None, 0.5)
+
+
 def test_vae_learns_and_sets_its_scaling_factor(vae_run: Path, faces: Path) -> None:
     rows = metrics(vae_run)
     assert [r["epoch"] for r in rows] == [1, 2, 3]

@@ -99,6 +99,9 @@ def test_mix_ratios_and_counts_respected():
     b = MixSampler([100], labels[:1], counts=[2000], balanced=True, seed=0).plan(0)
     share = (labels[0][b] == 1).float().mean().item()
     assert 0.45 < share < 0.55  # balanced despite a 90/10 split
+    b = MixSampler([100], labels[:1], counts=[4000], balanced=True, balance_power=0.5, seed=0).plan(0)
+    share = (labels[0][b] == 1).float().mean().item()
+    assert 0.22 < share < 0.28  # square-root balancing: sqrt(10) / (sqrt(90) + sqrt(10)) = 0.25
     with pytest.raises(ValueError, match="one per folder"):
         MixSampler([100, 100], labels, ratios=[1.0])
 

@@ -102,6 +102,7 @@ class Faces:
         aus: (N, A) float32 in ``au_names`` order (zeros where a record has none), or None.
         has_aus: (N,) bool, which rows have AU values.
         au_names: the header's AU order (empty without AUs).
+        expressions: N expression labels (None where a record has none), for class-balanced sampling.
         skipped: records left out (no caption where one is required).
     """
 
@@ -110,6 +111,7 @@ class Faces:
     aus: torch.Tensor | None
     has_aus: torch.Tensor
     au_names: tuple[str, ...]
+    expressions: list[str | None]
     skipped: int
 
     def __len__(self) -> int:
@@ -135,7 +137,7 @@ def load_faces(paths: Sequence[Path], split: str, size: tuple[int, int, int] | N
             if au_names:
                 check_same_order("AU", au_names, folder.au_names, str(paths[0]), str(path))
             au_names = folder.au_names
-        table = folder.select_split(split).select(["image", "caption", "aus"]).to_pylist()
+        table = folder.select_split(split).select(["image", "caption", "aus", "expression"]).to_pylist()
         if need_captions:
             if table and all(r["caption"] is None for r in table):
                 raise DatasetError(f"{path}: no record of split {split!r} has a caption; run `synfer prepare "
@@ -149,7 +151,7 @@ def load_faces(paths: Sequence[Path], split: str, size: tuple[int, int, int] | N
         rows += [(folder, r) for r in table]
     if not rows:
         return Faces(torch.zeros(0, *(size or (1, 1, 1)), dtype=torch.uint8), [], None, torch.zeros(0, dtype=bool),
-                     tuple(au_names), skipped)
+                     tuple(au_names), [], skipped)
     if size is None:
         first = rows[0][0].load_image(rows[0][1]["image"])
         size = (1 if first.mode in ("L", "I", "I;16") else 3, first.height, first.width)
@@ -162,7 +164,8 @@ def load_faces(paths: Sequence[Path], split: str, size: tuple[int, int, int] | N
     if need_aus:
         aus = torch.tensor([r["aus"] if r["aus"] is not None else [0.0] * len(au_names) for _, r in rows],
                            dtype=torch.float32)
-    return Faces(images, [r["caption"] or "" for _, r in rows], aus, has_aus, tuple(au_names), skipped)
+    return Faces(images, [r["caption"] or "" for _, r in rows], aus, has_aus, tuple(au_names),
+                 [r["expression"] for _, r in rows], skipped)
 
 
 def to_model_range(images: torch.Tensor) -> torch.Tensor:
@@ -170,13 +173,25 @@ def to_model_range(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 127.5 - 1.0
 
 
-def index_loader(n: int, batch_size: int, seed: int, collate: Callable[[list[int]], Any]) -> torch.utils.data.DataLoader:
-    """Shuffled index batches (epoch ``e`` uses ``seed + e``, so a resumed run replays the same plan)."""
+def index_loader(n: int, batch_size: int, seed: int, collate: Callable[[list[int]], Any],
+                 classes: Sequence[str | None] | None = None, class_balance: float = 0.0) -> torch.utils.data.DataLoader:
+    """Shuffled index batches (epoch ``e`` uses ``seed + e``, so a resumed run replays the same plan).
+
+    With ``class_balance`` > 0 an epoch (still ``n`` faces) draws face i with probability proportional to
+    ``count(class_i) ** -class_balance`` (``classes``: one label per face; unlabelled faces form one class), with
+    replacement: 1 sees each class equally often, 0.5 is square-root balancing, 0 every face once.
+    """
     from ..fer.data import MixSampler
 
     if n < batch_size:
         raise DatasetError(f"{n} training images is less than one batch of {batch_size}; lower --batch-size.")
-    sampler = MixSampler([n], [torch.zeros(n, dtype=torch.long)], seed=seed)
+    if class_balance and classes is None:
+        raise ValueError("class_balance needs the faces' classes.")
+    labels = torch.zeros(n, dtype=torch.long)
+    if class_balance:
+        names = sorted({str(c) for c in classes})
+        labels = torch.tensor([names.index(str(c)) for c in classes], dtype=torch.long)
+    sampler = MixSampler([n], [labels], seed=seed, balanced=class_balance > 0, balance_power=class_balance or 1.0)
     return torch.utils.data.DataLoader(IndexDataset(n), batch_size=batch_size, sampler=sampler, drop_last=True,
                                        collate_fn=collate)
 

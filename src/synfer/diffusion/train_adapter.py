@@ -41,6 +41,7 @@ def train_adapter(
     hidden_dim: int = 256,
     au_dropout: float = 0.1,
     caption_dropout: float = 0.05,
+    class_balance: float = 0.0,
     epochs: int = 10,
     batch_size: int = 64,
     lr: float = 1e-4,
@@ -66,6 +67,7 @@ def train_adapter(
         num_tokens, hidden_dim: AU tokens per face and the MLP's hidden width (new adapters only).
         au_dropout: probability of training on the null AU tokens (classifier-free guidance on AUs).
         caption_dropout: probability of training on "" instead of the caption.
+        class_balance: class-balanced sampling as in ``train-generator`` (0 = every face once per epoch).
         epochs, batch_size, lr, ema_decay, snr_gamma: as in ``train-generator``.
         sample_every_epochs, sample_steps: sample grids (validation captions with their AUs).
         seed, limit, resume, overwrite, mixed_precision: as in ``train-vae``.
@@ -118,7 +120,8 @@ def train_adapter(
 
     # 3. loss and trainer
     loader = accel.prepare(index_loader(len(latents), batch_size, seed,
-                                        lambda idx: (latents[idx], ids[idx], aus[idx], has_aus[idx])))
+                                        lambda idx: (latents[idx], ids[idx], aus[idx], has_aus[idx]),
+                                        train.expressions, class_balance))
 
     def loss_fn(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         z, rows, vectors, has = batch[0].to(accel.device), batch[1], batch[2], batch[3]
@@ -133,7 +136,8 @@ def train_adapter(
     options = {"data": [str(Path(p).resolve()) for p in data], "split": split, "size": list(size),
                "pipeline": str(Path(pipeline).resolve()), "adapter": None if adapter is None else str(adapter),
                "au_names": list(au_names), "num_tokens": au.config.num_tokens, "hidden_dim": au.config.hidden_dim,
-               "au_dropout": au_dropout, "caption_dropout": caption_dropout, "batch_size": batch_size, "lr": lr,
+               "au_dropout": au_dropout, "caption_dropout": caption_dropout, "class_balance": class_balance,
+               "batch_size": batch_size, "lr": lr,
                "ema_decay": ema_decay, "snr_gamma": snr_gamma, "seed": seed, "limit": limit}
     trainer = Trainer(accel, out, {"adapter": au}, epochs, len(loader), lr, ema_decay=ema_decay,
                       fingerprint=options)

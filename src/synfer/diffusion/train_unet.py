@@ -260,6 +260,7 @@ def train_generator(
     cross_attention_dim: int = 256,
     lora_rank: int | None = None,
     caption_dropout: float = 0.1,
+    class_balance: float = 0.0,
     epochs: int = 30,
     batch_size: int = 64,
     lr: float = 2e-4,
@@ -292,6 +293,9 @@ def train_generator(
         lora_rank: fine-tune ``pretrained`` with LoRA of this rank on the attention projections (needs peft)
             instead of every UNet weight.
         caption_dropout: probability of training on "" instead of the caption (classifier-free guidance).
+        class_balance: 0 = every face once per epoch; > 0 = an epoch of as many faces drawn with probability
+            ~ count(expression) ** -class_balance (1: classes equally often, 0.5: square-root balancing, which
+            lifts rare expressions such as contempt without repeating their few faces as often).
         epochs, batch_size, lr: AdamW, linear warm-up then cosine decay (for SD fine-tuning use lr ~1e-5).
         ema_decay: EMA of the trained weights (0 = none); the better on validation is exported.
         snr_gamma: min-SNR loss weighting (5 is the paper's value); None = plain MSE.
@@ -359,7 +363,8 @@ def train_generator(
     prompts = sample_prompts or [val.captions[i] for i in sample_prompts_from(val)]
 
     # 3. loss and trainer
-    loader = accel.prepare(index_loader(len(latents), batch_size, seed, lambda idx: (latents[idx], ids[idx])))
+    loader = accel.prepare(index_loader(len(latents), batch_size, seed, lambda idx: (latents[idx], ids[idx]),
+                                        train.expressions, class_balance))
 
     def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         z, rows = batch[0].to(accel.device), batch[1]
@@ -371,7 +376,7 @@ def train_generator(
                "pretrained": pretrained if pretrained is None or not Path(pretrained).exists()
                else str(Path(pretrained).resolve()),
                "unet": dict(unet.config) if pretrained is None else None, "lora_rank": lora_rank,
-               "caption_dropout": caption_dropout, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
+               "caption_dropout": caption_dropout, "class_balance": class_balance, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
                "snr_gamma": snr_gamma, "scheduler": dict(train_sched.config), "seed": seed, "limit": limit}
     trainer = Trainer(accel, out, {"unet": unet, "text_encoder": encoder}, epochs, len(loader), lr,
                       ema_decay=ema_decay, fingerprint=options)

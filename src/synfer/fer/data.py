@@ -108,12 +108,15 @@ class MixSampler(Sampler[int]):
         epoch_size: faces per epoch with ``ratios`` (default: the total size).
         balanced: within each source, draw faces with probability inversely proportional to their class
             frequency (with replacement), so each class is seen about equally often.
+        balance_power: with ``balanced``, the probability goes as frequency ** -balance_power: 1 sees every class
+            equally often, 0.5 (square-root balancing) lifts rare classes without repeating their few faces as
+            often (what a generator that must also learn faces, not only labels, wants).
         seed: base seed; epoch ``e`` uses ``seed + e``, so a resumed run replays the same epochs.
     """
 
     def __init__(self, sizes: Sequence[int], labels: Sequence[torch.Tensor], ratios: Sequence[float] | None = None,
                  counts: Sequence[int] | None = None, epoch_size: int | None = None, balanced: bool = False,
-                 seed: int = 0) -> None:
+                 seed: int = 0, balance_power: float = 1.0) -> None:
         if ratios is not None and counts is not None:
             raise ValueError("Give ratios or counts, not both.")
         for name, v in (("ratios", ratios), ("counts", counts)):
@@ -121,7 +124,10 @@ class MixSampler(Sampler[int]):
                 raise ValueError(f"{len(v)} {name} for {len(sizes)} data folders; give one per folder.")
             if v is not None and min(v) < 0:
                 raise ValueError(f"{name} must be non-negative; got {list(v)}.")
+        if not 0 <= balance_power <= 1:
+            raise ValueError(f"balance_power must be in [0, 1]; got {balance_power}.")
         self.sizes, self.labels, self.balanced, self.seed, self.epoch = list(sizes), list(labels), balanced, seed, 0
+        self.balance_power = float(balance_power)
         if counts is not None:
             self.per_source = [int(c) for c in counts]
         elif ratios is not None:
@@ -146,7 +152,7 @@ class MixSampler(Sampler[int]):
                 continue
             if self.balanced:
                 freq = np.bincount(labels.numpy())
-                p = 1.0 / freq[labels.numpy()]
+                p = freq[labels.numpy()].astype(np.float64) ** -self.balance_power
                 idx = rng.choice(size, want, replace=True, p=p / p.sum())
             elif want <= size:
                 idx = rng.permutation(size)[:want]
