@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "train-generator": "synfer.diffusion.train_unet:train_generator",
     "train-adapter": "synfer.diffusion.train_adapter:train_adapter",
     "generate": "synfer.diffusion.generate:generate",
+    "edit": "synfer.diffusion.edit:edit",
     "sample-grid": "synfer.diffusion.sample:sample_grid",
     "au-sweep": "synfer.diffusion.sample:au_sweep",
     # stage 5: expression classifiers

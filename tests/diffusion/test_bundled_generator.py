@@ -36,3 +36,26 @@ def test_bundled_generator_draws_faces() -> None:
     images = pipe(prompts, aus=aus, generator=torch.Generator().manual_seed(0), output_type="np").images
     assert images.shape == (8, 48, 48, 1) and np.isfinite(images).all()
     assert images.std() > 0.05  # faces, not a flat image
+
+
+def test_bundled_inversion_reconstructs_a_face_that_noising_loses() -> None:
+    """Layout initialisation on real weights: a face DDIM-inverted to half the schedule and sampled back under the
+    same (class-agnostic) condition comes back close; the same entry point reached by fresh noise does not."""
+    from synfer.diffusion.layout import encode_images, invert
+
+    pipe = load_pipeline("bundled")
+    pipe.set_progress_bar_config(disable=True)
+    faces = pipe(["A close-up photo of a person with a neutral expression."] * 4, num_inference_steps=10,
+                 generator=torch.Generator().manual_seed(1), output_type="pt").images
+    steps, strength = 10, 0.6
+    z = invert(pipe, faces, steps, strength)
+    back = pipe([""] * 4, latents=z, strength=strength, num_inference_steps=steps, guidance_scale_text=1.0,
+                output_type="pt").images
+    start = pipe.first_step(steps, strength, z)
+    a = pipe.scheduler.alphas_cumprod[int(pipe.scheduler.timesteps[start])]
+    noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(0))
+    noisy = a.sqrt() * encode_images(pipe, faces) + (1 - a).sqrt() * noise
+    other = pipe([""] * 4, latents=noisy, strength=strength, num_inference_steps=steps, guidance_scale_text=1.0,
+                 output_type="pt").images
+    err_inv, err_noise = (back - faces).abs().mean().item(), (other - faces).abs().mean().item()
+    assert err_inv < 0.08 and err_inv < 0.5 * err_noise  # measured 0.050 vs 0.167 (VAE error included), (err_inv, err_noise)

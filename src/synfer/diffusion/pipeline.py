@@ -210,9 +210,10 @@ class SynferPipeline(DiffusionPipeline):
 
     def prepare_latents(self, batch_size: int, height: int | None, width: int | None, dtype: torch.dtype,
                         device: torch.device, generator: torch.Generator | list[torch.Generator] | None,
-                        latents: torch.Tensor | None) -> torch.Tensor:
+                        latents: torch.Tensor | None, scale: bool = True) -> torch.Tensor:
         """Initial noise (B, C, h, w) scaled by the scheduler's ``init_noise_sigma``; ``latents`` (e.g. a DDIM
-        inversion of a real face, for layout initialisation) replace the noise. Default size: the UNet's."""
+        inversion of a real face, for layout initialisation) replace the noise (``scale=False``: taken as they
+        are, already at the first step's noise level). Default size: the UNet's."""
         size = self.unet.config.sample_size
         h, w = (size, size) if isinstance(size, int) else tuple(size)
         h = h if height is None else height // self.vae_scale_factor
@@ -223,7 +224,20 @@ class SynferPipeline(DiffusionPipeline):
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape} (batch, UNet channels, height / {self.vae_scale_factor}"
                              f", width / {self.vae_scale_factor}); got {tuple(latents.shape)}.")
-        return latents.to(device, dtype) * self.scheduler.init_noise_sigma
+        return latents.to(device, dtype) * (self.scheduler.init_noise_sigma if scale else 1.0)
+
+    def first_step(self, num_inference_steps: int, strength: float, latents: torch.Tensor | None) -> int:
+        """Index of the first scheduler step that runs for ``strength`` (0 for the full schedule)."""
+        if not 0 < strength <= 1:
+            raise ValueError(f"strength must be in (0, 1]; got {strength}.")
+        start = num_inference_steps - max(1, int(round(num_inference_steps * strength)))
+        if start and latents is None:
+            raise ValueError(f"strength={strength} starts part-way through the schedule and needs the latents of a "
+                             "face to start from: pass latents=synfer.diffusion.layout.invert(pipe, images, ...).")
+        if start and float(self.scheduler.init_noise_sigma) != 1.0:
+            raise ValueError(f"strength < 1 needs a variance-preserving scheduler (DDIM, DPM-Solver, UniPC); "
+                             f"{type(self.scheduler).__name__} scales its latents by {self.scheduler.init_noise_sigma}.")
+        return start
 
     def build_condition(self, rows: Sequence[str], prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor,
                         au_tokens: torch.Tensor | None, null_tokens: torch.Tensor | None) -> torch.Tensor:
@@ -270,7 +284,8 @@ class SynferPipeline(DiffusionPipeline):
                  num_inference_steps: int | None = None, guidance_scale_text: float | None = None,
                  guidance_scale_au: float | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None,
-                 latents: torch.Tensor | None = None, output_type: str = "pil", height: int | None = None,
+                 latents: torch.Tensor | None = None, strength: float = 1.0, output_type: str = "pil",
+                 height: int | None = None,
                  width: int | None = None,
                  callback_on_step_end: Callable[..., dict[str, Any] | None] | PipelineCallback
                  | MultiPipelineCallbacks | None = None,
@@ -287,7 +302,11 @@ class SynferPipeline(DiffusionPipeline):
             guidance_scale_text, guidance_scale_au: w_t and w_a of the module docstring's rule (None: the saved
                 defaults, 5.0 and 2.0 unless the model says otherwise).
             generator: seeds the initial noise (and stochastic schedulers); one per prompt for per-row seeds.
-            latents: (B, C, h, w) starting latents instead of noise (layout initialisation).
+            latents: (B, C, h, w) starting latents instead of noise; with ``strength`` < 1 they are a real face's
+                latents noised (or DDIM-inverted, :func:`synfer.diffusion.layout.invert`) to the first step kept.
+            strength: share of the schedule that runs (layout initialisation, SDEdit-style editing): the first
+                ``num_inference_steps - round(num_inference_steps * strength)`` steps are skipped and ``latents``
+                (required below 1) enter at the next one. 1 = the full schedule from noise.
             output_type: "pil", "np", "pt" (images in [0, 1]) or "latent".
             height, width: image size in pixels (multiples of the VAE scale factor); default the UNet's size.
             callback_on_step_end: ``fn(pipe, step_index, timestep, kwargs) -> dict`` after each scheduler step,
@@ -306,6 +325,7 @@ class SynferPipeline(DiffusionPipeline):
         # 1. Check inputs.
         prompts, aus = self.check_inputs(prompt, aus, height, width, num_inference_steps, guidance_scale_text,
                                          guidance_scale_au, output_type, callback_on_step_end_tensor_inputs)
+        start = self.first_step(num_inference_steps, strength, latents)
         device, batch = self._execution_device, len(prompts)
 
         # 2. Encode the prompts and the "" prompt (classifier-free guidance's unconditional row).
@@ -316,18 +336,21 @@ class SynferPipeline(DiffusionPipeline):
         weights = guidance_weights(guidance_scale_text, guidance_scale_au, use_aus=au_tokens is not None)
         rows = list(weights)
 
-        # 4. Initial latents.
-        latents = self.prepare_latents(batch, height, width, self.unet.dtype, device, generator, latents)
+        # 4. Initial latents (a partly noised real face's enter as they are: they already sit at step ``start``).
+        latents = self.prepare_latents(batch, height, width, self.unet.dtype, device, generator, latents,
+                                       scale=start == 0)
 
         # 5. Denoise, combining the rows' noise predictions by the guidance rule.
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
+        if start and hasattr(self.scheduler, "set_begin_index"):  # multistep solvers count steps from here
+            self.scheduler.set_begin_index(start)
+        timesteps = self.scheduler.timesteps[start:]
         step_kwargs = self._step_kwargs(generator)
         adapter = self.au_adapter
         installed = adapter is None or adapter.installed_on(self.unet)  # e.g. left installed by a trainer
         adapter_context = nullcontext() if installed else adapter.applied_to(self.unet)
         with adapter_context, self.progress_bar(total=len(timesteps)) as progress:
-            for i, t in enumerate(timesteps):
+            for i, t in enumerate(timesteps, start=start):  # i indexes the full schedule (callbacks' windows)
                 # Rebuilt every step: a callback may have changed the text embeddings.
                 condition = self.build_condition(rows, prompt_embeds, negative_prompt_embeds, au_tokens, null_tokens)
                 model_input = self.scheduler.scale_model_input(torch.cat([latents] * len(rows)), t)
