@@ -109,7 +109,7 @@ def print_usage(commands: dict[str, str]) -> None:
 
 
 def _report(result: Any) -> None:
-    if result is None:
+    if result is None or os.environ.get("RANK", "0") != "0":  # one report per sharded job (torchrun sets RANK)
         return
     if isinstance(result, Path):
         print(f"wrote {result}")

@@ -210,6 +210,9 @@ class DatasetWriter:
             ``"resume"`` (continue a folder; ids already written are reported by :meth:`has` and refused by
             :meth:`add`), ``"append"`` (same as resume, for a complete folder).
         shard_tag: distinguishes shards of parallel writers (``records-<tag>-00000.parquet``).
+        write_header: False for the helper writers of a parallel job: they write only their shards and images and
+            never touch ``dataset.json`` (nor clean temporary files), which belongs to the one main writer
+            (see :meth:`adopt_records`).
         flush_every: records per shard.
         licence: licence note for the header.
     """
@@ -223,6 +226,7 @@ class DatasetWriter:
         shard_tag: str | None = None,
         flush_every: int = 5000,
         licence: str = "",
+        write_header: bool = True,
     ) -> None:
         if mode not in ("create", "overwrite", "resume", "append"):
             raise ValueError(f"mode must be create, overwrite, resume or append; got {mode!r}.")
@@ -231,6 +235,7 @@ class DatasetWriter:
         self.path = Path(path)
         self.flush_every = flush_every
         self.shard_tag = shard_tag
+        self.write_header = write_header
         self._buffer: list[dict] = []
         self._closed = False
         exists = self.path.exists() and any(self.path.iterdir())
@@ -245,7 +250,8 @@ class DatasetWriter:
                 check_same_order("AU", self.header.aus.names, aus.names, str(self.path), "writer")
             if self.header.aus is None and aus is not None:
                 raise DatasetError(f"{self.path}: cannot add an AU set to a folder that was created without one.")
-            self._clean_temp_files()
+            if write_header:  # a helper must not delete the main writer's images in flight
+                self._clean_temp_files()
             self._ids = set(DatasetFolder(self.path, allow_incomplete=True).ids)
             self.header.complete = False
         else:
@@ -260,7 +266,7 @@ class DatasetWriter:
             self._ids = set()
         (self.path / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
         self._next_shard = self._first_free_shard()
-        atomic_write_json(self.path / HEADER_FILE, self.header.to_dict())
+        self._write_header()
 
     # -- state -----------------------------------------------------------------------------------------------
     def has(self, record_id: str) -> bool:
@@ -345,7 +351,13 @@ class DatasetWriter:
         self._next_shard += 1
         self._buffer = []
         self.header.stats["records"] = len(self._ids)
-        atomic_write_json(self.path / HEADER_FILE, self.header.to_dict())
+        self._write_header()
+
+    def adopt_records(self) -> None:
+        """Count in the records that parallel helper writers (``write_header=False``) have flushed to this folder;
+        call after they have closed, before :meth:`close`."""
+        self.flush()
+        self._ids = set(DatasetFolder(self.path, allow_incomplete=True).ids)
 
     def close(self, complete: bool = True) -> None:
         """Flush and write the header; ``complete=True`` marks the folder finished."""
@@ -354,7 +366,7 @@ class DatasetWriter:
         self.flush()
         self.header.stats["records"] = len(self._ids)
         self.header.complete = complete
-        atomic_write_json(self.path / HEADER_FILE, self.header.to_dict())
+        self._write_header()
         self._closed = True
 
     def __enter__(self) -> DatasetWriter:
@@ -365,6 +377,10 @@ class DatasetWriter:
         self.close(complete=exc_type is None)
 
     # -- helpers ---------------------------------------------------------------------------------------------
+    def _write_header(self) -> None:
+        if self.write_header:
+            atomic_write_json(self.path / HEADER_FILE, self.header.to_dict())
+
     def _first_free_shard(self) -> int:
         used = [-1]
         for f in shard_files(self.path):

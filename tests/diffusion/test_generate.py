@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -102,6 +103,47 @@ def test_resume_after_sigkill(pipe_dir: Path, tmp_path: Path) -> None:  # noqa: 
     assert sorted(ids) == [f"syn{k:07d}" for k in range(80)] and len(set(ids)) == 80
     for r in d.records():
         d.load_image(r.image).load()
+
+
+def test_two_processes_share_the_plan(pipe_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    """torchrun with 2 CPU processes (accelerate's PartialState on gloo): each writes its share into its own shards, the main process
+    finalises; the folder equals a one-process run's plan, and a 1-process --resume of it has nothing to do."""
+    out = tmp_path / "syn"
+    args = ["generate", str(out), "--pipeline", str(pipe_dir), "--expressions", "neutral,happiness",
+            "--per-class", "6", "--batch-size", "2", "--flush-every", "2", "--au-source", "prototype"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+              "-m", "synfer", *args]
+    run = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    d = DatasetFolder(out)
+    assert sorted(d.ids) == [f"syn{k:07d}" for k in range(12)]
+    assert any("-p1-" in p.name for p in out.glob("records-*.parquet"))  # the second process wrote shards
+    assert d.header.stats["generate"]["processes"] == 2 and (out / "preview.png").is_file()
+    one = generate(tmp_path / "one", pipeline=str(pipe_dir), expressions=EXPR, per_class=6, batch_size=2,
+                   au_source="prototype", preview=False)
+    d1 = DatasetFolder(one)
+    for r in d1.records():  # the same faces as one process draws
+        a = np.asarray(d.load_image(r.image), dtype=int)
+        assert np.abs(a - np.asarray(d1.load_image(r.image), dtype=int)).max() <= 2
+    generate(out, pipeline=str(pipe_dir), expressions=EXPR, per_class=6, batch_size=2, flush_every=2,
+             au_source="prototype", resume=True)
+    assert len(DatasetFolder(out)) == 12
+
+
+def test_layout_initialisation_starts_from_real_faces(pipe_dir: Path, prepared: Path, tmp_path: Path) -> None:  # noqa: F811
+    out = generate(tmp_path / "syn", pipeline=str(pipe_dir), expressions=EXPR, per_class=2, au_source="prototype",
+                   layout=prepared, layout_strength=0.5, num_inference_steps=4, preview=False)
+    d = DatasetFolder(out)
+    picks = [r.meta["layout"] for r in d.records()]
+    assert all(p["strength"] == 0.5 and p["face"] in {f"r{i}" for i in range(6)} for p in picks)
+    assert d.header.provenance[-1]["config"]["layout"]["faces"] == 6
+    with pytest.raises(ValueError, match="strength"):
+        generate(tmp_path / "bad", pipeline=str(pipe_dir), expressions=EXPR, per_class=1, layout=prepared,
+                 layout_strength=0.0)
 
 
 def guidance_step(pipe, guide: SemanticGuidance, aus: torch.Tensor):

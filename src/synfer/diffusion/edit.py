@@ -70,6 +70,7 @@ def edit(
     batch_size: int = 32,
     expressions: list[str] | None = None,
     out_split: str = "train",
+    device: str = "auto",
     preview: bool = True,
     overwrite: bool = False,
 ) -> Path:
@@ -93,6 +94,7 @@ def edit(
         batch_size: faces per pipeline call.
         expressions: the output's label set in header order (default FER+'s eight).
         out_split: the split written on every record.
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda:1`` ...
         preview: write ``OUT/preview.png`` (sources above edits, up to 16).
         overwrite: replace ``out``.
 
@@ -107,7 +109,7 @@ def edit(
     if target is not None and target not in exprs:
         raise ValueError(f"expression {expression!r} is not in the label set {exprs}.")
     faces = read_faces(inputs, split, limit)
-    pipe, pipe_dir = load_generator(pipeline)
+    pipe, pipe_dir = load_generator(pipeline, device)
     pipe.set_progress_bar_config(disable=True)
     au_names = tuple(pipe.au_adapter.au_names) if pipe.au_adapter is not None else None
     vector = target_aus(target, aus, au_names, au_base, pipe_dir)

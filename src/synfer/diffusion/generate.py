@@ -12,6 +12,18 @@ Target AUs (``au_source``):
   * ``prototype``: the EMFACS prototypes; ``none``: text only (no AU condition).
 ``au_jitter`` adds uniform noise of that half-width to each target AU (clipped to [0, 1]).
 
+Layout initialisation (``layout``): each face starts from the DDIM inversion of a real face picked by its seed
+(:mod:`synfer.diffusion.layout`), at ``layout_strength`` of the schedule, instead of pure noise.
+
+Sharding: run the same command under several processes and each generates its share of the faces still missing,
+into its own record shards (``records-p<rank>-*.parquet``); the main process opens the folder first and completes
+it last. Any process count works, also for ``--resume`` of a run made with another count::
+
+    torchrun --nproc_per_node 4 -m synfer generate OUT ...          # 4 GPUs (or 4 CPU processes on gloo)
+    accelerate launch --multi_gpu --num_processes 4 -m synfer generate OUT ...
+    torchrun --nnodes 2 --node_rank R --nproc_per_node 8 --master_addr HOST --master_port 29500 \
+        -m synfer generate OUT ...                                   # 2 nodes: OUT on a shared filesystem
+
 Every record carries its generation parameters in ``meta`` (seed, coarse description, sampler, scales, semantic
 guidance and the guidance model with its weights' hash, the generator's hash); ``aus`` holds the target AUs and
 ``caption`` the prompt.
@@ -32,7 +44,7 @@ from tqdm.auto import tqdm
 
 from ..data.common import open_output
 from ..data.prompts import enrich_prompt
-from ..dataset import DatasetFolder, Record
+from ..dataset import DatasetFolder, DatasetWriter, Record
 from ..models.classifiers import DEFAULT_CLASSIFIER, ExpressionClassifier, resolve_classifier_path
 from ..schema import FERPLUS8, AUSet, canonical_expression, check_same_order
 from .sample import expression_au_targets, load_generator
@@ -102,6 +114,11 @@ def plan_faces(counts: dict[str, int], au_names: tuple[str, ...] | None, au_sour
     return plan
 
 
+def layout_pick(seed: int, n: int) -> int:
+    """The layout face of a planned face: a function of its seed alone, so resumed and sharded runs agree."""
+    return random.Random(seed ^ 0x5EED).randrange(n)
+
+
 def generate(
     out: Path,
     pipeline: str = "bundled",
@@ -121,7 +138,11 @@ def generate(
     guidance_model: str = DEFAULT_CLASSIFIER,
     au_guidance: float = 0.0,
     au_model: str | None = None,
+    layout: Path | None = None,
+    layout_strength: float = 0.7,
+    layout_split: str = "train",
     split: str = "train",
+    device: str = "auto",
     preview: bool = True,
     flush_every: int = FLUSH_EVERY,
     resume: bool = False,
@@ -147,7 +168,12 @@ def generate(
         au_guidance: weight of the AU term in the guidance loss (needs the AU adapter's AUs; uses ``au_model``);
             with semantic_guidance 0 the AU term alone guides, with a step of 0.05.
         au_model: distilled AU estimator folder or name for AU guidance (default the bundled one).
+        layout: layout initialisation: a dataset folder (or image folder) of real faces; each generated face starts
+            from the DDIM inversion of one of them (picked by its seed) instead of pure noise.
+        layout_strength: share of the schedule run from the inverted face (lower keeps more of its pose and look).
+        layout_split: the split of a dataset folder ``layout`` draws from.
         split: the split name written on every record.
+        device: ``auto`` (this process's GPU when there are GPUs, else the CPU), ``cpu``, ``cuda``, ``cuda:1`` ...
         preview: write ``OUT/preview.png`` (up to 8 faces per expression) at the end.
         flush_every: faces per record shard; a killed run redoes at most this many.
         resume: continue an interrupted run (same options).
@@ -172,7 +198,13 @@ def generate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
 
-    pipe, pipe_dir = load_generator(pipeline)
+    # Sharding (``accelerate launch`` / ``torchrun ... -m synfer generate``): the main process opens (or resumes)
+    # the folder, then every process writes its share of the faces still missing into its own shards, and the main
+    # one counts them in. On a machine without GPUs the processes share the CPU (gloo).
+    from accelerate import PartialState
+
+    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+    pipe, pipe_dir = load_generator(pipeline, state.device if device == "auto" else device)
     adapter = pipe.au_adapter
     au_names = tuple(adapter.au_names) if adapter is not None else None
     if au_source != "none" and au_names is None:
@@ -189,7 +221,7 @@ def generate(
     guidance = None
     classifier = au_est = None
     if semantic_guidance or au_guidance:
-        classifier = ExpressionClassifier.from_pretrained(guidance_model)
+        classifier = ExpressionClassifier.from_pretrained(guidance_model).to(pipe.device)
         classifier.check_labels(exprs, "the generated label set")
         guidance = {"scale": semantic_guidance, "window": list(guidance_window), "model": str(guidance_model),
                     "model_sha256": files_sha256(resolve_classifier_path(guidance_model)), "au_weight": au_guidance}
@@ -198,19 +230,35 @@ def generate(
                 raise ValueError("au_guidance needs a pipeline with an AU adapter (target AUs).")
             from ..data.au.distilled import DistilledAUEstimator
 
-            au_est = DistilledAUEstimator.from_pretrained(au_model, au_set=AUSet(au_names))
+            au_est = DistilledAUEstimator.from_pretrained(au_model, au_set=AUSet(au_names)).to(pipe.device)
             guidance["au_model"] = str(au_model or "bundled")
+    layout_faces = None
+    if layout is not None:
+        from .layout import list_faces
+
+        pipe.first_step(sampler["num_inference_steps"], layout_strength, torch.zeros(1))  # validates the strength
+        layout_faces = list_faces([layout], layout_split if (Path(layout) / "dataset.json").is_file() else None)
     config = {"pipeline": str(pipeline), "generator_sha256": generator_info["sha256"], "counts": want,
               "coarse": coarse, "au_source": au_source, "au_jitter": au_jitter, "seed": seed, **sampler,
-              "semantic_guidance": guidance, "split": split}
-    writer = open_output(out, exprs, "generate", config, aus=AUSet(au_names) if au_names else None,
-                         overwrite=overwrite, resume=resume,
-                         licence="Synthetic faces from a synfer generator; see the generator's model card for the "
-                                 "terms of the data it was trained on.")
+              "semantic_guidance": guidance, "split": split,
+              "layout": None if layout is None else {"source": str(layout), "strength": layout_strength,
+                                                     "split": layout_split, "faces": len(layout_faces)}}
+    aus_set = AUSet(au_names) if au_names else None
+    writer = None
+    if state.is_main_process:
+        writer = open_output(out, exprs, "generate", config, aus=aus_set, overwrite=overwrite, resume=resume,
+                             licence="Synthetic faces from a synfer generator; see the generator's model card for "
+                                     "the terms of the data it was trained on.")
+    state.wait_for_everyone()
+    if writer is None:
+        writer = DatasetWriter(out, exprs, aus_set, mode="resume", shard_tag=f"p{state.process_index}",
+                               write_header=False)
     writer.flush_every = flush_every
-    todo = [f for f in plan if not writer.has(f.id)]
+    missing = [f for f in plan if not writer.has(f.id)]
+    todo = missing[state.process_index::state.num_processes]
     t0, done = time.perf_counter(), 0
-    bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="generate", unit="face")
+    bar = tqdm(total=len(plan), initial=len(plan) - len(missing), desc="generate", unit="face",
+               disable=not state.is_main_process)
     try:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
@@ -229,28 +277,50 @@ def generate(
                                             ce_weight=1.0 if semantic_guidance else 0.0)
             kw = {"callback_on_step_end": callback,
                   "callback_on_step_end_tensor_inputs": callback.tensor_inputs} if callback is not None else {}
+            starts = [None] * len(batch)
+            if layout_faces is not None:
+                from .layout import invert, to_pipeline_images
+
+                starts = [layout_pick(f.seed, len(layout_faces)) for f in batch]
+                real = to_pipeline_images(pipe, [layout_faces[j][1]() for j in starts])
+                kw["latents"] = invert(pipe, real, sampler["num_inference_steps"], layout_strength)
+                kw["strength"] = layout_strength
             images = pipe(prompts, aus=aus, num_inference_steps=sampler["num_inference_steps"],
                           guidance_scale_text=sampler["guidance_scale_text"],
                           guidance_scale_au=sampler["guidance_scale_au"],
                           generator=[torch.Generator().manual_seed(f.seed) for f in batch], **kw).images
-            for f, prompt, image in zip(batch, prompts, images, strict=True):
+            for f, prompt, image, j in zip(batch, prompts, images, starts, strict=True):
                 meta = {"seed": f.seed, "index": f.index, "coarse": f.coarse, **sampler, "au_source": au_source,
                         "generator": generator_info, "guidance": guidance}
+                if j is not None:
+                    meta["layout"] = {"face": layout_faces[j][0], "strength": layout_strength}
                 writer.add(Record(id=f.id, split=split, source="synfer-generate", expression=f.expression,
                                   aus=f.aus, caption=prompt, meta=meta), image)
             done += len(batch)
-            bar.update(len(batch))
-            bar.set_postfix(faces_per_s=f"{done / (time.perf_counter() - t0):.2f}")
+            bar.update(len(batch) * state.num_processes)  # the other processes keep the same pace
+            bar.set_postfix(faces_per_s=f"{done * state.num_processes / (time.perf_counter() - t0):.2f}")
     except BaseException:
         writer.close(complete=False)  # what is listed stays valid; --resume finishes it
         raise
     finally:
         bar.close()
-    writer.header.stats["generate"] = {"faces": len(plan), "this_run": done,
-                                       "seconds_this_run": round(time.perf_counter() - t0, 1)}
-    writer.close(complete=True)
-    if preview:
-        write_preview(out, exprs)
+    if not state.is_main_process:
+        writer.close(complete=False)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        writer.adopt_records()
+        missed = [f.id for f in plan if not writer.has(f.id)]
+        if missed:
+            writer.close(complete=False)
+            raise RuntimeError(f"{len(missed)} planned faces are missing from {out} (e.g. {missed[:3]}); rerun with "
+                               "--resume.")
+        writer.header.stats["generate"] = {"faces": len(plan), "this_run": len(missing),
+                                           "seconds_this_run": round(time.perf_counter() - t0, 1),
+                                           "processes": state.num_processes}
+        writer.close(complete=True)
+        if preview:
+            write_preview(out, exprs)
+    state.wait_for_everyone()
     return out
 
 

@@ -16,8 +16,9 @@ inverted start costs less than the sampling it replaces.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -97,19 +98,17 @@ def invert(pipe: Any, images: torch.Tensor, num_inference_steps: int | None = No
     return z.to(pipe.unet.dtype)
 
 
-def read_faces(inputs: Sequence[str | Path], split: str | None = None, limit: int | None = None
-               ) -> list[tuple[str, Image.Image]]:
-    """Faces to edit or to lay out from: image files, folders of images, or synfer dataset folders (their records
-    of ``split``, all splits by default). Returns (name, image) pairs; names are file stems or record ids."""
-    found: list[tuple[str, Image.Image]] = []
+def list_faces(inputs: Sequence[str | Path], split: str | None = None, limit: int | None = None
+               ) -> list[tuple[str, Callable[[], Image.Image]]]:
+    """Faces to edit or to lay out from, not yet decoded: image files, folders of images, or synfer dataset
+    folders (their records of ``split``, all splits by default). Returns (name, load) pairs; names are file stems
+    or record ids, ``load()`` reads the image."""
+    found: list[tuple[str, Callable[[], Image.Image]]] = []
     for raw in inputs:
         path = Path(raw)
         if (path / "dataset.json").is_file():
             folder = DatasetFolder(path)
-            for rec in folder.records(split):
-                found.append((rec.id, folder.load_image(rec.image)))
-                if limit is not None and len(found) >= limit:
-                    return found
+            found += [(rec.id, partial(folder.load_image, rec.image)) for rec in folder.records(split)]
             continue
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
         for f in files:
@@ -117,14 +116,22 @@ def read_faces(inputs: Sequence[str | Path], split: str | None = None, limit: in
                 raise DatasetError(f"{f}: no such image file, image folder or dataset folder.")
             if f.suffix.lower() not in IMAGE_SUFFIXES:
                 raise DatasetError(f"{f}: not an image ({', '.join(IMAGE_SUFFIXES)}) nor a dataset folder.")
-            try:
-                with Image.open(f) as im:
-                    found.append((f.stem, im.copy()))
-            except OSError as e:
-                raise DatasetError(f"{f}: cannot read the image ({e}).") from e
-            if limit is not None and len(found) >= limit:
-                return found
+            found.append((f.stem, partial(_open_image, f)))
     if not found:
         raise DatasetError(f"No faces found in {[str(p) for p in inputs]}"
                            + (f" (split {split!r})" if split else "") + ".")
-    return found
+    return found[:limit]
+
+
+def _open_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            return im.copy()
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read the image ({e}).") from e
+
+
+def read_faces(inputs: Sequence[str | Path], split: str | None = None, limit: int | None = None
+               ) -> list[tuple[str, Image.Image]]:
+    """:func:`list_faces`, decoded: (name, image) pairs (a bad file fails here, before any work)."""
+    return [(name, load()) for name, load in list_faces(inputs, split, limit)]

@@ -74,14 +74,16 @@ def expression_au_targets(expressions: list[str], au_names: tuple[str, ...], au_
     return torch.tensor([table["per_expression"][e] for e in expressions], dtype=torch.float32)
 
 
-def load_generator(pipeline: str | None) -> tuple[Any, Path]:
-    """The pipeline (progress bar off) and its folder, where ``au_targets.json`` may lie."""
+def load_generator(pipeline: str | None, device: str | torch.device = "cpu") -> tuple[Any, Path]:
+    """The pipeline (progress bar off) on ``device`` (``auto``: CUDA when present) and its folder, where
+    ``au_targets.json`` may lie."""
+    from ..fer.evaluate import resolve_device
     from .pipeline import load_pipeline, resolve_pipeline_dir
 
     folder = resolve_pipeline_dir(pipeline)
     pipe = load_pipeline(folder)
     pipe.set_progress_bar_config(disable=True)
-    return pipe, folder
+    return pipe.to(resolve_device(str(device))), folder
 
 
 def sample_grid(
