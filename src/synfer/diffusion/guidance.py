@@ -15,7 +15,8 @@ the next timestep, so the guidance of step ``i + 1`` is computed there with one 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -40,6 +41,21 @@ def guided_embedding(loss: torch.Tensor, embeds: torch.Tensor, step: float) -> t
     g_norm = g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1)
     e_norm = embeds.detach().flatten(1).norm(dim=1).view(-1, 1, 1)
     return (embeds - step * e_norm * g / g_norm).detach()
+
+
+@contextmanager
+def frozen(*modules: nn.Module | None) -> Iterator[None]:
+    """Parameters that do not require gradients while inside (restored after): the backward pass then computes
+    only the gradient to the embedding, not the weights' (measured ~15% off a guided step on CPU)."""
+    params = [p for m in modules if m is not None for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, f in zip(params, flags, strict=True):
+            p.requires_grad_(f)
 
 
 class SemanticGuidance:
@@ -95,7 +111,7 @@ class SemanticGuidance:
         latents = kwargs["latents"]
         embeds = kwargs["prompt_embeds"].detach().requires_grad_(True)
         au_tokens = kwargs.get("au_tokens")
-        with torch.enable_grad():
+        with torch.enable_grad(), frozen(pipe.unet, pipe.vae, pipe.au_adapter):
             cond = embeds
             if pipe.au_adapter is not None:  # the "text + AUs" row of the pipeline (null tokens without AUs)
                 tokens = au_tokens if au_tokens is not None else pipe.au_adapter.encode(None, batch_size=len(embeds))

@@ -350,9 +350,8 @@ class SynferPipeline(DiffusionPipeline):
         installed = adapter is None or adapter.installed_on(self.unet)  # e.g. left installed by a trainer
         adapter_context = nullcontext() if installed else adapter.applied_to(self.unet)
         with adapter_context, self.progress_bar(total=len(timesteps)) as progress:
+            condition = self.build_condition(rows, prompt_embeds, negative_prompt_embeds, au_tokens, null_tokens)
             for i, t in enumerate(timesteps, start=start):  # i indexes the full schedule (callbacks' windows)
-                # Rebuilt every step: a callback may have changed the text embeddings.
-                condition = self.build_condition(rows, prompt_embeds, negative_prompt_embeds, au_tokens, null_tokens)
                 model_input = self.scheduler.scale_model_input(torch.cat([latents] * len(rows)), t)
                 noise = self.unet(model_input, t, encoder_hidden_states=condition, return_dict=False)[0]
                 eps = None
@@ -369,6 +368,9 @@ class SynferPipeline(DiffusionPipeline):
                     prompt_embeds = updates.get("prompt_embeds", prompt_embeds)
                     negative_prompt_embeds = updates.get("negative_prompt_embeds", negative_prompt_embeds)
                     au_tokens = updates.get("au_tokens", au_tokens)
+                    if updates.keys() - {"latents"}:  # the conditions changed: rebuild the stacked rows
+                        condition = self.build_condition(rows, prompt_embeds, negative_prompt_embeds, au_tokens,
+                                                         null_tokens)
                 progress.update()
 
         # 6. Decode with the VAE; 7. postprocess.
