@@ -34,6 +34,9 @@ COMMANDS: dict[str, str] = {
     "edit": "synfer.diffusion.edit:edit",
     "sample-grid": "synfer.diffusion.sample:sample_grid",
     "au-sweep": "synfer.diffusion.sample:au_sweep",
+    # stage 4: labelling
+    "train-annotator": "synfer.labeling.train_annotator:train_annotator",
+    "label": "synfer.labeling.label:label",
     # stage 5: expression classifiers
     "train-fer": "synfer.fer.train:train_fer",
     "evaluate": "synfer.fer.evaluate:evaluate",

@@ -1,0 +1,1 @@
+"""Stage 4: label synthetic faces (FERAnno and other annotators, ensemble voting)."""

@@ -1,0 +1,112 @@
+"""``synfer label``: pseudo-label a (synthetic) dataset folder with FERAnno and other annotators by ensemble vote.
+
+Every annotator scores every face; :func:`synfer.labeling.vote.vote` decides (agree -> keep, disagree -> the
+ensemble mean as soft label, optionally drop when unsure). The output is a new dataset folder with the same images
+(hard-linked where the filesystem allows): ``expression`` is the voted label, ``label_probs`` the ensemble mean, and
+``meta`` keeps the target (``meta.target``), the status (``meta.vote``) and every annotator's probabilities
+(``meta.votes``). Dropped faces are not written; the summary (agreement, relabel and drop rates, per class) of the
+faces voted in this run goes to the header's ``stats.label`` and is printed. Resumable with ``--resume`` (dropped
+faces are voted again, with the same result).
+
+    synfer label runs/syn runs/syn-labelled --annotators runs/feranno,ferplus-resnet-s --threshold 0.5
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..data.common import open_output
+from ..dataset import DatasetFolder, Record
+from ..schema import check_same_order
+from .annotators import load_annotator
+from .vote import summarise, vote
+
+
+def _weights_hash(spec: str) -> str:
+    from ..diffusion.generate import files_sha256
+    from ..models.classifiers import resolve_classifier_path
+
+    path = Path(spec) if Path(spec).is_dir() else resolve_classifier_path(spec)
+    return files_sha256(path)
+
+
+def label(
+    data: Path,
+    out: Path,
+    annotators: list[str],
+    threshold: float | None = None,
+    split: str | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Vote labels for a dataset folder's faces and write the labelled copy.
+
+    Args:
+        data: the dataset folder (typically ``synfer generate``'s output; its ``expression`` is the target).
+        out: the labelled dataset folder to write.
+        annotators: FERAnno folders (``synfer train-annotator``) and/or classifier folders or bundled names, in the
+            data's expression order. Keep the judge you will evaluate with out of this list.
+        threshold: drop faces the annotators disagree on whose ensemble confidence is below this (None: keep all).
+        split: label only this split (default all records).
+        batch_size: faces per annotator call.
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda:1`` ...
+        resume, overwrite: continue an interrupted run / replace ``out``.
+
+    Returns:
+        ``out``.
+    """
+    from ..fer.evaluate import resolve_device
+
+    if not annotators:
+        raise ValueError("Give at least one annotator (--annotators FERANNO_DIR,ferplus-resnet-s).")
+    folder = DatasetFolder(data)
+    names = list(folder.expressions)
+    dev = resolve_device(device)
+    models = {}
+    for spec in annotators:
+        models[spec] = load_annotator(spec, dev)
+        check_same_order("expression", list(models[spec].label_names), names, f"annotator {spec}", str(data))
+    records = list(folder.records(split))
+    if not records:
+        raise ValueError(f"{data} has no records" + (f" in split {split!r}" if split else "") + ".")
+    config = {"data": str(Path(data).resolve()), "annotators": list(annotators), "threshold": threshold,
+              "split": split, "annotator_sha256": {s: _weights_hash(s) for s in annotators}}
+    writer = open_output(out, names, "label", config, aus=folder.header.aus, overwrite=overwrite, resume=resume,
+                         licence=folder.header.licence)
+    targets_all, results = [], []
+    try:
+        todo = [r for r in records if not writer.has(r.id)]
+        for start in tqdm(range(0, len(todo), batch_size), desc="label", unit="batch"):
+            batch = todo[start:start + batch_size]
+            images = [folder.load_image(r.image) for r in batch]
+            probs = np.stack([models[s](images).numpy() for s in annotators])  # (A, B, K)
+            targets = np.array([names.index(r.expression) if r.expression is not None else -1 for r in batch])
+            res = vote(probs, targets, threshold)
+            targets_all.append(targets)
+            results.append(res)
+            for j, r in enumerate(batch):
+                if res.status[j] == "drop":
+                    continue
+                meta = {**(r.meta or {}), "target": r.expression, "vote": str(res.status[j]),
+                        "votes": {s: [round(float(p), 5) for p in probs[a, j]] for a, s in enumerate(annotators)}}
+                soft = res.soft[j] / res.soft[j].sum()
+                writer.add(Record(id=r.id, split=r.split, source=r.source, expression=names[int(res.label[j])],
+                                  label_probs=soft.tolist(), aus=r.aus, caption=r.caption, meta=meta),
+                           folder.image_path(r.image), link=True)
+    except BaseException:
+        writer.close(complete=False)
+        raise
+    if results:
+        merged = type(results[0])(np.concatenate([r.label for r in results]), np.concatenate([r.soft for r in results]),
+                                  np.concatenate([r.status for r in results]))
+        summary = summarise(merged, np.concatenate(targets_all), names)
+        writer.header.stats["label"] = summary
+        print(json.dumps({k: v for k, v in summary.items() if k != "per_class"}))
+    writer.close(complete=True)
+    return out

@@ -1,0 +1,196 @@
+"""``synfer train-annotator``: train FERAnno (or its linear-probe ablation) on real labelled faces.
+
+The generator stays frozen, so each face's UNet features are read once (:class:`FERAnnotator.read`; mirrored faces
+too with ``flip``) and kept in memory in fp16; the head then trains for many epochs at the cost of a small network.
+Soft labels (FER+ vote distributions) train with soft cross-entropy. Each epoch the head is scored on the validation
+split (accuracy on the hard labels) and the best epoch's head is exported::
+
+    OUT/config.json, OUT/model.safetensors   the head (FERAnnoHead.from_pretrained / synfer label)
+    OUT/metrics.jsonl                        train loss, val accuracy and macro-F1 per epoch
+    OUT/train_config.json                    options, data sizes, the generator and its hash
+
+The whole run is minutes on CPU for the mini generator (features read once), so it is not resumable; a killed run
+leaves no partial head (files are written under temporary names, then renamed).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..dataset import DatasetError, atomic_write_json, provenance_entry
+from ..fer.data import load_split
+from ..fer.metrics import classification_metrics
+from ..models.feranno import FERAnnoConfig, FERAnnoHead
+from ..train_state import warmup_cosine
+from .annotators import FERAnnotator
+
+
+def read_features(annotator: FERAnnotator, images: torch.Tensor, batch_size: int, desc: str,
+                  flip: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """uint8 faces (N, C, H, W) -> (feature maps, attention maps) over the whole set, fp16 on the CPU (with
+    ``flip`` the mirrored faces follow the originals: 2N rows)."""
+    feats: list[list[torch.Tensor]] = []
+    attns: list[list[torch.Tensor]] = []
+    device = annotator.pipe.device
+    sets = [images, images.flip(-1)] if flip else [images]
+    with tqdm(total=sum(len(s) for s in sets), desc=desc, unit="face") as bar:
+        for s in sets:
+            for chunk in s.split(batch_size):
+                f, a = annotator.read(chunk.to(device).float() / 255)
+                feats.append([x.half().cpu() for x in f])
+                attns.append([x.half().cpu() for x in a])
+                bar.update(len(chunk))
+    return [torch.cat(col) for col in zip(*feats, strict=True)], [torch.cat(col) for col in zip(*attns, strict=True)]
+
+
+def train_annotator(
+    data: list[Path],
+    out: Path,
+    pipeline: str = "bundled",
+    kind: str = "feranno",
+    split: str = "train",
+    val: Path | None = None,
+    val_split: str = "val",
+    prompt: str = "a photo of a face",
+    timestep: int = 1,
+    attention_tokens: int = 8,
+    grid: int = 12,
+    dim: int = 128,
+    heads: int = 4,
+    flip: bool = True,
+    epochs: int = 30,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    weight_decay: float = 0.05,
+    read_batch_size: int = 64,
+    max_cache_gb: float = 8.0,
+    seed: int = 0,
+    limit: int | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+) -> Path:
+    """Train a FERAnno head on a generator's frozen UNet features.
+
+    Args:
+        data: labelled dataset folders (soft labels used where present), in one expression order.
+        out: the output folder (the head).
+        pipeline: the generator whose UNet is read (folder or bundled name); recorded with its hash.
+        kind: ``feranno`` (feature + attention encoders, bidirectional cross-attention fusion, linear head) or
+            ``probe`` (a linear layer on the pooled feature maps: the ablation).
+        split, val, val_split: trained on ``split`` of ``data``; scored on ``val_split`` of ``val`` (default the
+            first data folder).
+        prompt, timestep: the class-agnostic prompt and noise level of the single UNet pass.
+        attention_tokens, grid, dim, heads: what is read and the head's size (see ``FERAnnoConfig``).
+        flip: also read mirrored training faces (twice the features; augmentation for free at training time).
+        epochs, batch_size, lr, weight_decay: AdamW, warm-up then cosine decay.
+        read_batch_size: faces per UNet pass while reading features.
+        max_cache_gb: refuse (with the fix) if the features would take more memory than this.
+        seed: noise draw, initialisation and batch order.
+        limit: at most this many faces per split (quick runs).
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda:1`` ...
+        overwrite: replace ``out``.
+
+    Returns:
+        ``out``.
+    """
+    from ..diffusion.generate import files_sha256
+    from ..diffusion.sample import load_generator
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise DatasetError(f"{out} already exists and is not empty; choose another folder or pass --overwrite.")
+    torch.manual_seed(seed)
+    pipe, folder = load_generator(pipeline, device)
+    annotator = FERAnnotator(pipe, None, prompt, timestep, attention_tokens, seed)
+    size = (pipe.vae.config.in_channels, pipe.vae.config.sample_size, pipe.vae.config.sample_size)
+    parts = [load_split(p, split, input_size=size, limit=limit) for p in data]
+    names = parts[0].expressions
+    for p in parts[1:]:
+        from ..schema import check_same_order
+
+        check_same_order("expression", list(names), list(p.expressions), str(data[0]), p.name)
+    images = torch.cat([p.images for p in parts])
+    probs = torch.cat([p.probs for p in parts])
+    val_data = load_split(val or data[0], val_split, expressions=names, input_size=size, limit=limit)
+
+    # 1. read the UNet once per face (checking the memory first on a small batch)
+    f1, a1 = annotator.read(images[:2].to(pipe.device).float() / 255)
+    per_face = 2 * (sum(x[0].numel() for x in f1) + sum(x[0].numel() for x in a1))
+    need = per_face * (len(images) * (2 if flip else 1) + len(val_data.images)) / 2**30
+    if need > max_cache_gb:
+        raise ValueError(f"The UNet features of {len(images)} faces{' (x2 with flip)' if flip else ''} would take "
+                         f"{need:.1f} GB; pass --limit, --no-flip or raise --max-cache-gb (now {max_cache_gb}).")
+    t0 = time.perf_counter()
+    train_f, train_a = read_features(annotator, images, read_batch_size, "reading train faces", flip)
+    val_f, val_a = read_features(annotator, val_data.images, read_batch_size, "reading val faces")
+    read_s = time.perf_counter() - t0
+    targets = torch.cat([probs, probs]) if flip else probs
+
+    # 2. the head
+    config = FERAnnoConfig(label_names=list(names), feature_channels=[x.shape[1] for x in f1],
+                           attention_layers=len(a1), kind=kind, attention_tokens=attention_tokens, grid=grid, dim=dim,
+                           heads=heads, generator=str(pipeline), generator_sha256=files_sha256(folder),
+                           prompt=prompt, timestep=timestep)
+    head = FERAnnoHead(config).to(pipe.device)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = max(1, len(targets) // batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps_per_epoch, epochs * steps_per_epoch))
+    rng = torch.Generator().manual_seed(seed)
+
+    def logits_of(fs: list[torch.Tensor], as_: list[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+        return head([x[idx].to(pipe.device) for x in fs], [x[idx].to(pipe.device) for x in as_])
+
+    def evaluate() -> dict:
+        head.eval()
+        with torch.no_grad():
+            pred = torch.cat([logits_of(val_f, val_a, idx).argmax(-1).cpu()
+                              for idx in torch.arange(len(val_data.labels)).split(512)])
+        head.train()
+        m = classification_metrics(val_data.labels.numpy(), pred.numpy(), names)
+        return {"val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"]}
+
+    # 3. train, keeping the best epoch on validation
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+    best, best_state, history = -1.0, None, []
+    bar = tqdm(range(epochs), desc="train-annotator", unit="epoch")
+    for epoch in bar:
+        order = torch.randperm(len(targets), generator=rng)
+        total = 0.0
+        for idx in order[: steps_per_epoch * batch_size].split(batch_size):
+            loss = F.cross_entropy(logits_of(train_f, train_a, idx).float(), targets[idx].to(pipe.device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+        row = {"epoch": epoch + 1, "train_loss": total / (steps_per_epoch * batch_size), **evaluate()}
+        history.append(row)
+        with open(out / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if row["val_accuracy"] > best:
+            best, best_state = row["val_accuracy"], {k: v.detach().clone() for k, v in head.state_dict().items()}
+        bar.set_postfix(val_acc=f"{row['val_accuracy']:.4f}", best=f"{best:.4f}")
+    head.load_state_dict(best_state)
+    chosen = max(history, key=lambda r: r["val_accuracy"])
+    head.config.extra = {"train_faces": len(images), "val_faces": len(val_data.labels), "chosen_epoch":
+                         chosen["epoch"], "val_accuracy": chosen["val_accuracy"], "val_macro_f1": chosen["val_macro_f1"],
+                         "data": [str(p) for p in data], "seed": seed}
+    head.cpu().save_pretrained(out)
+    atomic_write_json(out / "train_config.json", provenance_entry(
+        "train-annotator", {"data": [str(Path(p).resolve()) for p in data], "pipeline": str(pipeline), "kind": kind,
+                            "split": split, "val": str(val or data[0]), "val_split": val_split, "prompt": prompt,
+                            "timestep": timestep, "attention_tokens": attention_tokens, "grid": grid, "dim": dim,
+                            "heads": heads, "flip": flip, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                            "weight_decay": weight_decay, "seed": seed, "limit": limit},
+        data={"train_faces": len(images), "val_faces": len(val_data.labels), "feature_gb": round(need, 2),
+              "read_seconds": round(read_s, 1), "generator_sha256": config.generator_sha256,
+              "head_parameters": sum(p.numel() for p in head.parameters()),
+              "chosen_epoch": chosen["epoch"], "val_accuracy": chosen["val_accuracy"]}))
+    return out
