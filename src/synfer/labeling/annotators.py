@@ -37,6 +37,7 @@ class FERAnnotator:
         if head is not None:
             prompt, timestep, attention_tokens = head.config.prompt, head.config.timestep, head.config.attention_tokens
         self.prompt, self.timestep, self.tokens, self.seed = prompt, int(timestep), int(attention_tokens), seed
+        self._embeds: torch.Tensor | None = None
         n_train = pipe.scheduler.config.num_train_timesteps
         if not 0 <= self.timestep < n_train:
             raise ValueError(f"timestep must be in [0, {n_train}); got {timestep}.")
@@ -58,7 +59,9 @@ class FERAnnotator:
         noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(self.seed)).to(z0.device, z0.dtype)
         a = pipe.scheduler.alphas_cumprod[self.timestep].to(z0.device, z0.dtype)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
-        embeds, _ = pipe.encode_prompt([self.prompt] * len(z0), z0.device)
+        if self._embeds is None or self._embeds.device != z0.device:  # one prompt for every face: encode it once
+            self._embeds = pipe.encode_prompt([self.prompt], z0.device)[0]
+        embeds = self._embeds.expand(len(z0), -1, -1)
         t = torch.tensor(self.timestep, device=z0.device)
         with UNetFeatureHooks(pipe.unet, self.tokens) as hooks:
             pipe.unet(zt, t, encoder_hidden_states=embeds, return_dict=False)

@@ -110,8 +110,8 @@ class FERAnnoConfig:
     attention_layers: int
     kind: str = "feranno"
     attention_tokens: int = 8
-    grid: int = 12
-    dim: int = 128
+    grid: int = 6
+    dim: int = 96
     heads: int = 4
     generator: str = "bundled"
     generator_sha256: str = ""
