@@ -40,6 +40,7 @@ COMMANDS: dict[str, str] = {
     # stage 5: expression classifiers
     "train-fer": "synfer.fer.train:train_fer",
     "evaluate": "synfer.fer.evaluate:evaluate",
+    "quality": "synfer.fer.quality:quality",
     "probe": "synfer.fer.probe:probe",
 }
 
