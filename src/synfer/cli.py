@@ -42,6 +42,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "synfer.fer.evaluate:evaluate",
     "quality": "synfer.fer.quality:quality",
     "probe": "synfer.fer.probe:probe",
+    "experiment": "synfer.fer.experiment:experiment",
 }
 
 
