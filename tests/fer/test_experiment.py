@@ -49,6 +49,7 @@ def test_experiment_runs_every_row_and_reuses_cells(tmp_path: Path) -> None:
         assert len(r["accuracy"]) == 1 and 0 <= r["accuracy"][0] <= 100
     assert set(results["quality"]) == {"text", "aus", "aus+guidance", "aus+guidance+voting"}
     assert "| real |" in report.read_text() and "FD-FER" in report.read_text()
+    assert set(results["probes"]) == {"real", "syn-1x"} and "10-shot" in report.read_text()
     assert not any(c["cached"] for c in results["cells"] if c["cell"].startswith("train-real-"))
     experiment(**kw)  # again: nothing recomputed
     again = json.loads((tmp_path / "work" / "results.json").read_text())

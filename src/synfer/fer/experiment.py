@@ -13,7 +13,9 @@ Rows (one classifier recipe, fixed seeds):
 * ``real+syn-Nx``: both, N in ``mix_scales``;
 * generator ablations at ``ablation_scale`` x: ``text`` (AU adapter off), ``aus`` (AU targets, no guidance),
   ``aus+guidance``, ``aus+guidance+voting`` (labels voted by ``annotators``), each also measured by
-  ``synfer quality`` with the ``judge`` (which neither guides nor labels).
+  ``synfer quality`` with the ``judge`` (which neither guides nor labels);
+* probes: the frozen backbones of ``real`` and of the largest ``syn-Nx`` (supervised, where the paper pre-trains
+  self-supervised), a linear probe and a 10-shot probe on the real faces (``synfer probe``).
 
 ``reduced`` (a flag) runs every row at the sizes in ``reduced_sizes``, for a CPU: a seeded subset of the real
 training faces (at most ``real_limit`` / K per class, so rare classes keep all theirs) and ``epochs``; synthetic sets
@@ -92,6 +94,16 @@ def _test_metrics(model: Path, test: str) -> dict[str, Any]:
     evaluate(str(model), Path(test), split="test", out=model / "test")
     m = json.loads((model / "test" / "metrics.json").read_text())
     return {"accuracy": round(100 * m["accuracy"], 2), "macro_f1": round(100 * m["macro_f1"], 2)}
+
+
+def _probe(model: str, data: str, out: Path) -> dict[str, Any]:
+    from .probe import probe
+
+    probe(model, Path(data), out=out, shots=[10])
+    r = json.loads((out / "probe.json").read_text())
+    return {"linear_probe": round(100 * r["linear_probe"]["accuracy"], 2),
+            "10_shot": round(100 * r["few_shot"]["10"]["accuracy_mean"], 2),
+            "10_shot_std": round(100 * r["few_shot"]["10"]["accuracy_std"], 2)}
 
 
 def experiment(
@@ -206,12 +218,19 @@ def experiment(
     if unknown:
         raise ValueError(f"unknown rows {unknown}; the study's rows are {[r for r, _ in plan]}.")
 
-    results: dict[str, Any] = {"config": asdict(cfg), "reduced": reduced, "rows": {}, "quality": {}}
+    results: dict[str, Any] = {"config": asdict(cfg), "reduced": reduced, "rows": {}, "quality": {}, "probes": {}}
+    models: dict[str, str] = {}
     for row, fn in plan:
         if row not in wanted:
             continue
         runs = [fn(s) for s in cfg.seeds]
+        models[row] = runs[0]["model"]
         results["rows"][row] = {"accuracy": [r["accuracy"] for r in runs], "macro_f1": [r["macro_f1"] for r in runs]}
+    # frozen backbones trained on real vs on the largest synthetic set: linear probe and 10-shot on real faces
+    for row in ("real", f"syn-{max(cfg.synthetic_scales):g}x"):
+        if row in models:
+            results["probes"][row] = cells.run(f"probe-{row}", {"model": models[row], "data": cfg.test},
+                                               lambda d, row=row: _probe(models[row], cfg.test, d))
     for v in ablations:
         if f"ablation-{v}" in wanted:
             data = synthetic(v, cfg.ablation_scale)["data"]
@@ -239,5 +258,11 @@ def write_report(results: dict[str, Any], path: Path) -> Path:
         for v, q in results["quality"].items():
             lines.append(f"| {v} | {q['expression_accuracy']:.1f} | {q['fd_fer']:.3f} | {q['kid_fer']['mean']:.4f} | "
                          f"{q['diversity']['synthetic']['mean']:.3f} |")
+    if results.get("probes"):
+        lines += ["", "Frozen backbones (supervised on real vs on synthetic faces), probed on real FER+ (linear: all "
+                  "training faces; 10-shot: mean over 5 draws):", "",
+                  "| backbone trained on | linear probe (%) | 10-shot (%) |", "|---|---|---|"]
+        for row, p in results["probes"].items():
+            lines.append(f"| {row} | {p['linear_probe']:.2f} | {p['10_shot']:.2f} +- {p['10_shot_std']:.2f} |")
     path.write_text("\n".join(lines) + "\n")
     return path
