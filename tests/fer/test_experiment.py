@@ -50,6 +50,10 @@ def test_experiment_runs_every_row_and_reuses_cells(tmp_path: Path) -> None:
     assert set(results["quality"]) == {"text", "aus", "aus+guidance", "aus+guidance+voting"}
     assert "| real |" in report.read_text() and "FD-FER" in report.read_text()
     assert set(results["probes"]) == {"real", "syn-1x"} and "10-shot" in report.read_text()
+    page = (tmp_path / "work" / "report.html").read_text()
+    for fig in ("scaling.png", "per_class.png", "confusion-real.png", "samples-aus_guidance.png"):
+        assert (tmp_path / "work" / "figures" / fig).is_file() and f"figures/{fig}" in page
+    assert "<table" in page
     assert not any(c["cached"] for c in results["cells"] if c["cell"].startswith("train-real-"))
     experiment(**kw)  # again: nothing recomputed
     again = json.loads((tmp_path / "work" / "results.json").read_text())

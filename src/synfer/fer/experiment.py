@@ -225,7 +225,8 @@ def experiment(
             continue
         runs = [fn(s) for s in cfg.seeds]
         models[row] = runs[0]["model"]
-        results["rows"][row] = {"accuracy": [r["accuracy"] for r in runs], "macro_f1": [r["macro_f1"] for r in runs]}
+        results["rows"][row] = {"accuracy": [r["accuracy"] for r in runs], "macro_f1": [r["macro_f1"] for r in runs],
+                                "models": [r["model"] for r in runs]}
     # frozen backbones trained on real vs on the largest synthetic set: linear probe and 10-shot on real faces
     for row in ("real", f"syn-{max(cfg.synthetic_scales):g}x"):
         if row in models:
@@ -239,30 +240,6 @@ def experiment(
                                                                            out=d / "quality.json"))
     results["cells"] = cells.log
     atomic_write_json(work / "results.json", results)
-    return write_report(results, work / "report.md")
+    from .report import write_report
 
-
-def write_report(results: dict[str, Any], path: Path) -> Path:
-    """The Markdown table of the study (mean over seeds; every seed's figure in results.json)."""
-    import numpy as np
-
-    lines = ["# SynFER study on FER+", "",
-             f"{'Reduced scale (CPU).' if results['reduced'] else 'Full scale.'} Classifiers chosen on the real "
-             "validation split, scored once on the real test split.", "",
-             "| row | test accuracy (%) | macro-F1 (%) | seeds |", "|---|---|---|---|"]
-    for row, r in results["rows"].items():
-        lines.append(f"| {row} | {np.mean(r['accuracy']):.2f} | {np.mean(r['macro_f1']):.2f} | {len(r['accuracy'])} |")
-    if results["quality"]:
-        lines += ["", "Generator ablations, judged by an independent classifier:", "",
-                  "| variant | expression accuracy (%) | FD-FER | KID-FER | diversity |", "|---|---|---|---|---|"]
-        for v, q in results["quality"].items():
-            lines.append(f"| {v} | {q['expression_accuracy']:.1f} | {q['fd_fer']:.3f} | {q['kid_fer']['mean']:.4f} | "
-                         f"{q['diversity']['synthetic']['mean']:.3f} |")
-    if results.get("probes"):
-        lines += ["", "Frozen backbones (supervised on real vs on synthetic faces), probed on real FER+ (linear: all "
-                  "training faces; 10-shot: mean over 5 draws):", "",
-                  "| backbone trained on | linear probe (%) | 10-shot (%) |", "|---|---|---|"]
-        for row, p in results["probes"].items():
-            lines.append(f"| {row} | {p['linear_probe']:.2f} | {p['10_shot']:.2f} +- {p['10_shot_std']:.2f} |")
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_report(results, work)

@@ -1,0 +1,171 @@
+"""The study's report: ``report.md`` (tables) and ``report.html`` (tables and figures) from ``results.json``.
+
+Figures (``WORK/figures/``): the scaling curve (test accuracy against the synthetic set's size, real-only as a line),
+per-class test recall of real / largest synthetic / real + largest synthetic, their confusion matrices, and a sample
+grid per generator variant (each set's preview: rows are expressions).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: The paper's figures next to which ours are shown (AffectNet / RAF-DB; SynFER §5; ours are on FER+).
+PAPER = {
+    "real+synthetic": "POSTER++ 91.59 -> 91.95 (RAF-DB), 67.49 -> 69.04 (AffectNet)",
+    "synthetic only": "AffectNet: 67.23% at 1x the real train size, 69.84% at 5x",
+    "ablations": "generated-face expression accuracy: SD 20.06 -> +FEText 34.62 -> +AUs 48.74 -> +guidance 55.14",
+    "probes": "MoCo v3 ResNet-50 linear probe, AffectNet: 51.03 (real) -> 55.56 (synthetic) -> 57.84 (both)",
+}
+
+
+def _mean(v: list[float]) -> float:
+    return float(np.mean(v)) if v else float("nan")
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = ["# SynFER study on FER+", "",
+             f"{'Reduced scale (CPU).' if results['reduced'] else 'Full scale.'} Classifiers chosen on the real "
+             "validation split, scored once on the real test split; mean over seeds (every seed in results.json).",
+             "", "| row | test accuracy (%) | macro-F1 (%) | seeds |", "|---|---|---|---|"]
+    for row, r in results["rows"].items():
+        lines.append(f"| {row} | {_mean(r['accuracy']):.2f} | {_mean(r['macro_f1']):.2f} | {len(r['accuracy'])} |")
+    if results.get("quality"):
+        lines += ["", "Generator ablations, judged by an independent classifier:", "",
+                  "| variant | expression accuracy (%) | FD-FER | KID-FER | diversity |", "|---|---|---|---|---|"]
+        for v, q in results["quality"].items():
+            lines.append(f"| {v} | {q['expression_accuracy']:.1f} | {q['fd_fer']:.3f} | {q['kid_fer']['mean']:.4f} | "
+                         f"{q['diversity']['synthetic']['mean']:.3f} |")
+    if results.get("probes"):
+        lines += ["", "Frozen backbones (supervised on real vs on synthetic faces), probed on real FER+ (linear: all "
+                  "training faces; 10-shot: mean over 5 draws):", "",
+                  "| backbone trained on | linear probe (%) | 10-shot (%) |", "|---|---|---|"]
+        for row, p in results["probes"].items():
+            lines.append(f"| {row} | {p['linear_probe']:.2f} | {p['10_shot']:.2f} +- {p['10_shot_std']:.2f} |")
+    lines += ["", "The paper's corresponding figures (other datasets, Stable Diffusion scale):", ""]
+    lines += [f"- {k}: {v}" for k, v in PAPER.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _plot_scaling(results: dict[str, Any], path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["rows"]
+    syn = sorted((float(m.group(1)), _mean(r["accuracy"])) for k, r in rows.items()
+                 if (m := re.fullmatch(r"syn-([\d.]+)x", k)))
+    mix = sorted((float(m.group(1)), _mean(r["accuracy"])) for k, r in rows.items()
+                 if (m := re.fullmatch(r"real\+syn-([\d.]+)x", k)))
+    if not syn and not mix:
+        return None
+    fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=110)
+    if syn:
+        ax.plot(*zip(*syn, strict=True), "o-", label="synthetic only")
+    if mix:
+        ax.plot(*zip(*mix, strict=True), "s--", label="real + synthetic")
+    if "real" in rows:
+        ax.axhline(_mean(rows["real"]["accuracy"]), color="gray", ls=":", label="real only")
+    ax.set_xlabel("synthetic faces (x real training size)")
+    ax.set_ylabel("FER+ test accuracy (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _plot_per_class(models: dict[str, str], path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recalls = {}
+    for row, model in models.items():
+        m = Path(model) / "test" / "metrics.json"
+        if m.is_file():
+            d = json.loads(m.read_text())
+            recalls[row] = {n: 100 * (c["recall"] or 0.0) for n, c in d["per_class"].items()}
+    if not recalls:
+        return None
+    names = list(next(iter(recalls.values())))
+    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=110)
+    width = 0.8 / len(recalls)
+    for i, (row, rec) in enumerate(recalls.items()):
+        ax.bar(np.arange(len(names)) + i * width, [rec[n] for n in names], width, label=row)
+    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=30, ha="right")
+    ax.set_ylabel("test recall (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _html(md: str) -> str:
+    """Our Markdown (headings, paragraphs, tables, bullet lists) as HTML."""
+    out, table = [], []
+
+    def flush_table() -> None:
+        if table:
+            cells = [[html.escape(c.strip()) for c in r.strip("|").split("|")] for r in table if not r.startswith("|---")]
+            head = "".join(f"<th>{c}</th>" for c in cells[0])
+            rows = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in cells[1:])
+            out.append(f"<table border=\"1\" cellpadding=\"4\"><tr>{head}</tr>{rows}</table>")
+            table.clear()
+
+    for line in md.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush_table()
+        if line.startswith("# "):
+            out.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.startswith("- "):
+            out.append(f"<li>{html.escape(line[2:])}</li>")
+        elif line.strip():
+            out.append(f"<p>{html.escape(line)}</p>")
+    flush_table()
+    return "\n".join(out)
+
+
+def write_report(results: dict[str, Any], work: Path) -> Path:
+    """``WORK/report.md`` and ``WORK/report.html`` (with ``WORK/figures/``); returns the Markdown path."""
+    work = Path(work)
+    md = markdown(results)
+    (work / "report.md").write_text(md)
+    figures = work / "figures"
+    figures.mkdir(exist_ok=True)
+    shown: list[tuple[str, Path]] = []
+    rows = results["rows"]
+    largest = max((k for k in rows if re.fullmatch(r"syn-[\d.]+x", k)), default=None,
+                  key=lambda k: float(k[4:-1]))
+    key_rows = [k for k in ("real", largest, f"real+{largest}" if largest else None) if k in rows]
+    if (p := _plot_scaling(results, figures / "scaling.png")) is not None:
+        shown.append(("Scaling: test accuracy against the synthetic set's size", p))
+    if (p := _plot_per_class({k: rows[k]["models"][0] for k in key_rows}, figures / "per_class.png")) is not None:
+        shown.append(("Per-class test recall", p))
+    for k in key_rows:
+        cm = Path(rows[k]["models"][0]) / "test" / "confusion_matrix.png"
+        if cm.is_file():
+            shutil.copyfile(cm, figures / f"confusion-{k}.png")
+            shown.append((f"Confusion matrix, {k}", figures / f"confusion-{k}.png"))
+    for v, q in results.get("quality", {}).items():
+        grid = Path(q["data"]) / "preview.png"
+        if grid.is_file():
+            target = figures / f"samples-{re.sub(r'[^A-Za-z0-9]+', '_', v)}.png"
+            shutil.copyfile(grid, target)
+            shown.append((f"Samples, generator variant {v} (rows: expressions)", target))
+    body = [_html(md)]
+    body += [f"<h3>{html.escape(t)}</h3><img src=\"figures/{p.name}\" alt=\"{html.escape(t)}\">" for t, p in shown]
+    (work / "report.html").write_text("<!doctype html><html><head><meta charset=\"utf-8\"><title>SynFER study on "
+                                      "FER+</title></head><body>" + "\n".join(body) + "</body></html>\n")
+    return work / "report.md"
