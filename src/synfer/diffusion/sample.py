@@ -97,6 +97,7 @@ def sample_grid(
     num_inference_steps: int | None = None,
     guidance_scale_text: float | None = None,
     guidance_scale_au: float | None = None,
+    device: str = "auto",
 ) -> Path:
     """A grid of generated faces: one row per expression, ``per_expression`` seeds per row.
 
@@ -109,13 +110,14 @@ def sample_grid(
         coarse: a coarse description of the person for the prompts ("an old man"); "" for anyone.
         seed: first seed.
         num_inference_steps, guidance_scale_text, guidance_scale_au: sampler settings (None: the pipeline's).
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda:1`` ...
 
     Returns:
         the PNG path.
     """
     from .loop import save_grid
 
-    pipe, folder = load_generator(pipeline)
+    pipe, folder = load_generator(pipeline, device)
     exprs = [canonical_expression(e) for e in (expressions or FERPLUS8.names)]
     prompts, seeds = [], []
     for e in exprs:
@@ -146,6 +148,7 @@ def au_sweep(
     num_inference_steps: int | None = None,
     guidance_scale_text: float | None = None,
     guidance_scale_au: float | None = None,
+    device: str = "auto",
 ) -> Path:
     """One AU from 0 to 1 with everything else fixed: rows are seeds, columns the AU's value.
 
@@ -154,7 +157,7 @@ def au_sweep(
     from ..schema import au_code
     from .loop import save_grid
 
-    pipe, folder = load_generator(pipeline)
+    pipe, folder = load_generator(pipeline, device)
     if pipe.au_adapter is None:
         raise ValueError(f"{pipeline} has no AU adapter; an AU sweep needs one.")
     names = tuple(pipe.au_adapter.au_names)
