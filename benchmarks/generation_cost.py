@@ -14,7 +14,8 @@ generated, interleaving the variants in every repeat so that load on the machine
 * ``semantic_au``: the same plus the AU term (distilled AU estimator, weight 1).
 
 Reports the median and the minimum seconds per batch over the repeats, faces/s (median) and each variant's time
-relative to ``synfer``
+relative to ``synfer``: as a ratio of medians, of minima, and as the median of the per-round ratios (the most robust
+on a shared machine, where load drifts between rounds)
 (the generate issue's acceptance: semantic guidance <= 1.5x; synfer no slower than diffusers).
 Writes benchmarks/results/generation_cost.json.
 """
@@ -136,6 +137,9 @@ def main() -> None:
         "seconds_per_batch": {k: round(v, 3) for k, v in med.items()},
         "faces_per_s": {k: round(len(plan) / v, 2) for k, v in med.items()},
         "relative_to_synfer": {k: round(v / med["synfer"], 3) for k, v in med.items()},
+        # per repeat, each variant against synfer in the same round (load drifts between rounds, less within one)
+        "paired_ratio_median": {k: round(statistics.median(x / y for x, y in zip(v, seconds["synfer"], strict=True)), 3)
+                                for k, v in seconds.items()},
         "min_seconds_per_batch": {k: round(v, 3) for k, v in best.items()},
         "relative_to_synfer_min": {k: round(v / best["synfer"], 3) for k, v in best.items()},
         "synfer_vs_diffusers_max_abs_pixel_difference": float((images["synfer"] - images["diffusers"]).abs().max())
