@@ -29,8 +29,9 @@ from .vote import summarise, vote
 def _weights_hash(spec: str) -> str:
     from ..diffusion.generate import files_sha256
     from ..models.classifiers import resolve_classifier_path
+    from ..models.feranno import is_feranno, resolve_feranno_path
 
-    path = Path(spec) if Path(spec).is_dir() else resolve_classifier_path(spec)
+    path = resolve_feranno_path(spec) if is_feranno(spec) else resolve_classifier_path(spec)
     return files_sha256(path)
 
 

@@ -222,17 +222,32 @@ class FERAnnoHead(nn.Module):
     def from_pretrained(cls, path: str | Path) -> FERAnnoHead:
         from safetensors.torch import load_file
 
-        path = Path(path)
+        path = resolve_feranno_path(path)
         cfg = path / CONFIG_FILE
-        if not cfg.is_file():
-            raise FileNotFoundError(f"{path}: no {CONFIG_FILE}; give a folder written by `synfer train-annotator`.")
         head = cls(FERAnnoConfig.from_dict(json.loads(cfg.read_text()), str(cfg)))
         head.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
         return head.eval()
 
 
+def bundled_annotators_dir() -> Path:
+    return Path(__file__).resolve().parents[1] / "assets" / "annotators"
+
+
+def resolve_feranno_path(path_or_name: str | Path) -> Path:
+    """A FERAnno folder from a path or a bundled name (``src/synfer/assets/annotators/<name>``)."""
+    for p in (Path(path_or_name), bundled_annotators_dir() / str(path_or_name)):
+        if (p / CONFIG_FILE).is_file():
+            return p
+    raise FileNotFoundError(f"No FERAnno at {path_or_name!r}: give a `synfer train-annotator` output folder or a "
+                            "bundled name.")
+
+
 def is_feranno(path: str | Path) -> bool:
-    """Whether a folder holds a FERAnno head (rather than a classifier)."""
+    """Whether a folder (or bundled name) holds a FERAnno head rather than a classifier."""
+    try:
+        path = resolve_feranno_path(path)
+    except FileNotFoundError:
+        return False
     cfg = Path(path) / CONFIG_FILE
     try:
         return cfg.is_file() and json.loads(cfg.read_text()).get("format") == FORMAT
