@@ -119,6 +119,25 @@ def test_train_annotator_learns_patterns_and_labels_a_set(pipe_dir: Path, patter
     assert len(DatasetFolder(strict)) == DatasetFolder(strict).header.stats["label"]["agree"]
 
 
+def test_feature_cache_is_reused_and_gives_the_same_head(pipe_dir: Path, patterns: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import synfer.labeling.train_annotator as ta
+
+    kw = dict(pipeline=str(pipe_dir), kind="probe", epochs=2, batch_size=16, read_batch_size=16,
+              feature_cache=tmp_path / "cache")
+    first = train_annotator([patterns], tmp_path / "a", **kw)
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2  # train (with flip) and val
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("features were read again instead of coming from the cache")
+
+    monkeypatch.setattr(ta, "read_features", no_reading)
+    second = train_annotator([patterns], tmp_path / "b", **kw)
+    assert (first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
+    with pytest.raises(AssertionError, match="read again"):  # another reading option is another cache entry
+        train_annotator([patterns], tmp_path / "c", **{**kw, "timestep": 5})
+
+
 def test_feranno_refuses_a_changed_generator(pipe_dir: Path, patterns: Path, tmp_path: Path) -> None:
     out = train_annotator([patterns], tmp_path / "feranno", pipeline=str(pipe_dir), kind="probe", epochs=1,
                           batch_size=16, read_batch_size=16, limit=16)
