@@ -36,3 +36,19 @@ def test_bundled_classifier_on_real_validation_faces(tmp_path):
     probs = predict(ExpressionClassifier.from_pretrained(DEFAULT_CLASSIFIER), val, torch.device("cpu"))
     accuracy = (probs.argmax(1) == val.labels.numpy()).mean()
     assert accuracy > 0.8, accuracy
+
+
+def test_bundled_judge_is_independent_of_the_guidance_model():
+    """The second bundled classifier (the judge) differs from the default guidance model in architecture, seed and
+    weights, so `synfer quality` / `evaluate` accept it on sets the default guided."""
+    from synfer.diffusion.generate import files_sha256
+
+    judge = "ferplus-vgg13s-judge"
+    assert judge in bundled_classifiers()
+    a, b = ExpressionClassifier.from_pretrained(DEFAULT_CLASSIFIER), ExpressionClassifier.from_pretrained(judge)
+    assert a.label_names == b.label_names and a.config.architecture != b.config.architecture
+    assert a.config.extra.get("seed") != b.config.extra.get("seed")
+    assert files_sha256(bundled_dir() / judge) != files_sha256(bundled_dir() / DEFAULT_CLASSIFIER)
+    assert "research use" in (bundled_dir() / judge / "README.md").read_text()
+    with torch.no_grad():
+        assert b(torch.rand(2, 1, 48, 48)).shape == (2, 8)

@@ -9,7 +9,7 @@
   that collapses to one face per class shows);
 * AU control (sets with target AUs): Pearson r per AU between targets and what an AU estimator measures on the faces.
 
-    synfer quality runs/syn --real runs/ferplus --judge runs/judge --out runs/syn/quality.json
+    synfer quality runs/syn --real runs/ferplus --judge ferplus-vgg13s-judge --out runs/syn/quality.json
 """
 
 from __future__ import annotations
