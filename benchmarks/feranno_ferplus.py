@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from synfer.dataset import DatasetFolder
 from synfer.fer.metrics import classification_metrics
 from synfer.labeling.annotators import load_annotator
-from synfer.models.classifiers import DEFAULT_CLASSIFIER
+from synfer.models.classifiers import DEFAULT_CLASSIFIER, resolve_classifier_path
+from synfer.models.feranno import resolve_feranno_path
 
 
 def score(spec: str, real: Path, split: str, batch: int) -> dict:
@@ -55,7 +56,7 @@ def main() -> None:
     results = {}
     for name, spec in models.items():
         results[name] = {"model": str(spec), **score(spec, args.real, args.split, args.batch)}
-        cfg = Path(spec) / "config.json"
+        cfg = (resolve_classifier_path(spec) if name == "classifier" else resolve_feranno_path(spec)) / "config.json"
         if cfg.is_file():
             results[name]["chosen_on_val"] = json.loads(cfg.read_text()).get("extra", {})
     write_result(args.out, {"command": "python benchmarks/feranno_ferplus.py " + " ".join(
