@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..dataset import DatasetError, atomic_write_json, provenance_entry
 from ..models.text_encoders import CLIPTextEncoderWrapper, MiniLMTextEncoder, TextEncoder
@@ -133,8 +134,10 @@ class CaptionEmbedder:
 
             with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
+                starts = range(0, len(self.unique), batch_size)
                 self.cache = torch.cat([fn(self.unique[i:i + batch_size], device).half().cpu()
-                                        for i in range(0, len(self.unique), batch_size)])
+                                        for i in tqdm(starts, desc="encoding captions", unit="batch",
+                                                      disable=len(starts) < 4)])
             truncated = [w for w in caught if "truncated" in str(w.message)]
             for w in caught:  # anything else as it came
                 if w not in truncated:
