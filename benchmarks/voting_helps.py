@@ -27,7 +27,7 @@ from synfer.dataset import DatasetFolder
 from synfer.diffusion.generate import files_sha256
 from synfer.fer.data import load_split
 from synfer.fer.evaluate import predict
-from synfer.labeling.label import _weights_hash, label
+from synfer.labeling.label import annotator_sha256, label
 from synfer.models.classifiers import ExpressionClassifier, resolve_classifier_path
 
 
@@ -49,7 +49,7 @@ def main() -> None:
 
     annotators = [a for a in args.annotators.split(",") if a]
     judge_hash = files_sha256(resolve_classifier_path(args.judge))
-    if any(_weights_hash(a) == judge_hash for a in annotators):
+    if any(annotator_sha256(a) == judge_hash for a in annotators):
         raise SystemExit(f"The judge {args.judge} is one of the annotators; judge with a classifier that did not vote.")
     out = args.work / f"{args.data.name}-t{args.threshold}"
     done = (out / "dataset.json").is_file() and '"complete": true' in (out / "dataset.json").read_text()
@@ -60,8 +60,8 @@ def main() -> None:
     names = list(source.expressions)
     judge = ExpressionClassifier.from_pretrained(args.judge)
     data = load_split(args.data, args.split, expressions=names)
-    judged = dict(zip(data.ids, predict(judge, data, torch.device("cpu")).argmax(-1)))
-    targets = dict(zip(data.ids, data.labels.tolist()))
+    judged = dict(zip(data.ids, predict(judge, data, torch.device("cpu")).argmax(-1), strict=True))
+    targets = dict(zip(data.ids, data.labels.tolist(), strict=True))
     labelled = {r.id: r for r in DatasetFolder(out).records()}
 
     ids = list(targets)
@@ -87,7 +87,7 @@ def main() -> None:
                     f"--judge {args.judge}" + (f" --threshold {args.threshold}" if args.threshold is not None else "")),
         "machine": machine_info(args.note),
         "data": str(args.data), "labelled": str(out),
-        "annotators": {a: _weights_hash(a) for a in annotators},
+        "annotators": {a: annotator_sha256(a) for a in annotators},
         "judge": {"name": args.judge, "sha256": judge_hash, "architecture": judge.config.architecture},
         "threshold": args.threshold,
         "vote_summary": {k: v for k, v in DatasetFolder(out).header.stats.get("label", {}).items() if k != "per_class"},

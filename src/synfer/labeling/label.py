@@ -26,7 +26,8 @@ from .annotators import load_annotator
 from .vote import summarise, vote
 
 
-def _weights_hash(spec: str) -> str:
+def annotator_sha256(spec: str) -> str:
+    """SHA-256 of an annotator's weight files (FERAnno head or classifier, by folder or bundled name)."""
     from ..diffusion.generate import files_sha256
     from ..models.classifiers import resolve_classifier_path
     from ..models.feranno import is_feranno, resolve_feranno_path
@@ -77,7 +78,7 @@ def label(
     if not records:
         raise ValueError(f"{data} has no records" + (f" in split {split!r}" if split else "") + ".")
     config = {"data": str(Path(data).resolve()), "annotators": list(annotators), "threshold": threshold,
-              "split": split, "annotator_sha256": {s: _weights_hash(s) for s in annotators}}
+              "split": split, "annotator_sha256": {s: annotator_sha256(s) for s in annotators}}
     writer = open_output(out, names, "label", config, aus=folder.header.aus, overwrite=overwrite, resume=resume,
                          licence=folder.header.licence)
     targets_all, results = [], []
