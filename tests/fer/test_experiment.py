@@ -27,7 +27,8 @@ def tiny_classifier(path: Path, seed: int) -> str:
     return str(path)
 
 
-def test_experiment_runs_every_row_and_reuses_cells(tmp_path: Path) -> None:
+def study_kwargs(tmp_path: Path) -> dict:
+    """The toy study: pattern faces, a tiny generator, tiny judge / annotator / guidance classifiers."""
     real = write_pattern_dataset(tmp_path / "real", {"train": 8, "val": 4, "test": 4})
     vae, unet = tiny_vae_unet()
     pipe = SynferPipeline(vae=vae, unet=unet, text_encoder=tiny_clip_encoder(tmp_path / "tok"),
@@ -41,6 +42,11 @@ def test_experiment_runs_every_row_and_reuses_cells(tmp_path: Path) -> None:
               guidance={"semantic_guidance": 0.05, "guidance_window": [0.0, 1.0],
                         "guidance_model": tiny_classifier(tmp_path / "guide", 2)},
               generation={"batch_size": 8}, work=tmp_path / "work")
+    return kw
+
+
+def test_experiment_runs_every_row_and_reuses_cells(tmp_path: Path) -> None:
+    kw = study_kwargs(tmp_path)
     report = experiment(**kw)
     results = json.loads((tmp_path / "work" / "results.json").read_text())
     assert list(results["rows"]) == ["real", "syn-1x", "real+syn-1x", "ablation-text", "ablation-aus",
@@ -58,3 +64,15 @@ def test_experiment_runs_every_row_and_reuses_cells(tmp_path: Path) -> None:
     experiment(**kw)  # again: nothing recomputed
     again = json.loads((tmp_path / "work" / "results.json").read_text())
     assert all(c["cached"] for c in again["cells"]) and again["rows"] == results["rows"]
+
+
+def test_epoch_size_gives_every_row_the_same_budget(tmp_path: Path) -> None:
+    kw = study_kwargs(tmp_path)
+    kw["classifier"] = {**TINY, "epoch_size": 12}
+    experiment(**kw, rows=["real", "real+syn-1x"])
+    results = json.loads((tmp_path / "work" / "results.json").read_text())
+    configs = {row: json.loads((Path(r["models"][0]) / "train_config.json").read_text())["config"]
+               for row, r in results["rows"].items()}
+    # real: one folder of 24 faces (8 per class); real + syn-1x: the same 24 and 24 synthetic; 12 faces an epoch each
+    assert configs["real"]["epoch_size"] == configs["real+syn-1x"]["epoch_size"] == 12
+    assert configs["real"]["ratios"] == [24] and configs["real+syn-1x"]["ratios"] == [24, 24]

@@ -18,8 +18,13 @@ Rows (one classifier recipe, fixed seeds):
   self-supervised), a linear probe and a 10-shot probe on the real faces (``synfer probe``).
 
 ``reduced`` (a flag) runs every row at the sizes in ``reduced_sizes``, for a CPU: a seeded subset of the real
-training faces (at most ``real_limit`` / K per class, so rare classes keep all theirs) and ``epochs``; synthetic sets
-stay N times the (reduced) real training size.
+training faces (at most ``real_limit`` / K per class, so rare classes keep all theirs), ``epochs`` and, if given,
+``epoch_size``; synthetic sets stay N times the (reduced) real training size.
+
+The training budget: ``epochs`` of the classifier recipe, and with ``epoch_size`` (in ``classifier`` or
+``reduced_sizes``) every row sees that many faces per epoch, drawn from its folders in proportion to their sizes, so
+every row takes the same number of optimiser steps (without it a row's steps grow with its data, and a 1,700-face
+real row gets a few dozen steps while a 5x synthetic row gets five times more).
 """
 
 from __future__ import annotations
@@ -143,8 +148,8 @@ def experiment(
         guidance: ``generate`` options of semantic guidance (scale, window, model).
         generation: other ``generate`` options for every set (batch size, steps ...).
         vote_threshold: ``label --threshold`` for the voting row.
-        reduced_sizes: ``real_limit`` (real training faces, at most real_limit / K per class) and ``epochs`` of
-            the reduced run.
+        reduced_sizes: ``real_limit`` (real training faces, at most real_limit / K per class), ``epochs`` and
+            optionally ``epoch_size`` (faces per epoch for every row) of the reduced run.
         reduced: run at ``reduced_sizes`` (for a CPU).
         rows: only these rows (names as in the report, e.g. ``real``, ``syn-1x``); default all.
         work: where cells, results and the report go.
@@ -175,6 +180,8 @@ def experiment(
         real = cells.run("real-subset", {"real": cfg.real, "max_per_class": cap}, lambda d: {"data": str(
             filter_dataset(Path(cfg.real), d / "data", splits=["train"], max_per_class=cap, overwrite=True))})["data"]
         clf_opts["epochs"] = int(cfg.reduced_sizes.get("epochs", clf_opts.get("epochs", 5)))
+        if cfg.reduced_sizes.get("epoch_size"):
+            clf_opts["epoch_size"] = int(cfg.reduced_sizes["epoch_size"])
     real_size = len(DatasetFolder(real).select_split("train"))
 
     def synthetic(variant: str, scale: float) -> dict[str, Any]:
@@ -196,6 +203,8 @@ def experiment(
 
     def train_row(row: str, data: list[str], seed: int, counts: list[int] | None = None) -> dict[str, Any]:
         opts = {**clf_opts, "seed": seed}
+        if opts.get("epoch_size") and counts is None:  # the same faces per epoch for every row, shared by size
+            opts["ratios"] = [len(DatasetFolder(p).select_split("train")) for p in data]
         inputs = {"data": data, "counts": counts, "val": cfg.val, "opts": opts}
         return cells.run(f"train-{row}-s{seed}", inputs, lambda d: {
             **_test_metrics(train_fer([Path(p) for p in data], d / "model", val=Path(cfg.val), counts=counts,
