@@ -66,13 +66,15 @@ def test_experiment_runs_every_row_and_reuses_cells(tmp_path: Path) -> None:
     assert all(c["cached"] for c in again["cells"]) and again["rows"] == results["rows"]
 
 
-def test_epoch_size_gives_every_row_the_same_budget(tmp_path: Path) -> None:
+def test_reduced_run_gives_every_row_the_same_budget(tmp_path: Path) -> None:
     kw = study_kwargs(tmp_path)
-    kw["classifier"] = {**TINY, "epoch_size": 12}
-    experiment(**kw, rows=["real", "real+syn-1x"])
+    experiment(**kw, rows=["real", "real+syn-1x"], reduced=True,
+               reduced_sizes={"real_limit": 12, "epochs": 1, "epoch_size": 10, "batch_size": 5})
     results = json.loads((tmp_path / "work" / "results.json").read_text())
     configs = {row: json.loads((Path(r["models"][0]) / "train_config.json").read_text())["config"]
                for row, r in results["rows"].items()}
-    # real: one folder of 24 faces (8 per class); real + syn-1x: the same 24 and 24 synthetic; 12 faces an epoch each
-    assert configs["real"]["epoch_size"] == configs["real+syn-1x"]["epoch_size"] == 12
-    assert configs["real"]["ratios"] == [24] and configs["real+syn-1x"]["ratios"] == [24, 24]
+    # real: 4 of each class's 8 faces (12 // 3 classes); real + syn-1x: those 12 and 12 synthetic (4 per class);
+    # every row sees 10 faces an epoch in steps of 5, its folders sharing them by size
+    for row, sizes in (("real", [12]), ("real+syn-1x", [12, 12])):
+        assert configs[row]["ratios"] == sizes, row
+        assert (configs[row]["epoch_size"], configs[row]["batch_size"], configs[row]["epochs"]) == (10, 5, 1), row

@@ -18,8 +18,9 @@ Rows (one classifier recipe, fixed seeds):
   self-supervised), a linear probe and a 10-shot probe on the real faces (``synfer probe``).
 
 ``reduced`` (a flag) runs every row at the sizes in ``reduced_sizes``, for a CPU: a seeded subset of the real
-training faces (at most ``real_limit`` / K per class, so rare classes keep all theirs), ``epochs`` and, if given,
-``epoch_size``; synthetic sets stay N times the (reduced) real training size.
+training faces (at most ``real_limit`` / K per class, so rare classes keep all theirs), and the classifier options
+given there (``epochs``, ``epoch_size``, ``batch_size``, ``lr`` ...: a few thousand faces need more, smaller steps than
+the full recipe); synthetic sets stay N times the (reduced) real training size.
 
 The training budget: ``epochs`` of the classifier recipe, and with ``epoch_size`` (in ``classifier`` or
 ``reduced_sizes``) every row sees that many faces per epoch, drawn from its folders in proportion to their sizes, so
@@ -148,8 +149,8 @@ def experiment(
         guidance: ``generate`` options of semantic guidance (scale, window, model).
         generation: other ``generate`` options for every set (batch size, steps ...).
         vote_threshold: ``label --threshold`` for the voting row.
-        reduced_sizes: ``real_limit`` (real training faces, at most real_limit / K per class), ``epochs`` and
-            optionally ``epoch_size`` (faces per epoch for every row) of the reduced run.
+        reduced_sizes: ``real_limit`` (real training faces, at most real_limit / K per class) and classifier
+            options that replace the recipe's in the reduced run (``epochs``, ``epoch_size`` ...).
         reduced: run at ``reduced_sizes`` (for a CPU).
         rows: only these rows (names as in the report, e.g. ``real``, ``syn-1x``); default all.
         work: where cells, results and the report go.
@@ -179,9 +180,8 @@ def experiment(
         cap = max(1, int(cfg.reduced_sizes.get("real_limit", 2000)) // len(names))
         real = cells.run("real-subset", {"real": cfg.real, "max_per_class": cap}, lambda d: {"data": str(
             filter_dataset(Path(cfg.real), d / "data", splits=["train"], max_per_class=cap, overwrite=True))})["data"]
-        clf_opts["epochs"] = int(cfg.reduced_sizes.get("epochs", clf_opts.get("epochs", 5)))
-        if cfg.reduced_sizes.get("epoch_size"):
-            clf_opts["epoch_size"] = int(cfg.reduced_sizes["epoch_size"])
+        # every other key is a classifier option of the reduced run (epochs, epoch_size, batch_size, lr ...)
+        clf_opts.update({k: v for k, v in cfg.reduced_sizes.items() if k != "real_limit"})
     real_size = len(DatasetFolder(real).select_split("train"))
 
     def synthetic(variant: str, scale: float) -> dict[str, Any]:
