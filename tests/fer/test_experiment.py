@@ -57,9 +57,15 @@ def test_experiment_runs_every_row_and_reuses_cells(tmp_path: Path) -> None:
     assert "| real |" in report.read_text() and "FD-FER" in report.read_text()
     assert set(results["probes"]) == {"real", "syn-1x"} and "10-shot" in report.read_text()
     page = (tmp_path / "work" / "report.html").read_text()
-    for fig in ("scaling.png", "per_class.png", "confusion-real.png", "samples-aus_guidance.png"):
+    for fig in ("scaling.png", "per_class.png", "confusion-real.png", "samples-aus_guidance.png", "au-sweep-AU12.png"):
         assert (tmp_path / "work" / "figures" / fig).is_file() and f"figures/{fig}" in page
     assert "<table" in page
+    text = report.read_text()  # every target is judged from this run's numbers, and the AU control shown per AU
+    for target in ("synthetic only at 1x >= 95% of real only", "real + synthetic beats real only by >= 1 point",
+                   "each generator ablation step raises"):
+        assert target in text and text.split(target)[1].split("\n")[0].rstrip().endswith(("met", "missed"))
+    header = text.split("AU control per AU")[1].split("| variant |")[1].split("\n")[0]
+    assert "AU12" in header
     assert not any(c["cached"] for c in results["cells"] if c["cell"].startswith("train-real-"))
     experiment(**kw)  # again: nothing recomputed
     again = json.loads((tmp_path / "work" / "results.json").read_text())

@@ -63,6 +63,7 @@ class ExperimentConfig:
     generation: dict[str, Any] = field(default_factory=dict)
     vote_threshold: float | None = None
     reduced_sizes: dict[str, Any] = field(default_factory=lambda: {"real_limit": 2000, "epochs": 5})
+    au_sweeps: list[str] = field(default_factory=lambda: ["AU12"])
 
 
 class Cells:
@@ -129,6 +130,7 @@ def experiment(
     generation: dict[str, Any] | None = None,
     vote_threshold: float | None = None,
     reduced_sizes: dict[str, Any] | None = None,
+    au_sweeps: list[str] | None = None,
     reduced: bool = False,
     rows: list[str] | None = None,
     work: Path = Path("runs/experiment"),
@@ -151,6 +153,7 @@ def experiment(
         vote_threshold: ``label --threshold`` for the voting row.
         reduced_sizes: ``real_limit`` (real training faces, at most real_limit / K per class) and classifier
             options that replace the recipe's in the reduced run (``epochs``, ``epoch_size`` ...).
+        au_sweeps: AUs swept from 0 to 1 with the generator for the report (``synfer au-sweep``, neutral face).
         reduced: run at ``reduced_sizes`` (for a CPU).
         rows: only these rows (names as in the report, e.g. ``real``, ``syn-1x``); default all.
         work: where cells, results and the report go.
@@ -159,6 +162,7 @@ def experiment(
         ``WORK/report.md``.
     """
     from ..diffusion.generate import generate
+    from ..diffusion.sample import au_sweep
     from ..labeling.label import label
     from .quality import quality
     from .train import train_fer
@@ -168,7 +172,8 @@ def experiment(
         real, val, test, judge, generator, prepared, list(annotators or []), dict(classifier or {}),
         list(seeds or defaults.seeds), list(synthetic_scales or defaults.synthetic_scales),
         list(mix_scales or defaults.mix_scales), ablation_scale, dict(guidance or defaults.guidance),
-        dict(generation or {}), vote_threshold, dict(reduced_sizes or defaults.reduced_sizes))
+        dict(generation or {}), vote_threshold, dict(reduced_sizes or defaults.reduced_sizes),
+        list(defaults.au_sweeps if au_sweeps is None else au_sweeps))
     work = Path(work)
     cells = Cells(work)
     clf_opts = dict(cfg.classifier)
@@ -247,6 +252,8 @@ def experiment(
             results["quality"][v] = cells.run(f"quality-{v}", {"data": data, "judge": cfg.judge, "test": cfg.test},
                                               lambda d, data=data: quality(Path(data), Path(cfg.test), cfg.judge,
                                                                            out=d / "quality.json"))
+    results["au_sweeps"] = {au: cells.run(f"au-sweep-{au}", {"pipeline": cfg.generator, "au": au}, lambda d, au=au: {
+        "image": str(au_sweep(d / f"{au}.png", au=au, pipeline=cfg.generator))})["image"] for au in cfg.au_sweeps}
     results["cells"] = cells.log
     atomic_write_json(work / "results.json", results)
     from .report import write_report

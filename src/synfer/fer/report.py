@@ -29,6 +29,47 @@ def _mean(v: list[float]) -> float:
     return float(np.mean(v)) if v else float("nan")
 
 
+def _au_table(quality: dict[str, Any]) -> list[str]:
+    """Per-AU Pearson r (target vs measured) of every variant with target AUs."""
+    with_aus = {v: q["au_control"] for v, q in quality.items() if q.get("au_control", {}).get("per_au")}
+    if not with_aus:
+        return []
+    first = next(iter(with_aus.values()))
+    aus = list(first.get("varying") or first["per_au"])
+    lines = ["", f"AU control per AU (Pearson r, targets vs the {first.get('estimator', 'AU')} estimator on the "
+             "generated faces; AUs whose targets vary):", "",
+             "| variant | " + " | ".join(aus) + " |", "|---|" + "---|" * len(aus)]
+    for v, a in with_aus.items():
+        cells = [a["per_au"].get(n, {}).get("r") for n in aus]
+        lines.append(f"| {v} | " + " | ".join("-" if c is None else f"{c:.2f}" for c in cells) + " |")
+    return lines
+
+
+def _targets(results: dict[str, Any]) -> list[str]:
+    """The study's targets, each marked met or missed from this run's numbers."""
+    rows, quality, out = results["rows"], results.get("quality", {}), []
+    real = _mean(rows["real"]["accuracy"]) if "real" in rows else None
+    syn = {float(m.group(1)): _mean(r["accuracy"]) for k, r in rows.items() if (m := re.fullmatch(r"syn-([\d.]+)x", k))}
+    mix = {float(m.group(1)): _mean(r["accuracy"]) for k, r in rows.items()
+           if (m := re.fullmatch(r"real\+syn-([\d.]+)x", k))}
+    if real is not None and syn:
+        n = max(syn)
+        out.append(f"- synthetic only at {n:g}x >= 95% of real only: {syn[n]:.2f} / {real:.2f} = "
+                   f"{100 * syn[n] / real:.1f}% -> {'met' if syn[n] >= 0.95 * real else 'missed'}")
+    if real is not None and mix:
+        best = max(mix, key=mix.get)
+        out.append(f"- real + synthetic beats real only by >= 1 point: best real+syn-{best:g}x {mix[best]:.2f} vs "
+                   f"{real:.2f} ({mix[best] - real:+.2f}) -> {'met' if mix[best] >= real + 1 else 'missed'}")
+    steps = [v for v in ("text", "aus", "aus+guidance", "aus+guidance+voting") if v in quality]
+    if len(steps) > 1:
+        accs = [quality[v]["expression_accuracy"] for v in steps]
+        chain = " -> ".join(f"{v} {a:.1f}" for v, a in zip(steps, accs, strict=True))
+        rising = all(b > a for a, b in zip(accs, accs[1:]))
+        out.append(f"- each generator ablation step raises the judge's expression accuracy: {chain} -> "
+                   f"{'met' if rising else 'missed'}")
+    return ["", "Targets (measured in this run):", "", *out] if out else []
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = ["# SynFER study on FER+", "",
              f"{'Reduced scale (CPU).' if results['reduced'] else 'Full scale.'} Classifiers chosen on the real "
@@ -38,16 +79,20 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {row} | {_mean(r['accuracy']):.2f} | {_mean(r['macro_f1']):.2f} | {len(r['accuracy'])} |")
     if results.get("quality"):
         lines += ["", "Generator ablations, judged by an independent classifier:", "",
-                  "| variant | expression accuracy (%) | FD-FER | KID-FER | diversity |", "|---|---|---|---|---|"]
+                  "| variant | expression accuracy (%) | FD-FER | KID-FER | diversity | AU control (mean r) |",
+                  "|---|---|---|---|---|---|"]
         for v, q in results["quality"].items():
+            r = q.get("au_control", {}).get("mean_r")
             lines.append(f"| {v} | {q['expression_accuracy']:.1f} | {q['fd_fer']:.3f} | {q['kid_fer']['mean']:.4f} | "
-                         f"{q['diversity']['synthetic']['mean']:.3f} |")
+                         f"{q['diversity']['synthetic']['mean']:.3f} | {'-' if r is None else f'{r:.3f}'} |")
+        lines += _au_table(results["quality"])
     if results.get("probes"):
         lines += ["", "Frozen backbones (supervised on real vs on synthetic faces), probed on real FER+ (linear: all "
                   "training faces; 10-shot: mean over 5 draws):", "",
                   "| backbone trained on | linear probe (%) | 10-shot (%) |", "|---|---|---|"]
         for row, p in results["probes"].items():
             lines.append(f"| {row} | {p['linear_probe']:.2f} | {p['10_shot']:.2f} +- {p['10_shot_std']:.2f} |")
+    lines += _targets(results)
     lines += ["", "The paper's corresponding figures (other datasets, Stable Diffusion scale):", ""]
     lines += [f"- {k}: {v}" for k, v in PAPER.items()]
     return "\n".join(lines) + "\n"
@@ -158,6 +203,11 @@ def write_report(results: dict[str, Any], work: Path) -> Path:
         if cm.is_file():
             shutil.copyfile(cm, figures / f"confusion-{k}.png")
             shown.append((f"Confusion matrix, {k}", figures / f"confusion-{k}.png"))
+    for au, image in results.get("au_sweeps", {}).items():
+        if Path(image).is_file():
+            shutil.copyfile(image, figures / f"au-sweep-{au}.png")
+            shown.append((f"AU sweep: {au} from 0 to 1 (columns), other AUs at the neutral targets; rows are seeds",
+                          figures / f"au-sweep-{au}.png"))
     for v, q in results.get("quality", {}).items():
         grid = Path(q["data"]) / "preview.png"
         if grid.is_file():
