@@ -64,7 +64,7 @@ def _targets(results: dict[str, Any]) -> list[str]:
     if len(steps) > 1:
         accs = [quality[v]["expression_accuracy"] for v in steps]
         chain = " -> ".join(f"{v} {a:.1f}" for v, a in zip(steps, accs, strict=True))
-        rising = all(b > a for a, b in zip(accs, accs[1:]))
+        rising = all(b > a for a, b in zip(accs, accs[1:], strict=False))
         out.append(f"- each generator ablation step raises the judge's expression accuracy: {chain} -> "
                    f"{'met' if rising else 'missed'}")
     return ["", "Targets (measured in this run):", "", *out] if out else []
