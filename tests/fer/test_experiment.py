@@ -55,6 +55,7 @@ def test_experiment_runs_every_row_and_reuses_cells(tmp_path: Path) -> None:
         assert len(r["accuracy"]) == 1 and 0 <= r["accuracy"][0] <= 100
     assert set(results["quality"]) == {"text", "aus", "aus+guidance", "aus+guidance+voting"}
     assert "| real |" in report.read_text() and "FD-FER" in report.read_text()
+    assert "Real training faces: 24;" in report.read_text()
     assert set(results["probes"]) == {"real", "syn-1x"} and "10-shot" in report.read_text()
     page = (tmp_path / "work" / "report.html").read_text()
     for fig in ("scaling.png", "per_class.png", "confusion-real.png", "samples-aus_guidance.png", "au-sweep-AU12.png"):

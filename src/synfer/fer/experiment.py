@@ -232,7 +232,8 @@ def experiment(
     if unknown:
         raise ValueError(f"unknown rows {unknown}; the study's rows are {[r for r, _ in plan]}.")
 
-    results: dict[str, Any] = {"config": asdict(cfg), "reduced": reduced, "rows": {}, "quality": {}, "probes": {}}
+    results: dict[str, Any] = {"config": asdict(cfg), "reduced": reduced, "real_train_faces": real_size,
+                               "classifier": clf_opts, "rows": {}, "quality": {}, "probes": {}}
     models: dict[str, str] = {}
     for row, fn in plan:
         if row not in wanted:

@@ -70,11 +70,23 @@ def _targets(results: dict[str, Any]) -> list[str]:
     return ["", "Targets (measured in this run):", "", *out] if out else []
 
 
+def _setup(results: dict[str, Any]) -> list[str]:
+    """One line on what every row was trained with (the training budget is the same for all)."""
+    c = results.get("classifier")
+    if not c:
+        return []
+    per_epoch = f"{c['epoch_size']:,} faces (the same for every row)" if c.get("epoch_size") else "every face once"
+    n = results.get("real_train_faces")
+    return ["", f"Real training faces: {'?' if n is None else f'{n:,}'}; seeds {results['config']['seeds']}. "
+            f"Classifier: {c.get('architecture')}, {c.get('epochs')} epochs of {per_epoch}, batch "
+            f"{c.get('batch_size')}, lr {c.get('lr')}."]
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = ["# SynFER study on FER+", "",
              f"{'Reduced scale (CPU).' if results['reduced'] else 'Full scale.'} Classifiers chosen on the real "
              "validation split, scored once on the real test split; mean over seeds (every seed in results.json).",
-             "", "| row | test accuracy (%) | macro-F1 (%) | seeds |", "|---|---|---|---|"]
+             *_setup(results), "", "| row | test accuracy (%) | macro-F1 (%) | seeds |", "|---|---|---|---|"]
     for row, r in results["rows"].items():
         lines.append(f"| {row} | {_mean(r['accuracy']):.2f} | {_mean(r['macro_f1']):.2f} | {len(r['accuracy'])} |")
     if results.get("quality"):
