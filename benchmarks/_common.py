@@ -1,4 +1,5 @@
-"""What every benchmark script shares: the machine description and the atomic write of its result file."""
+"""What every benchmark script shares: the machine description, the atomic write of its result file, and whether a
+resumable output folder is finished."""
 
 from __future__ import annotations
 
@@ -26,3 +27,10 @@ def write_result(path: Path, result: dict[str, Any]) -> None:
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(path)
     print(json.dumps(result, indent=2))
+
+
+def is_complete(folder: Path) -> bool:
+    """True when ``folder`` is a dataset folder whose writer finished (its header says ``complete``)."""
+    from synfer.dataset import HEADER_FILE, read_header
+
+    return (Path(folder) / HEADER_FILE).is_file() and read_header(folder).complete

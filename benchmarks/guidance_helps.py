@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import machine_info, write_result
+from _common import is_complete, machine_info, write_result
 
 from synfer.diffusion.generate import files_sha256, generate, refuse_own_guidance_model
 from synfer.fer.data import load_split
@@ -71,7 +71,7 @@ def main() -> None:
                     "au_guidance": args.au_guidance}, args.work / f"guided-{guided_tag}"),
     ):
         t0 = time.perf_counter()
-        done = (folder / "dataset.json").is_file() and '"complete": true' in (folder / "dataset.json").read_text()
+        done = is_complete(folder)
         if not done:
             generate(folder, **common, **kw, resume=folder.exists())
         seconds[name] = round(time.perf_counter() - t0, 1) if not done else None

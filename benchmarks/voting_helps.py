@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import machine_info, write_result
+from _common import is_complete, machine_info, write_result
 
 from synfer.dataset import DatasetFolder
 from synfer.diffusion.generate import files_sha256
@@ -52,7 +52,7 @@ def main() -> None:
     if any(annotator_sha256(a) == judge_hash for a in annotators):
         raise SystemExit(f"The judge {args.judge} is one of the annotators; judge with a classifier that did not vote.")
     out = args.work / f"{args.data.name}-t{args.threshold}"
-    done = (out / "dataset.json").is_file() and '"complete": true' in (out / "dataset.json").read_text()
+    done = is_complete(out)
     if not done:
         label(args.data, out, annotators, threshold=args.threshold, split=args.split, resume=out.exists())
 

@@ -95,6 +95,10 @@ class Cells:
         return {**outputs}
 
 
+def _train_size(folder: str) -> int:
+    return len(DatasetFolder(folder).select_split("train"))
+
+
 def _test_metrics(model: Path, test: str) -> dict[str, Any]:
     from .evaluate import evaluate
 
@@ -187,7 +191,7 @@ def experiment(
             filter_dataset(Path(cfg.real), d / "data", splits=["train"], max_per_class=cap, overwrite=True))})["data"]
         # every other key is a classifier option of the reduced run (epochs, epoch_size, batch_size, lr ...)
         clf_opts.update({k: v for k, v in cfg.reduced_sizes.items() if k != "real_limit"})
-    real_size = len(DatasetFolder(real).select_split("train"))
+    real_size = _train_size(real)
 
     def synthetic(variant: str, scale: float) -> dict[str, Any]:
         per_class = max(1, round(scale * real_size / len(names)))
@@ -209,7 +213,7 @@ def experiment(
     def train_row(row: str, data: list[str], seed: int, counts: list[int] | None = None) -> dict[str, Any]:
         opts = {**clf_opts, "seed": seed}
         if opts.get("epoch_size") and counts is None:  # the same faces per epoch for every row, shared by size
-            opts["ratios"] = [len(DatasetFolder(p).select_split("train")) for p in data]
+            opts["ratios"] = [_train_size(p) for p in data]
         inputs = {"data": data, "counts": counts, "val": cfg.val, "opts": opts}
         return cells.run(f"train-{row}-s{seed}", inputs, lambda d: {
             **_test_metrics(train_fer([Path(p) for p in data], d / "model", val=Path(cfg.val), counts=counts,

@@ -29,6 +29,12 @@ def _mean(v: list[float]) -> float:
     return float(np.mean(v)) if v else float("nan")
 
 
+def _by_scale(rows: dict[str, Any], prefix: str) -> dict[float, float]:
+    """Mean test accuracy of the rows named ``{prefix}{N}x`` (``syn-`` or ``real+syn-``), by N."""
+    pattern = re.escape(prefix) + r"([\d.]+)x"
+    return {float(m.group(1)): _mean(r["accuracy"]) for k, r in rows.items() if (m := re.fullmatch(pattern, k))}
+
+
 def _au_table(quality: dict[str, Any]) -> list[str]:
     """Per-AU Pearson r (target vs measured) of every variant with target AUs."""
     with_aus = {v: q["au_control"] for v, q in quality.items() if q.get("au_control", {}).get("per_au")}
@@ -49,9 +55,7 @@ def _targets(results: dict[str, Any]) -> list[str]:
     """The study's targets, each marked met or missed from this run's numbers."""
     rows, quality, out = results["rows"], results.get("quality", {}), []
     real = _mean(rows["real"]["accuracy"]) if "real" in rows else None
-    syn = {float(m.group(1)): _mean(r["accuracy"]) for k, r in rows.items() if (m := re.fullmatch(r"syn-([\d.]+)x", k))}
-    mix = {float(m.group(1)): _mean(r["accuracy"]) for k, r in rows.items()
-           if (m := re.fullmatch(r"real\+syn-([\d.]+)x", k))}
+    syn, mix = _by_scale(rows, "syn-"), _by_scale(rows, "real+syn-")
     if real is not None and syn:
         n = max(syn)
         out.append(f"- synthetic only at {n:g}x >= 95% of real only: {syn[n]:.2f} / {real:.2f} = "
@@ -117,10 +121,7 @@ def _plot_scaling(results: dict[str, Any], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     rows = results["rows"]
-    syn = sorted((float(m.group(1)), _mean(r["accuracy"])) for k, r in rows.items()
-                 if (m := re.fullmatch(r"syn-([\d.]+)x", k)))
-    mix = sorted((float(m.group(1)), _mean(r["accuracy"])) for k, r in rows.items()
-                 if (m := re.fullmatch(r"real\+syn-([\d.]+)x", k)))
+    syn, mix = sorted(_by_scale(rows, "syn-").items()), sorted(_by_scale(rows, "real+syn-").items())
     if not syn and not mix:
         return None
     fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=110)
@@ -203,8 +204,7 @@ def write_report(results: dict[str, Any], work: Path) -> Path:
     figures.mkdir(exist_ok=True)
     shown: list[tuple[str, Path]] = []
     rows = results["rows"]
-    largest = max((k for k in rows if re.fullmatch(r"syn-[\d.]+x", k)), default=None,
-                  key=lambda k: float(k[4:-1]))
+    largest = f"syn-{max(scales):g}x" if (scales := _by_scale(rows, "syn-")) else None
     key_rows = [k for k in ("real", largest, f"real+{largest}" if largest else None) if k in rows]
     if (p := _plot_scaling(results, figures / "scaling.png")) is not None:
         shown.append(("Scaling: test accuracy against the synthetic set's size", p))
