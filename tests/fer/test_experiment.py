@@ -85,3 +85,21 @@ def test_reduced_run_gives_every_row_the_same_budget(tmp_path: Path) -> None:
     for row, sizes in (("real", [12]), ("real+syn-1x", [12, 12])):
         assert configs[row]["ratios"] == sizes, row
         assert (configs[row]["epoch_size"], configs[row]["batch_size"], configs[row]["epochs"]) == (10, 5, 1), row
+
+
+def test_cells_reuse_identical_work_under_another_name(tmp_path: Path) -> None:
+    from synfer.fer.experiment import Cells
+
+    calls: list[str] = []
+
+    def produce(name: str):
+        return lambda d: calls.append(name) or {"out": str(d)}
+
+    cells = Cells(tmp_path)
+    first = cells.run("train-syn-1x-s0", {"data": ["a"], "opts": {"lr": 0.1}}, produce("syn"))
+    # the same inputs under the ablation's name: the syn-1x training is reused, not repeated
+    assert cells.run("train-ablation-aus+guidance-s0", {"opts": {"lr": 0.1}, "data": ["a"]}, produce("abl")) == first
+    assert cells.log[-1] == {"cell": "train-ablation-aus+guidance-s0", "key": cells.key({"data": ["a"],
+                             "opts": {"lr": 0.1}}), "cached": True, "from": "train-syn-1x-s0"}
+    cells.run("train-ablation-aus-s0", {"data": ["b"], "opts": {"lr": 0.1}}, produce("other"))
+    assert calls == ["syn", "other"]
