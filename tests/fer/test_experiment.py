@@ -65,6 +65,7 @@ def test_experiment_runs_every_row_and_reuses_cells(tmp_path: Path) -> None:
     for target in ("synthetic only at 1x >= 95% of real only", "real + synthetic beats real only by >= 1 point",
                    "each generator ablation step raises"):
         assert target in text and text.split(target)[1].split("\n")[0].rstrip().endswith(("met", "missed"))
+    assert "The judge on the real test faces: accuracy" in text
     header = text.split("AU control per AU")[1].split("| variant |")[1].split("\n")[0]
     assert "AU12" in header
     assert not any(c["cached"] for c in results["cells"] if c["cell"].startswith("train-real-"))
@@ -103,3 +104,21 @@ def test_cells_reuse_identical_work_under_another_name(tmp_path: Path) -> None:
                              "opts": {"lr": 0.1}}), "cached": True, "from": "train-syn-1x-s0"}
     cells.run("train-ablation-aus-s0", {"data": ["b"], "opts": {"lr": 0.1}}, produce("other"))
     assert calls == ["syn", "other"]
+
+
+def test_report_says_what_limits_a_missed_target() -> None:
+    from synfer.fer.report import markdown
+
+    q = {"expression_accuracy": 30.0, "fd_fer": 1.5, "kid_fer": {"mean": 0.1}, "diversity": {"synthetic": {"mean": 0.2}},
+         "real_reference": {"expression_accuracy": 80.0, "mean_recall": 52.5, "expression_recall": {}}}
+    results = {"reduced": True, "config": {"seeds": [0]}, "probes": {},
+               "rows": {"real": {"accuracy": [40.0], "macro_f1": [20.0]}, "syn-5x": {"accuracy": [39.0], "macro_f1": [20.0]},
+                        "real+syn-5x": {"accuracy": [42.0], "macro_f1": [20.0]}},
+               "quality": {"text": {**q, "expression_accuracy": 20.0}, "aus+guidance": q}}
+    text = markdown(results)
+    assert "39.00 / 40.00 = 97.5% -> met" in text and "(+2.00) -> met" in text and "text 20.0 -> aus+guidance 30.0 -> met" in text
+    assert "what limits" not in text  # every target met
+    results["rows"]["syn-5x"]["accuracy"] = [30.0]
+    text = markdown(results)
+    assert "-> missed" in text and "recognises the intended expression in 30.0% of the aus+guidance faces (its mean " \
+        "per-class recall on real test faces: 52.5%); their FD-FER to the real test faces is 1.500." in text

@@ -51,6 +51,12 @@ def test_quality_reports_and_refuses_an_annotator_as_judge(tmp_path: Path) -> No
     assert r["faces"] == 30 and r["real_faces"] == 30 and (tmp_path / "q.json").is_file()
     assert 0 <= r["expression_accuracy"] <= 100 and r["fd_fer"] >= 0
     assert set(r["diversity"]["synthetic"]) == {*PATTERN_CLASSES, "mean"}
+    # judged against itself, a real set scores exactly the judge's reference on the real faces
+    same = quality(real, real, str(judge), kid_subsets=5, kid_subset_size=20)
+    ref = same["real_reference"]
+    assert same["expression_accuracy"] == ref["expression_accuracy"] and same["expression_recall"] == \
+        ref["expression_recall"] and ref["mean_recall"] == pytest.approx(np.mean(list(ref["expression_recall"].values())),
+                                                                          abs=0.01)
     labelled = label(syn, tmp_path / "labelled", [str(judge), str(tiny_judge(tmp_path / "other", 1))])
     with pytest.raises(ValueError, match="was not an annotator"):
         quality(labelled, real, str(judge))

@@ -1,6 +1,7 @@
 """``synfer quality``: how good is a synthetic set? Judged by a classifier that neither guided nor labelled it.
 
-* expression accuracy: the share of faces the judge assigns to their label (per class and overall);
+* expression accuracy: the share of faces the judge assigns to their label (per class and overall), next to the
+  judge's own accuracy and mean per-class recall on the real faces (its ceiling on a class-balanced set);
 * FD-FER: the Fréchet distance between Gaussians fitted to the judge's pooled features of the synthetic faces and of
   real test faces (FID's formula in an expression classifier's feature space, hence not called FID);
 * KID-FER: the unbiased squared MMD with the cubic polynomial kernel k(x, y) = (x.y / d + 1)^3 over random subsets
@@ -152,8 +153,13 @@ def quality(
     syn_labels = torch.cat([p.labels for p in parts]).numpy()
     ref = load_split(real, real_split, expressions=names, input_size=size, limit=limit)
     syn_f, syn_p = judge_features(model, syn_images)
-    real_f, _ = judge_features(model, ref.images)
+    real_f, real_p = judge_features(model, ref.images)
     m = classification_metrics(syn_labels, syn_p.argmax(-1), names)
+    # the judge on the real faces: what "recognised" means for it (its balanced ceiling on a class-balanced set is its
+    # mean per-class recall on real faces, not its accuracy)
+    rm = classification_metrics(ref.labels.numpy(), real_p.argmax(-1), names)
+    real_recall = {n: round(100 * float(rm["per_class"][n]["recall"]), 1) for n in names
+                   if rm["per_class"][n]["support"]}
     kid, kid_std = kernel_distance(syn_f, real_f, kid_subsets, kid_subset_size, seed)
     result: dict[str, Any] = {
         "data": str(data), "real": f"{real}:{real_split}", "judge": str(judge),
@@ -162,6 +168,9 @@ def quality(
         "expression_accuracy": round(100 * m["accuracy"], 2),
         "expression_recall": {n: round(100 * float(m["per_class"][n]["recall"]), 1) for n in names
                               if m["per_class"][n]["support"]},
+        "real_reference": {"expression_accuracy": round(100 * rm["accuracy"], 2),
+                           "mean_recall": round(float(np.mean(list(real_recall.values()))), 2),
+                           "expression_recall": real_recall},
         "fd_fer": round(frechet_distance(syn_f, real_f), 4),
         "kid_fer": {"mean": round(kid, 5), "std": round(kid_std, 5), "subsets": kid_subsets,
                     "subset_size": min(kid_subset_size, len(syn_f), len(real_f))},

@@ -71,6 +71,12 @@ def _targets(results: dict[str, Any]) -> list[str]:
         rising = all(b > a for a, b in zip(accs, accs[1:], strict=False))
         out.append(f"- each generator ablation step raises the judge's expression accuracy: {chain} -> "
                    f"{'met' if rising else 'missed'}")
+    if any(line.endswith("missed") for line in out) and (q := quality.get("aus+guidance")):
+        ref = q.get("real_reference", {})
+        ceiling = f" (its mean per-class recall on real test faces: {ref['mean_recall']:.1f}%)" if ref else ""
+        out.append(f"- what limits the synthetic rows: label fidelity and realism of the generated faces. The judge "
+                   f"recognises the intended expression in {q['expression_accuracy']:.1f}% of the aus+guidance faces"
+                   f"{ceiling}; their FD-FER to the real test faces is {q['fd_fer']:.3f}.")
     return ["", "Targets (measured in this run):", "", *out] if out else []
 
 
@@ -101,6 +107,10 @@ def markdown(results: dict[str, Any]) -> str:
             r = q.get("au_control", {}).get("mean_r")
             lines.append(f"| {v} | {q['expression_accuracy']:.1f} | {q['fd_fer']:.3f} | {q['kid_fer']['mean']:.4f} | "
                          f"{q['diversity']['synthetic']['mean']:.3f} | {'-' if r is None else f'{r:.3f}'} |")
+        refs = [q["real_reference"] for q in results["quality"].values() if q.get("real_reference")]
+        if refs:
+            lines += ["", f"The judge on the real test faces: accuracy {refs[0]['expression_accuracy']:.1f}%, mean "
+                      f"per-class recall {refs[0]['mean_recall']:.1f}% (its ceiling on a class-balanced set)."]
         lines += _au_table(results["quality"])
     if results.get("probes"):
         lines += ["", "Frozen backbones (supervised on real vs on synthetic faces), probed on real FER+ (linear: all "
