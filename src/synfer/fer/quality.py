@@ -1,7 +1,8 @@
 """``synfer quality``: how good is a synthetic set? Judged by a classifier that neither guided nor labelled it.
 
 * expression accuracy: the share of faces the judge assigns to their label (per class and overall), next to the
-  judge's own accuracy and mean per-class recall on the real faces (its ceiling on a class-balanced set);
+  judge's own accuracy and mean per-class recall on the real faces (on a class-balanced set, faces as recognisable
+  as real ones would score that mean recall);
 * FD-FER: the Fréchet distance between Gaussians fitted to the judge's pooled features of the synthetic faces and of
   real test faces (FID's formula in an expression classifier's feature space, hence not called FID);
 * KID-FER: the unbiased squared MMD with the cubic polynomial kernel k(x, y) = (x.y / d + 1)^3 over random subsets
@@ -155,8 +156,8 @@ def quality(
     syn_f, syn_p = judge_features(model, syn_images)
     real_f, real_p = judge_features(model, ref.images)
     m = classification_metrics(syn_labels, syn_p.argmax(-1), names)
-    # the judge on the real faces: what "recognised" means for it (its balanced ceiling on a class-balanced set is its
-    # mean per-class recall on real faces, not its accuracy)
+    # the judge on the real faces: what "recognised" means for it (on a class-balanced set, faces as recognisable as
+    # real ones would score its mean per-class recall on real faces, not its accuracy)
     rm = classification_metrics(ref.labels.numpy(), real_p.argmax(-1), names)
     real_recall = {n: round(100 * float(rm["per_class"][n]["recall"]), 1) for n in names
                    if rm["per_class"][n]["support"]}

@@ -110,7 +110,7 @@ def markdown(results: dict[str, Any]) -> str:
         refs = [q["real_reference"] for q in results["quality"].values() if q.get("real_reference")]
         if refs:
             lines += ["", f"The judge on the real test faces: accuracy {refs[0]['expression_accuracy']:.1f}%, mean "
-                      f"per-class recall {refs[0]['mean_recall']:.1f}% (its ceiling on a class-balanced set)."]
+                      f"per-class recall {refs[0]['mean_recall']:.1f}% (what faces as recognisable as real ones would score on a class-balanced set)."]
         lines += _au_table(results["quality"])
     if results.get("probes"):
         lines += ["", "Frozen backbones (supervised on real vs on synthetic faces), probed on real FER+ (linear: all "
