@@ -85,8 +85,8 @@ class Cells:
         # a done cell with these very inputs under another name counts too (the 1x ablation "aus+guidance" trains
         # on the syn-1x set with the syn-1x recipe: one training, two rows)
         same = json.loads(json.dumps(inputs, default=str))
-        for path in [done, *sorted(self.root.glob(f"*-{key}/{CELL_FILE}"))]:
-            if path.is_file() and ((cell := json.loads(path.read_text()))["inputs"] == same or path == done):
+        for path in [done, *(p for p in sorted(self.root.glob(f"*-{key}/{CELL_FILE}")) if p != done)]:
+            if path.is_file() and (cell := json.loads(path.read_text()))["inputs"] == same:
                 self.log.append({"cell": name, "key": key, "cached": True, "from": cell["name"]})
                 return cell["outputs"]
         folder.mkdir(parents=True, exist_ok=True)

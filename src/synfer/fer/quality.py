@@ -99,6 +99,12 @@ def _annotator_hashes(folder: DatasetFolder) -> set[str]:
     return found
 
 
+def _recalls(metrics: dict[str, Any], names: list[str]) -> dict[str, float]:
+    """Per-class recall in % (one decimal) of the classes present, from ``classification_metrics``."""
+    return {n: round(100 * float(metrics["per_class"][n]["recall"]), 1) for n in names
+            if metrics["per_class"][n]["support"]}
+
+
 def quality(
     data: Path,
     real: Path,
@@ -159,16 +165,14 @@ def quality(
     # the judge on the real faces: what "recognised" means for it (on a class-balanced set, faces as recognisable as
     # real ones would score its mean per-class recall on real faces, not its accuracy)
     rm = classification_metrics(ref.labels.numpy(), real_p.argmax(-1), names)
-    real_recall = {n: round(100 * float(rm["per_class"][n]["recall"]), 1) for n in names
-                   if rm["per_class"][n]["support"]}
+    real_recall = _recalls(rm, names)
     kid, kid_std = kernel_distance(syn_f, real_f, kid_subsets, kid_subset_size, seed)
     result: dict[str, Any] = {
         "data": str(data), "real": f"{real}:{real_split}", "judge": str(judge),
         "judge_sha256": files_sha256(resolve_classifier_path(judge)), "faces": len(syn_labels),
         "real_faces": len(ref.labels),
         "expression_accuracy": round(100 * m["accuracy"], 2),
-        "expression_recall": {n: round(100 * float(m["per_class"][n]["recall"]), 1) for n in names
-                              if m["per_class"][n]["support"]},
+        "expression_recall": _recalls(m, names),
         "real_reference": {"expression_accuracy": round(100 * rm["accuracy"], 2),
                            "mean_recall": round(float(np.mean(list(real_recall.values()))), 2),
                            "expression_recall": real_recall},
