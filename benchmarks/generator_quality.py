@@ -78,7 +78,7 @@ def generate(pipe, prompts: list[str], aus: np.ndarray | None, args, steps: int)
         t0 = time.perf_counter()
         imgs = pipe(prompts[s:s + args.batch], aus=a, num_inference_steps=steps,
                     guidance_scale_text=args.text_scale, guidance_scale_au=args.au_scale if a is not None else 0.0,
-                    generator=gens, output_type="pt").images
+                    generator=gens, negative_prompt=args.negative_prompt, output_type="pt").images
         t += time.perf_counter() - t0
         out.append(imgs.cpu())
     return torch.cat(out), t
@@ -124,6 +124,7 @@ def main() -> None:
     ap.add_argument("--scheduler", choices=["pipeline", "ddim", "dpm"], default="pipeline")
     ap.add_argument("--text-scale", type=float, default=None, help="default: the pipeline's")
     ap.add_argument("--au-scale", type=float, default=None, help="default: the pipeline's")
+    ap.add_argument("--negative-prompt", default=None, help="text of the unconditional guidance row (default: \"\")")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--classifier", default=DEFAULT_CLASSIFIER)
@@ -203,7 +204,8 @@ def main() -> None:
     write_result(args.out, {
         "benchmark": "generator_quality", "pipeline": args.pipeline, "prepared": str(args.prepared),
         "per_class": args.per_class, "seed": args.seed, "scheduler": type(pipe.scheduler).__name__, "steps": steps,
-        "guidance_scale_text": args.text_scale, "guidance_scale_au": args.au_scale, "batch": args.batch,
+        "guidance_scale_text": args.text_scale, "guidance_scale_au": args.au_scale,
+        "negative_prompt": args.negative_prompt, "batch": args.batch,
         "judge": args.classifier, "real_val_recall": real,
         "expression_pass": {c: main_run["per_class"][c] >= real[c] for c in names},
         "results": results, "au_reference": reference, "faces_per_s_at_25_steps": n / secs25,

@@ -94,6 +94,23 @@ def test_adapter_at_scale_zero_equals_no_adapter(parts: dict) -> None:
     assert not torch.allclose(sample(pipe, aus=AUS, guidance_scale_au=2.0), base, atol=1e-3)
 
 
+
+def test_negative_prompt_replaces_the_unconditional_row(parts: dict) -> None:
+    pipe = make_pipe(parts)
+    base = sample(pipe, aus=AUS)
+    neg = sample(pipe, aus=AUS, negative_prompt="a neutral face")
+    assert not torch.allclose(neg, base, atol=1e-3)  # guidance now pushes away from the negative text
+    # one string for all prompts == the same string per prompt; a per-prompt list only moves its own row
+    assert torch.equal(sample(pipe, aus=AUS, negative_prompt=["a neutral face"] * 2), neg)
+    mixed = sample(pipe, aus=AUS, negative_prompt=["a neutral face", "a sad face"])
+    assert torch.equal(mixed[0], neg[0]) and not torch.equal(mixed[1], neg[1])
+    # with no guidance the unconditional row is not computed: the negative prompt has no effect
+    assert torch.equal(sample(pipe, aus=AUS, guidance_scale_text=1.0, guidance_scale_au=1.0,
+                              negative_prompt="a neutral face"),
+                       sample(pipe, aus=AUS, guidance_scale_text=1.0, guidance_scale_au=1.0))
+    with pytest.raises(ValueError, match="list of 2 strings"):
+        sample(pipe, negative_prompt=["only one"])
+
 @pytest.mark.parametrize(("adapter", "aus", "w_t", "w_a", "rows"), [
     (False, False, 5.0, 2.0, 2),  # standard CFG
     (True, False, 5.0, 2.0, 2),  # no AUs: uncond + text with null AU tokens

@@ -190,12 +190,17 @@ class SynferPipeline(DiffusionPipeline):
                              "row for all.")
         return prompts, rows
 
-    def encode_prompt(self, prompts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt and "" embeddings, each (B, L, D) in the UNet's dtype."""
+    def encode_prompt(self, prompts: list[str], device: torch.device,
+                      negative_prompts: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt and negative-prompt embeddings, each (B, L, D) in the UNet's dtype; the negative row is the ""
+        embedding (what the model saw with its captions dropped) unless ``negative_prompts`` are given."""
         dtype = self.unet.dtype
         prompt_embeds = self.text_encoder.encode(prompts, device).to(dtype)
-        negative = self.text_encoder.empty_embedding(len(prompts), device).to(dtype)
-        return prompt_embeds, negative
+        if negative_prompts is None:
+            negative = self.text_encoder.empty_embedding(len(prompts), device)
+        else:
+            negative = self.text_encoder.encode(negative_prompts, device)
+        return prompt_embeds, negative.to(dtype)
 
     def encode_aus(self, aus: torch.Tensor | None, batch_size: int,
                    device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -284,6 +289,7 @@ class SynferPipeline(DiffusionPipeline):
                  num_inference_steps: int | None = None, guidance_scale_text: float | None = None,
                  guidance_scale_au: float | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None,
+                 negative_prompt: str | list[str] | None = None,
                  latents: torch.Tensor | None = None, strength: float = 1.0, output_type: str = "pil",
                  height: int | None = None,
                  width: int | None = None,
@@ -302,6 +308,8 @@ class SynferPipeline(DiffusionPipeline):
             guidance_scale_text, guidance_scale_au: w_t and w_a of the module docstring's rule (None: the saved
                 defaults, 5.0 and 2.0 unless the model says otherwise).
             generator: seeds the initial noise (and stochastic schedulers); one per prompt for per-row seeds.
+            negative_prompt: text for the unconditional row of classifier-free guidance, one for all prompts or
+                one per prompt (None: the "" embedding); guidance then also pushes away from it.
             latents: (B, C, h, w) starting latents instead of noise; with ``strength`` < 1 they are a real face's
                 latents noised (or DDIM-inverted, :func:`synfer.diffusion.layout.invert`) to the first step kept.
             strength: share of the schedule that runs (layout initialisation, SDEdit-style editing): the first
@@ -328,8 +336,14 @@ class SynferPipeline(DiffusionPipeline):
         start = self.first_step(num_inference_steps, strength, latents)
         device, batch = self._execution_device, len(prompts)
 
-        # 2. Encode the prompts and the "" prompt (classifier-free guidance's unconditional row).
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(prompts, device)
+        # 2. Encode the prompts and the "" (or negative) prompt: classifier-free guidance's unconditional row.
+        negatives = None
+        if negative_prompt is not None:
+            negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+            if len(negatives) != len(prompts) or not all(isinstance(n, str) for n in negatives):
+                raise ValueError(f"negative_prompt must be a string or a list of {len(prompts)} strings (one per "
+                                 f"prompt); got {negative_prompt!r}.")
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(prompts, device, negatives)
 
         # 3. AU tokens (null tokens stand in for "no AU condition" in the other rows).
         au_tokens, null_tokens = self.encode_aus(aus, batch, device)
