@@ -14,7 +14,7 @@ PIPELINE: a SynferPipeline folder with an AU adapter (``bundled`` for the bundle
   the adapter removed, and the AU vectors shuffled within each class (r still against the original targets).
 * AU reference (what the measurement allows): on up to ``--reference`` real FER+ val faces with AUs, r between
   their stored AUs and MediaPipe's AUs of (a) a horizontally flipped copy (the estimator's test-retest) and (b) the
-  pipeline VAE's reconstruction (encode + decode: no generator decoding through this VAE can do better on average).
+  pipeline VAE's reconstruction (``vae_au_ceiling.py``: generated faces decoded through this VAE can hardly do better).
 * Speed: faces/s of the pipeline call on this machine at the given settings and at 25 steps, batch ``--batch``.
 
 Writes benchmarks/results/generator_quality.json and a sample grid per condition next to it.
@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import machine_info, write_result
+from vae_au_ceiling import DEFAULT_AU_MODEL, au_reference
 
 from synfer.data.au.distill import au_agreement
 from synfer.data.prompts import enrich_prompt
@@ -90,31 +91,6 @@ def measure_aus(estimator, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray
     return res.aus, res.face_presence
 
 
-def au_reference(pipe, prepared: Path, estimator, n: int) -> dict[str, dict]:
-    """Mean r (over the varying AUs) of MediaPipe on altered real val faces against their stored AUs."""
-    from synfer.diffusion.train_vae import reconstruct
-
-    folder = DatasetFolder(prepared)
-    recs = [r for r in folder.records("val") if r.aus is not None][:n]
-    if not recs:
-        return {}
-    u8 = np.stack([np.asarray(folder.load_image(r.image).convert("L")) for r in recs])  # (N, H, W)
-    targets = np.stack([r.aus for r in recs]).astype(np.float32)
-    vae = pipe.vae
-    with torch.no_grad():
-        rec = reconstruct(vae, torch.from_numpy(u8)[:, None].to(vae.device), batch_size=256)  # (N, 1, H, W)
-    variants = {"flipped real faces (estimator test-retest)": u8[:, :, ::-1].copy(),
-                "VAE reconstructions of real faces": ((rec[:, 0] + 1) * 127.5).round().to(torch.uint8).numpy()}
-    out = {}
-    for name, arr in variants.items():
-        res = estimator.estimate(arr)
-        seen = res.face_presence >= 0.5
-        agree = au_agreement(res.aus[seen], targets[seen], tuple(folder.au_names))
-        out[name] = {"au_mean_r": agree["mean_r"], "faces": len(recs), "faces_seen_by_mediapipe": int(seen.sum())}
-        print(name, out[name], flush=True)
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("pipeline")
@@ -128,8 +104,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--classifier", default=DEFAULT_CLASSIFIER)
-    ap.add_argument("--au-model", type=Path,
-                    default=Path("../shared/data/mediapipe_face_landmarker/face_landmarker.task"))
+    ap.add_argument("--au-model", type=Path, default=DEFAULT_AU_MODEL)
     ap.add_argument("--skip-controls", action="store_true")
     ap.add_argument("--reference", type=int, default=1600, help="real val faces for the AU reference (0: skip)")
     ap.add_argument("--note", default=None)
@@ -164,7 +139,7 @@ def main() -> None:
     val_pred = predict(clf, val, torch.device("cpu")).argmax(-1)
     real = {c: float((val_pred[val.labels.numpy() == k] == k).mean()) for k, c in enumerate(names)}
 
-    reference = au_reference(pipe, args.prepared, estimator, args.reference) if args.reference else {}
+    reference = au_reference(pipe.vae, args.prepared, estimator, args.reference) if args.reference else {}
     target_idx = np.array([names.index(e) for e in exprs])
     results: dict[str, dict] = {}
     runs = {"text+aus": targets}
