@@ -30,8 +30,8 @@ DEFAULT_AU_MODEL = Path("../shared/data/mediapipe_face_landmarker/face_landmarke
 
 
 def au_reference(vae: Any, prepared: Path, estimator: Any, n: int) -> dict[str, Any]:
-    """MediaPipe on altered real val faces against their stored AUs: {variant: {au_mean_r, faces, seen}}, and the
-    reconstructions' PSNR (dB, images in [0, 1])."""
+    """MediaPipe on altered real val faces against their stored AUs, ``{variant: {au_mean_r, faces,
+    faces_seen_by_mediapipe}}``, and the reconstructions' PSNR (``reconstruction_psnr_db``, images in [0, 1])."""
     from synfer.diffusion.train_vae import reconstruct
 
     folder = DatasetFolder(prepared)
@@ -40,8 +40,7 @@ def au_reference(vae: Any, prepared: Path, estimator: Any, n: int) -> dict[str, 
         raise SystemExit(f"{prepared}: no val record has AUs; run `synfer prepare` on it first.")
     u8 = np.stack([np.asarray(folder.load_image(r.image).convert("L")) for r in recs])  # (N, H, W)
     targets = np.stack([r.aus for r in recs]).astype(np.float32)  # (N, A)
-    with torch.no_grad():
-        rec = reconstruct(vae, torch.from_numpy(u8)[:, None].to(vae.device), batch_size=256)  # (N, 1, H, W) [-1, 1]
+    rec = reconstruct(vae, torch.from_numpy(u8)[:, None].to(vae.device), batch_size=256)  # (N, 1, H, W) in [-1, 1]
     rec01 = (rec[:, 0].float() + 1) / 2
     mse = torch.mean((rec01 - torch.from_numpy(u8).float() / 255) ** 2).item()
     variants = {"flipped real faces (estimator test-retest)": u8[:, :, ::-1].copy(),

@@ -94,7 +94,6 @@ def test_adapter_at_scale_zero_equals_no_adapter(parts: dict) -> None:
     assert not torch.allclose(sample(pipe, aus=AUS, guidance_scale_au=2.0), base, atol=1e-3)
 
 
-
 def test_negative_prompt_replaces_the_unconditional_row(parts: dict) -> None:
     pipe = make_pipe(parts)
     base = sample(pipe, aus=AUS)
@@ -110,6 +109,7 @@ def test_negative_prompt_replaces_the_unconditional_row(parts: dict) -> None:
                        sample(pipe, aus=AUS, guidance_scale_text=1.0, guidance_scale_au=1.0))
     with pytest.raises(ValueError, match="list of 2 strings"):
         sample(pipe, negative_prompt=["only one"])
+
 
 @pytest.mark.parametrize(("adapter", "aus", "w_t", "w_a", "rows"), [
     (False, False, 5.0, 2.0, 2),  # standard CFG

@@ -152,12 +152,21 @@ class SynferPipeline(DiffusionPipeline):
     # -- steps ----------------------------------------------------------------------------------------------------
     def check_inputs(self, prompt: str | Sequence[str], aus: torch.Tensor | None, height: int | None,
                      width: int | None, num_inference_steps: int, guidance_scale_text: float,
-                     guidance_scale_au: float, output_type: str,
-                     callback_tensor_inputs: Sequence[str]) -> tuple[list[str], torch.Tensor | None]:
-        """Validate the call; returns the prompts as a list and ``aus`` as (B, A) float (one row is broadcast)."""
+                     guidance_scale_au: float, output_type: str, callback_tensor_inputs: Sequence[str],
+                     negative_prompt: str | Sequence[str] | None = None
+                     ) -> tuple[list[str], list[str] | None, torch.Tensor | None]:
+        """Validate the call; returns the prompts as a list, the negative prompts as a list of as many (or None) and
+        ``aus`` as (B, A) float (one row is broadcast)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError(f"prompt must be a string or a non-empty list of strings; got {prompt!r}.")
+        negatives = None
+        if negative_prompt is not None:
+            negatives = ([negative_prompt] * len(prompts) if isinstance(negative_prompt, str)
+                         else list(negative_prompt))
+            if len(negatives) != len(prompts) or not all(isinstance(n, str) for n in negatives):
+                raise ValueError(f"negative_prompt must be a string or a list of {len(prompts)} strings (one per "
+                                 f"prompt); got {negative_prompt!r}.")
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1; got {num_inference_steps}.")
         if not (np.isfinite(guidance_scale_text) and np.isfinite(guidance_scale_au)):
@@ -173,7 +182,7 @@ class SynferPipeline(DiffusionPipeline):
             if size is not None and (size < f or size % f):
                 raise ValueError(f"{name}={size} must be a positive multiple of the VAE's scale factor {f}.")
         if aus is None:
-            return prompts, None
+            return prompts, negatives, None
         if self.au_adapter is None:
             raise ValueError("aus were given but this pipeline has no AU adapter; attach one with "
                              "pipe.set_au_adapter(AUAdapter.from_pretrained(folder)) or pass aus=None.")
@@ -188,7 +197,7 @@ class SynferPipeline(DiffusionPipeline):
         if rows.shape[0] != len(prompts):
             raise ValueError(f"{rows.shape[0]} AU rows for {len(prompts)} prompts; give one row per prompt or one "
                              "row for all.")
-        return prompts, rows
+        return prompts, negatives, rows
 
     def encode_prompt(self, prompts: list[str], device: torch.device,
                       negative_prompts: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -331,18 +340,13 @@ class SynferPipeline(DiffusionPipeline):
         guidance_scale_text = defaults["guidance_scale_text"] if guidance_scale_text is None else guidance_scale_text
         guidance_scale_au = defaults["guidance_scale_au"] if guidance_scale_au is None else guidance_scale_au
         # 1. Check inputs.
-        prompts, aus = self.check_inputs(prompt, aus, height, width, num_inference_steps, guidance_scale_text,
-                                         guidance_scale_au, output_type, callback_on_step_end_tensor_inputs)
+        prompts, negatives, aus = self.check_inputs(prompt, aus, height, width, num_inference_steps,
+                                                    guidance_scale_text, guidance_scale_au, output_type,
+                                                    callback_on_step_end_tensor_inputs, negative_prompt)
         start = self.first_step(num_inference_steps, strength, latents)
         device, batch = self._execution_device, len(prompts)
 
         # 2. Encode the prompts and the "" (or negative) prompt: classifier-free guidance's unconditional row.
-        negatives = None
-        if negative_prompt is not None:
-            negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
-            if len(negatives) != len(prompts) or not all(isinstance(n, str) for n in negatives):
-                raise ValueError(f"negative_prompt must be a string or a list of {len(prompts)} strings (one per "
-                                 f"prompt); got {negative_prompt!r}.")
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(prompts, device, negatives)
 
         # 3. AU tokens (null tokens stand in for "no AU condition" in the other rows).
