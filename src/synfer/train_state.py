@@ -16,6 +16,7 @@ import math
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,29 @@ def check_same_options(out: Path, run_config: dict[str, Any]) -> None:
     if changed:
         raise DatasetError(f"{out} was trained with other options ({', '.join(f'{k}={before.get(k)!r}' for k in changed)});"
                            " resume with the same options, or pass --overwrite to start again.")
+
+
+def cached_tensors(cache: str | Path | None, key: str,
+                   compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """``compute()``, stored as ``cache/key.safetensors`` and read back from there next time (``cache`` None: no cache).
+
+    ``key`` must name everything the tensors depend on (callers hash their inputs into it). The file is written
+    under a temporary name and renamed, so a killed run leaves no partial entry.
+    """
+    from safetensors.torch import load_file, save_file
+
+    if cache is None:
+        return compute()
+    path = Path(cache) / f"{key}.safetensors"
+    if path.is_file():
+        print(f"reused from the cache: {path}")
+        return load_file(path)
+    tensors = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+    return tensors
 
 
 def warmup_cosine(warm: int, total: int):

@@ -254,3 +254,30 @@ def test_fine_tune_a_stable_diffusion_checkpoint(gen_run: Path, faces: Path, tmp
     pipe = SynferPipeline.from_pretrained(out)
     pipe.set_progress_bar_config(disable=True)
     assert pipe(["a sad face"], num_inference_steps=2, output_type="pt").images.shape == (1, 1, 16, 16)
+
+
+def test_caption_states_are_cached_on_disk_and_keyed_by_weights_and_captions(tmp_path: Path, monkeypatch) -> None:
+    from synfer.diffusion.train_unet import CaptionEmbedder
+
+    encoder = tiny_clip_encoder(tmp_path / "clip")
+    captions, cache, cpu = ["a smiling face", "a frowning face"], tmp_path / "cache", torch.device("cpu")
+    first = CaptionEmbedder(encoder, captions, cpu, cache=cache)
+    assert first.mode == "frozen" and len(list(cache.glob("text-*.safetensors"))) == 1
+    ids = first.ids_of(captions)
+
+    def no_encoding(self, batch_size):  # a second start must read the disk, not the encoder
+        raise AssertionError("encoded again despite the cache")
+
+    with monkeypatch.context() as m:
+        m.setattr(CaptionEmbedder, "_encode", no_encoding)
+        again = CaptionEmbedder(encoder, captions, cpu, cache=cache)
+    assert torch.equal(again(ids), first(ids))
+    assert torch.equal(first(ids), CaptionEmbedder(encoder, captions, cpu)(ids).float())  # same as no cache
+
+    CaptionEmbedder(encoder, captions + ["a surprised face"], cpu, cache=cache)  # other captions: a new entry
+    with torch.no_grad():
+        next(encoder.text_model.parameters()).add_(1.0)
+    changed = CaptionEmbedder(encoder, captions, cpu, cache=cache)  # other weights: a new entry, new states
+    assert len(list(cache.glob("text-*.safetensors"))) == 3
+    assert not torch.allclose(changed(ids), first(ids))
+    assert not list(cache.glob(".tmp-*"))

@@ -54,6 +54,7 @@ def train_adapter(
     resume: bool = False,
     overwrite: bool = False,
     mixed_precision: str = "auto",
+    text_cache: Path | None = None,
 ) -> Path:
     """Train an AU adapter for a frozen SynferPipeline; save it and the pipeline with it attached.
 
@@ -71,6 +72,7 @@ def train_adapter(
         epochs, batch_size, lr, ema_decay, snr_gamma: as in ``train-generator``.
         sample_every_epochs, sample_steps: sample grids (validation captions with their AUs).
         seed, limit, resume, overwrite, mixed_precision: as in ``train-vae``.
+        text_cache: as in ``train-generator`` (the same folder serves both: keys match for the same captions).
 
     Returns:
         ``OUT/adapter``.
@@ -106,7 +108,7 @@ def train_adapter(
         raise DatasetError(f"No captioned records in split {split!r} of {[str(p) for p in data]}.")
     latents = encode_latents(vae, train.images).cpu()
     val_latents = encode_latents(vae, val.images).cpu()
-    embed = CaptionEmbedder(encoder, train.captions + val.captions, accel.device)
+    embed = CaptionEmbedder(encoder, train.captions + val.captions, accel.device, cache=text_cache)
     ids, val_ids = embed.ids_of(train.captions), embed.ids_of(val.captions)
     aus, has_aus = train.aus, train.has_aus
     draw = ValDraw(val_latents, val_ids, pipe.scheduler, seed)

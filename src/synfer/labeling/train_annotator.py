@@ -31,7 +31,7 @@ from ..dataset import DatasetError, atomic_write_json, provenance_entry
 from ..fer.data import load_split
 from ..fer.metrics import classification_metrics
 from ..models.feranno import FERAnnoConfig, FERAnnoHead
-from ..train_state import warmup_cosine
+from ..train_state import cached_tensors, warmup_cosine
 from .annotators import FERAnnotator
 
 
@@ -63,24 +63,14 @@ def _cache_key(generator_sha256: str, ids: list[str], options: dict) -> str:
 
 def cached_features(cache: Path | None, key: str, compute) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """``compute()`` -> (feature maps, attention maps), stored under ``cache/key.safetensors`` and reused."""
-    from safetensors.torch import load_file, save_file
+    def as_dict() -> dict[str, torch.Tensor]:
+        f, a = compute()
+        return {**{f"f{i}": x for i, x in enumerate(f)}, **{f"a{i}": x for i, x in enumerate(a)}}
 
-    if cache is None:
-        return compute()
-    path = Path(cache) / f"{key}.safetensors"
-    if path.is_file():
-        t = load_file(path)
-        nf = sum(1 for k in t if k.startswith("f"))
-        na = sum(1 for k in t if k.startswith("a"))
-        print(f"features from the cache: {path}")
-        return [t[f"f{i}"] for i in range(nf)], [t[f"a{i}"] for i in range(na)]
-    f, a = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    save_file({**{f"f{i}": x.contiguous() for i, x in enumerate(f)},
-               **{f"a{i}": x.contiguous() for i, x in enumerate(a)}}, str(tmp))
-    tmp.replace(path)
-    return f, a
+    t = cached_tensors(cache, key, as_dict)
+    nf = sum(1 for k in t if k.startswith("f"))
+    na = sum(1 for k in t if k.startswith("a"))
+    return [t[f"f{i}"] for i in range(nf)], [t[f"a{i}"] for i in range(na)]
 
 
 def train_annotator(
