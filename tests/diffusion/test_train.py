@@ -281,3 +281,33 @@ def test_caption_states_are_cached_on_disk_and_keyed_by_weights_and_captions(tmp
     assert len(list(cache.glob("text-*.safetensors"))) == 3
     assert not torch.allclose(changed(ids), first(ids))
     assert not list(cache.glob(".tmp-*"))
+
+
+def test_adapter_can_train_on_class_level_prompts_instead_of_captions(gen_run: Path, faces: Path, tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    from synfer.data.prompts import enrich_prompt
+    from synfer.diffusion import train_adapter as module
+    from synfer.diffusion.loop import load_faces
+
+    loaded = load_faces([faces], "train", need_captions=True)
+    prompts = module.class_level_prompts(loaded)
+    assert prompts[0] == enrich_prompt("", loaded.expressions[0], None, seed=0) != loaded.captions[0]
+    assert "happy" in prompts[0] and "sad" in prompts[1]
+
+    seen: list[str] = []
+    real_call = module.CaptionEmbedder.__call__
+
+    def spy(self, ids):
+        seen.extend(self.unique[i] for i in ids.tolist())
+        return real_call(self, ids)
+
+    monkeypatch.setattr(module.CaptionEmbedder, "__call__", spy)
+    train_adapter([faces], tmp_path / "class", pipeline=gen_run / "pipeline", class_prompts=1.0,
+                  **{**ADAPTER, "epochs": 1})
+    assert seen and not {"a happy face", "a sad face"} & set(seen)  # training and validation: class-level only
+    assert set(seen) - {""} <= set(prompts) | set(module.class_level_prompts(load_faces([faces], "val",
+                                                                                         need_captions=True)))
+    config = json.loads((tmp_path / "class" / "train_config.json").read_text())
+    assert config["config"]["class_prompts"] == 1.0
+    with pytest.raises(ValueError, match="class_prompts"):
+        train_adapter([faces], tmp_path / "bad", pipeline=gen_run / "pipeline", class_prompts=1.5, **ADAPTER)

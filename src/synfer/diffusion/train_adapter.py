@@ -5,7 +5,14 @@ Everything of the pipeline stays frozen (UNet, VAE, text encoder with its projec
 UNet (``applied_to``). The AU vector of a face is replaced by the adapter's learned null tokens with probability
 ``au_dropout``, and always where the record has no AUs; its caption by "" with probability ``caption_dropout``
 (drawn independently, so both are dropped together 0.5% of the time at the defaults). That gives the three rows
-of the pipeline's two-condition guidance. AU order is data: the adapter takes the folders' header order, every
+of the pipeline's two-condition guidance.
+
+Captions from ``synfer prepare`` spell out the face's AUs ("jaw dropped strongly, outer brows raised"), so with its
+caption in view the adapter has little left to add and learns little. At sampling time the prompt is often only
+class-level (an enriched prompt without target AUs names the expression's prototype AUs, the same for every face).
+``class_prompts`` trains that case: with this probability a face's caption is replaced by such a class-level
+prompt for its expression (:func:`synfer.data.prompts.enrich_prompt`, seeded per face), and the face's own AUs
+must come from the adapter. AU order is data: the adapter takes the folders' header order, every
 folder must share it, and an adapter given to continue is checked against it.
 
 The run folder::
@@ -23,9 +30,10 @@ from typing import Any
 
 import torch
 
+from ..data.prompts import enrich_prompt
 from ..dataset import DatasetError, atomic_write_json, provenance_entry
 from ..models.au_adapter import AUAdapter
-from .loop import Trainer, atomic_save_dir, index_loader, load_faces, start_run
+from .loop import Faces, Trainer, atomic_save_dir, index_loader, load_faces, start_run
 from .train_unet import CaptionEmbedder, ValDraw, noise_loss, sample_grid, sample_prompts_from
 from .train_vae import encode_latents
 
@@ -42,6 +50,7 @@ def train_adapter(
     au_dropout: float = 0.1,
     caption_dropout: float = 0.05,
     class_balance: float = 0.0,
+    class_prompts: float = 0.0,
     epochs: int = 10,
     batch_size: int = 64,
     lr: float = 1e-4,
@@ -69,6 +78,9 @@ def train_adapter(
         au_dropout: probability of training on the null AU tokens (classifier-free guidance on AUs).
         caption_dropout: probability of training on "" instead of the caption.
         class_balance: class-balanced sampling as in ``train-generator`` (0 = every face once per epoch).
+        class_prompts: probability of training on a class-level prompt for the face's expression instead of its
+            AU-describing caption (see the module docs); faces without an expression keep their caption. The
+            validation draw uses class-level prompts for the same share of its faces (fixed).
         epochs, batch_size, lr, ema_decay, snr_gamma: as in ``train-generator``.
         sample_every_epochs, sample_steps: sample grids (validation captions with their AUs).
         seed, limit, resume, overwrite, mixed_precision: as in ``train-vae``.
@@ -83,6 +95,8 @@ def train_adapter(
     for name, p in (("au_dropout", au_dropout), ("caption_dropout", caption_dropout)):
         if not 0 <= p < 1:
             raise ValueError(f"{name} must be in [0, 1); got {p}.")
+    if not 0 <= class_prompts <= 1:
+        raise ValueError(f"class_prompts must be in [0, 1]; got {class_prompts}.")
     # 1. data first: a folder without AUs or captions is refused before anything is loaded or written
     probe = load_faces(data, split, need_captions=True, need_aus=True, limit=1)
     au_names = probe.au_names
@@ -108,8 +122,13 @@ def train_adapter(
         raise DatasetError(f"No captioned records in split {split!r} of {[str(p) for p in data]}.")
     latents = encode_latents(vae, train.images).cpu()
     val_latents = encode_latents(vae, val.images).cpu()
-    embed = CaptionEmbedder(encoder, train.captions + val.captions, accel.device, cache=text_cache)
-    ids, val_ids = embed.ids_of(train.captions), embed.ids_of(val.captions)
+    train_alt, val_alt = (class_level_prompts(f) if class_prompts > 0 else f.captions for f in (train, val))
+    embed = CaptionEmbedder(encoder, train.captions + val.captions + train_alt + val_alt, accel.device,
+                            cache=text_cache)
+    ids, val_ids, alt_ids = embed.ids_of(train.captions), embed.ids_of(val.captions), embed.ids_of(train_alt)
+    if class_prompts > 0:  # a fixed share of the validation draw sees class-level prompts, as training does
+        swap = torch.rand(len(val_ids), generator=torch.Generator().manual_seed(seed + 1)) < class_prompts
+        val_ids = torch.where(swap, embed.ids_of(val_alt), val_ids)
     aus, has_aus = train.aus, train.has_aus
     draw = ValDraw(val_latents, val_ids, pipe.scheduler, seed)
     draw_aus, draw_has = val.aus[draw.keep], val.has_aus[draw.keep]
@@ -122,11 +141,13 @@ def train_adapter(
 
     # 3. loss and trainer
     loader = accel.prepare(index_loader(len(latents), batch_size, seed,
-                                        lambda idx: (latents[idx], ids[idx], aus[idx], has_aus[idx]),
+                                        lambda idx: (latents[idx], ids[idx], aus[idx], has_aus[idx], alt_ids[idx]),
                                         train.expressions, class_balance))
 
     def loss_fn(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        z, rows, vectors, has = batch[0].to(accel.device), batch[1], batch[2], batch[3]
+        z, rows, vectors, has, alt = batch[0].to(accel.device), batch[1], batch[2], batch[3], batch[4]
+        if class_prompts > 0:  # drawn only when used, so runs without it keep their random stream
+            rows = torch.where(torch.rand(len(rows)) < class_prompts, alt, rows)
         rows = torch.where(torch.rand(len(rows)) < caption_dropout, embed.empty, rows)
         drop = (torch.rand(len(rows)) < au_dropout) | ~has.cpu()
         cond = au.condition(embed(rows), vectors.to(accel.device), drop.to(accel.device))
@@ -139,6 +160,7 @@ def train_adapter(
                "pipeline": str(Path(pipeline).resolve()), "adapter": None if adapter is None else str(adapter),
                "au_names": list(au_names), "num_tokens": au.config.num_tokens, "hidden_dim": au.config.hidden_dim,
                "au_dropout": au_dropout, "caption_dropout": caption_dropout, "class_balance": class_balance,
+               "class_prompts": class_prompts,
                "batch_size": batch_size, "lr": lr,
                "ema_decay": ema_decay, "snr_gamma": snr_gamma, "seed": seed, "limit": limit}
     trainer = Trainer(accel, out, {"adapter": au}, epochs, len(loader), lr, ema_decay=ema_decay,
@@ -174,3 +196,22 @@ def train_adapter(
         trainer.fit(loader, loss_fn, end_epoch)
     accel.print(f"adapter exported to {out / 'adapter'}, pipeline with it to {out / 'pipeline'}")
     return out / "adapter"
+
+
+def class_level_prompts(faces: Faces) -> list[str]:
+    """Per face, a class-level prompt for its expression (its own caption where it has no expression).
+
+    The prompt enricher's text without target AUs (so naming the expression's prototype AUs), seeded by the face's
+    row: what ``generate`` and the benchmarks send when they give the AUs to the adapter alone.
+    """
+    out = []
+    for i, (expression, caption) in enumerate(zip(faces.expressions, faces.captions, strict=True)):
+        if expression is None:
+            out.append(caption)
+            continue
+        try:
+            out.append(enrich_prompt("", expression, None, seed=i))
+        except (ValueError, KeyError) as err:
+            raise DatasetError(f"class_prompts needs expressions the prompt enricher knows; face {i} is labelled "
+                               f"{expression!r} ({err}). Pass class_prompts=0 for this data.") from None
+    return out
