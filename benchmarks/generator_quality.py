@@ -7,7 +7,9 @@ PIPELINE: a SynferPipeline folder with an AU adapter (``bundled`` for the bundle
 ``synfer prepare`` (target AU vectors are drawn per class from its train split; the real baseline is its val split).
 
 * Expression: per class, ``--per-class`` faces from class-level prompts (the template enricher, seed per face) and
-  that class's empirical AU vectors; the bundled classifier's recognition rate of the target, next to its recall on
+  that class's empirical AU vectors (``--prompt-aus target``: prompts that also spell out each face's target AUs,
+  as ``synfer generate`` writes them; the default ``prototype`` names the class's EMFACS prototype AUs, so the
+  per-face AU detail can only come through the adapter); the bundled classifier's recognition rate of the target, next to its recall on
   the real FER+ validation faces of that class (acceptance: generated >= real, per class).
 * AU control: MediaPipe (fast path) measures the generated faces; Pearson r per AU with the targets over the faces
   it sees as faces, mean over the AUs whose targets vary (std >= 0.02). Controls on the same prompts and seeds:
@@ -51,7 +53,8 @@ def make_scheduler(pipe, kind: str):
     raise ValueError(kind)
 
 
-def conditions(prepared: Path, per_class: int, seed: int) -> tuple[list[str], list[str], np.ndarray, list[str]]:
+def conditions(prepared: Path, per_class: int, seed: int,
+               prompt_aus: str = "prototype") -> tuple[list[str], list[str], np.ndarray, list[str]]:
     """Targets: (expression per face, prompt per face, AU vectors (N, A), AU names)."""
     folder = DatasetFolder(prepared)
     pools: dict[str, list] = {}
@@ -65,7 +68,8 @@ def conditions(prepared: Path, per_class: int, seed: int) -> tuple[list[str], li
         pick = rng.integers(0, len(pool), per_class)
         for k in pick:
             exprs.append(c)
-            prompts.append(enrich_prompt("", c, None, seed=seed * 100_003 + len(prompts)))
+            words = dict(zip(folder.au_names, pool[k].tolist(), strict=True)) if prompt_aus == "target" else None
+            prompts.append(enrich_prompt("", c, words, seed=seed * 100_003 + len(prompts)))
             aus.append(pool[k])
     return exprs, prompts, np.stack(aus).astype(np.float32), list(folder.au_names)
 
@@ -100,6 +104,8 @@ def main() -> None:
     ap.add_argument("--scheduler", choices=["pipeline", "ddim", "dpm"], default="pipeline")
     ap.add_argument("--text-scale", type=float, default=None, help="default: the pipeline's")
     ap.add_argument("--au-scale", type=float, default=None, help="default: the pipeline's")
+    ap.add_argument("--prompt-aus", choices=["prototype", "target"], default="prototype",
+                    help="AU words of the prompts: the class's prototype (default) or each face's target AUs")
     ap.add_argument("--negative-prompt", default=None, help="text of the unconditional guidance row (default: \"\")")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
@@ -126,7 +132,7 @@ def main() -> None:
     if adapter is None:
         raise SystemExit(f"{args.pipeline} has no AU adapter; AU control cannot be measured.")
 
-    exprs, prompts, targets, au_names = conditions(args.prepared, args.per_class, args.seed)
+    exprs, prompts, targets, au_names = conditions(args.prepared, args.per_class, args.seed, args.prompt_aus)
     if list(adapter.au_names) != au_names:
         raise SystemExit(f"the adapter's AU order {list(adapter.au_names)} differs from {args.prepared}'s {au_names}")
     clf = ExpressionClassifier.from_pretrained(args.classifier)
@@ -180,7 +186,7 @@ def main() -> None:
         "benchmark": "generator_quality", "pipeline": args.pipeline, "prepared": str(args.prepared),
         "per_class": args.per_class, "seed": args.seed, "scheduler": type(pipe.scheduler).__name__, "steps": steps,
         "guidance_scale_text": args.text_scale, "guidance_scale_au": args.au_scale,
-        "negative_prompt": args.negative_prompt, "batch": args.batch,
+        "negative_prompt": args.negative_prompt, "prompt_aus": args.prompt_aus, "batch": args.batch,
         "judge": args.classifier, "real_val_recall": real,
         "expression_pass": {c: main_run["per_class"][c] >= real[c] for c in names},
         "results": results, "au_reference": reference, "faces_per_s_at_25_steps": n / secs25,
