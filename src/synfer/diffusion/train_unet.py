@@ -1,7 +1,6 @@
 """``synfer train-generator``: the text-conditioned latent-diffusion UNet, and what the AU adapter trainer reuses.
 
-Mini path: a ``UNet2DConditionModel`` from scratch on the latents of a VAE from ``train-vae`` (12x12x4 or 24x24x4 for
-FER+; with ``patch_size`` 2 the UNet works on 2x2 patches of the latents, :mod:`synfer.models.patch_unet`),
+Mini path: a ``UNet2DConditionModel`` from scratch on the latents of a VAE from ``train-vae`` (12x12x4 for FER+),
 conditioned on the frozen MiniLM-L6 + its trainable projection. Full path (``pretrained``): a Stable Diffusion
 checkpoint's UNet fine-tuned fully or with LoRA (peft), its CLIP text encoder frozen. The loss is the usual one,
 ``|| eps - eps_theta(sqrt(a_t) z + sqrt(1 - a_t) eps, t, c) ||^2`` (v-prediction where the checkpoint uses it),
