@@ -145,25 +145,6 @@ def test_generator_writes_a_pipeline_that_generates(gen_run: Path) -> None:
     assert pipe.au_adapter is None and pipe.scheduler.config.clip_sample is False
 
 
-def test_patched_unet_trains_and_its_pipeline_takes_an_adapter(faces: Path, clip: Path, vae_run: Path,
-                                                               tmp_path: Path) -> None:
-    from synfer.models.patch_unet import PatchUNet2DConditionModel
-
-    train_generator([faces], tmp_path / "gen", vae=vae_run, text_encoder=str(clip), patch_size=2, **GEN)
-    rows = metrics(tmp_path / "gen")
-    assert rows[-1]["val_loss_raw"] < rows[0]["val_loss_raw"]
-    pipe = SynferPipeline.from_pretrained(tmp_path / "gen" / "pipeline")
-    assert isinstance(pipe.unet, PatchUNet2DConditionModel) and pipe.unet.conv_in.in_channels == 16
-    train_adapter([faces], tmp_path / "adapter", pipeline=tmp_path / "gen" / "pipeline", **{**ADAPTER, "epochs": 1})
-    pipe = SynferPipeline.from_pretrained(tmp_path / "adapter" / "pipeline")
-    pipe.set_progress_bar_config(disable=True)
-    (image,) = pipe(["a happy face"], aus=torch.tensor([0.1, 0.9]), num_inference_steps=2,
-                    generator=torch.Generator().manual_seed(0)).images
-    assert image.size == (16, 16)
-    with pytest.raises(ValueError, match="patch_size"):  # 8x8 latents do not fold into 3x3 patches
-        train_generator([faces], tmp_path / "bad", vae=vae_run, text_encoder=str(clip), patch_size=3, **GEN)
-
-
 def test_generator_resume_replays_the_same_run(gen_run: Path, faces: Path, clip: Path, vae_run: Path,
                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """2 epochs straight (gen_run) vs 1 epoch, interrupted, then resumed to 2: identical weights and EMA."""

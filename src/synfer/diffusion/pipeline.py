@@ -40,7 +40,6 @@ from diffusers.utils.torch_utils import randn_tensor
 # Imported here, not only for the type hints: DiffusionPipeline.from_pretrained resolves these custom components'
 # classes from sys.modules (model_index.json names their modules), so they must be imported before loading.
 from ..models.au_adapter import AUAdapter
-from ..models.patch_unet import PatchUNet2DConditionModel  # noqa: F401  (model_index.json may name it)
 from ..models.text_encoders import CLIPTextEncoderWrapper, TextEncoder
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")

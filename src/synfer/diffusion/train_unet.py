@@ -81,15 +81,10 @@ def load_text_encoder(spec: str, cross_attention_dim: int) -> TextEncoder:
 
 
 def build_unet(sample_size: int, channels: int, block_out_channels: tuple[int, ...], layers_per_block: int,
-               attention_head_dim: int, cross_attention_dim: int, attention_levels: tuple[int, ...] | None,
-               patch_size: int = 1) -> Any:
-    """A ``UNet2DConditionModel`` for (channels, sample_size, sample_size) latents; cross-attention at
-    ``attention_levels`` (default all but the first, the widest in pixels and the costliest) and in the middle block.
-    ``patch_size`` > 1: a :class:`~synfer.models.patch_unet.PatchUNet2DConditionModel` running at
-    sample_size / patch_size on the latents' p x p patches."""
+               attention_head_dim: int, cross_attention_dim: int, attention_levels: tuple[int, ...] | None) -> Any:
+    """A ``UNet2DConditionModel``; cross-attention at ``attention_levels`` (default all but the first, the widest
+    in pixels and the costliest) and in the middle block."""
     from diffusers import UNet2DConditionModel
-
-    from ..models.patch_unet import PatchUNet2DConditionModel
 
     n = len(block_out_channels)
     levels = set(range(1, n) if attention_levels is None else attention_levels) or {n - 1}
@@ -97,15 +92,7 @@ def build_unet(sample_size: int, channels: int, block_out_channels: tuple[int, .
         raise ValueError(f"attention_levels {sorted(levels)} must lie in 0..{n - 1} (one per block).")
     down = tuple("CrossAttnDownBlock2D" if i in levels else "DownBlock2D" for i in range(n))
     up = tuple("CrossAttnUpBlock2D" if i in levels else "UpBlock2D" for i in reversed(range(n)))
-    if patch_size > 1:
-        if sample_size % patch_size:
-            raise ValueError(f"patch_size {patch_size} must divide the latent size {sample_size}.")
-        if (sample_size // patch_size) % 2 ** (n - 1):
-            raise ValueError(f"{n} UNet levels halve the patched latents {n - 1} times: {sample_size}x{sample_size} "
-                             f"latents in {patch_size}x{patch_size} patches ({sample_size // patch_size}) cannot; "
-                             f"use fewer block_out_channels or a smaller patch_size.")
-    cls, extra = (PatchUNet2DConditionModel, {"patch_size": patch_size}) if patch_size > 1 else (UNet2DConditionModel, {})
-    return cls(**extra, sample_size=sample_size, in_channels=channels, out_channels=channels,
+    return UNet2DConditionModel(sample_size=sample_size, in_channels=channels, out_channels=channels,
                                 block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
                                 down_block_types=down, up_block_types=up, cross_attention_dim=cross_attention_dim,
                                 attention_head_dim=attention_head_dim,
@@ -298,7 +285,6 @@ def train_generator(
     layers_per_block: int = 2,
     attention_head_dim: int = 8,
     attention_levels: tuple[int, ...] | None = None,
-    patch_size: int = 1,
     cross_attention_dim: int = 256,
     lora_rank: int | None = None,
     caption_dropout: float = 0.1,
@@ -333,8 +319,6 @@ def train_generator(
         block_out_channels, layers_per_block, attention_levels, cross_attention_dim: the new UNet (mini path):
             widths per level, ResNets per block, levels with cross-attention (default all but the first), text width.
         attention_head_dim: passed to diffusers as is; its legacy meaning there is the number of heads.
-        patch_size: the new UNet works on p x p patches of the latents folded into channels (2: a 24x24x4 VAE's
-            latents cost a 12x12 UNet's time; :mod:`synfer.models.patch_unet`); 1 = plain.
         lora_rank: fine-tune ``pretrained`` with LoRA of this rank on the attention projections (needs peft)
             instead of every UNet weight.
         caption_dropout: probability of training on "" instead of the caption (classifier-free guidance).
@@ -367,8 +351,6 @@ def train_generator(
         raise ValueError("Give vae (a `synfer train-vae` output) for the mini model, or pretrained (an SD checkpoint).")
     if lora_rank is not None and pretrained is None:
         raise ValueError("lora_rank fine-tunes a pretrained UNet; pass pretrained=<SD checkpoint> with it.")
-    if pretrained is not None and patch_size != 1:
-        raise ValueError("patch_size shapes a new UNet (the mini path); pretrained brings its own UNet.")
     if pretrained is not None and text_encoder != "minilm":
         raise ValueError("pretrained brings its own text encoder; leave text_encoder at its default.")
     accel, resume = start_run(out, resume, overwrite, mixed_precision, seed)
@@ -387,7 +369,7 @@ def train_generator(
         factor = 2 ** (len(vae_model.config.block_out_channels) - 1)
         unet = build_unet(vae_model.config.sample_size // factor, vae_model.config.latent_channels,
                           tuple(block_out_channels), layers_per_block, attention_head_dim, encoder.output_dim,
-                          None if attention_levels is None else tuple(attention_levels), patch_size)
+                          None if attention_levels is None else tuple(attention_levels))
         train_sched = noise_schedule(scheduler)
         sample_sched = DDIMScheduler.from_config(train_sched.config, timestep_spacing="trailing",
                                                  set_alpha_to_one=False)
