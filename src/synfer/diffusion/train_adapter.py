@@ -84,7 +84,8 @@ def train_adapter(
         epochs, batch_size, lr, ema_decay, snr_gamma: as in ``train-generator``.
         sample_every_epochs, sample_steps: sample grids (validation captions with their AUs).
         seed, limit, resume, overwrite, mixed_precision: as in ``train-vae``.
-        text_cache: as in ``train-generator`` (the same folder serves both: keys match for the same captions).
+        text_cache: as in ``train-generator`` (one folder can serve both; an entry is reused for the same caption
+            set, which differs here with class_prompts or faces without AUs).
 
     Returns:
         ``OUT/adapter``.

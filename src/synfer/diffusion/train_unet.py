@@ -333,9 +333,9 @@ def train_generator(
         sample_prompts: grid prompts (default up to 8 distinct validation captions).
         sample_steps: DDIM steps for the grids.
         seed, limit, resume, overwrite, mixed_precision: as in ``train-vae``.
-        text_cache: a folder to keep the frozen text states of the captions in (safetensors, keyed by the frozen
-            text weights and the captions; 0.8 GB for FER+'s 22k distinct captions) and reuse them from, on resume and in
-            ``train-adapter``; None = encode them at every start.
+        text_cache: a folder to keep the frozen text states of the captions in and reuse them from (safetensors,
+            keyed by the frozen text weights and the caption set; 0.8 GB for FER+'s 22k distinct captions), so a
+            resumed run skips the encoding; None = encode them at every start.
 
     Returns:
         ``OUT/pipeline``.
