@@ -253,3 +253,55 @@ def test_install_guards() -> None:
     adapter.remove(unet)
     with pytest.raises(ValueError, match="built for another UNet"):
         adapter.install(sd_unet())
+
+
+@pytest.mark.parametrize("kind", list(BUILDERS))
+def test_time_embedding_path(kind: str, tmp_path) -> None:
+    unet = BUILDERS[kind]()
+    x, t, text, aus = inputs(unet)
+    base = run(unet, x, t, text)
+    plain = AUAdapter.for_unet(unet, AUS)
+    adapter = AUAdapter.for_unet(unet, AUS, time_embedding=True)
+    adapter.load_state_dict(plain.state_dict(), strict=False)  # same attention weights, plus the time path
+    assert adapter.config.time_embed_dim == unet.time_embedding.linear_2.out_features
+    keys_before = list(unet.state_dict())
+    with plain.applied_to(unet):
+        attention_only = run(unet, x, t, plain.condition(text, aus))
+    with adapter.applied_to(unet):
+        assert list(unet.state_dict()) == keys_before
+        # zero-initialised: an untrained time path adds nothing
+        assert torch.equal(run(unet, x, t, adapter.condition(text, aus)), attention_only)
+        with torch.no_grad():
+            adapter.to_temb.weight.normal_(0, 0.1)
+        moved = run(unet, x, t, adapter.condition(text, aus))
+        assert not torch.allclose(moved, attention_only, atol=1e-4)
+        # its scale: the float sets both paths, the dict key "time_embedding" the time path alone
+        adapter.set_scale({"time_embedding": 0.0})
+        assert torch.equal(run(unet, x, t, adapter.condition(text, aus)), attention_only)
+        adapter.set_scale(0.0)
+        assert torch.equal(run(unet, x, t, adapter.condition(text, aus)), base)  # exactly the base UNet
+        adapter.set_scale(1.0)
+        assert torch.equal(run(unet, x, t, adapter.condition(text, aus)), moved)
+        # every sample gets its own AU vector's embedding: another AU row changes only that sample
+        other = aus.clone()
+        other[1] = 1 - other[1]
+        changed = run(unet, x, t, adapter.condition(text, other))
+        assert torch.equal(changed[0], moved[0]) and not torch.allclose(changed[1], moved[1], atol=1e-4)
+    assert torch.equal(run(unet, x, t, text), base)  # removed: the hooks are gone
+    assert not unet._forward_pre_hooks and not unet.time_embedding._forward_hooks
+
+    # gradients reach it through the AU tokens; it saves and loads
+    adapter.train()
+    with adapter.applied_to(unet):
+        unet(x, t, adapter.condition(text, aus)).sample.pow(2).mean().backward()
+    assert adapter.to_temb.weight.grad.abs().sum() > 0 and adapter.proj[0].weight.grad.abs().sum() > 0
+    adapter.save_pretrained(str(tmp_path / "ad"))
+    loaded = AUAdapter.from_pretrained(str(tmp_path / "ad"))
+    with loaded.applied_to(unet):
+        assert torch.equal(run(unet, x, t, loaded.condition(text, aus)), moved)
+    other_unet = UNet2DConditionModel(  # another timestep-embedding width (4 x 24)
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(24, 48),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=unet.config.cross_attention_dim, attention_head_dim=8, norm_num_groups=8)
+    with pytest.raises(ValueError, match="timestep embedding"):
+        loaded.install(other_unet)
