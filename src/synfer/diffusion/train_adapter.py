@@ -47,7 +47,6 @@ def train_adapter(
     val_split: str = "val",
     num_tokens: int = 4,
     hidden_dim: int = 256,
-    time_embedding: bool = False,
     au_dropout: float = 0.1,
     caption_dropout: float = 0.05,
     class_balance: float = 0.0,
@@ -76,8 +75,6 @@ def train_adapter(
             one built for the pipeline's UNet (AU key/values initialised from the text ones).
         split, val_split: trained on / scored on (without a val split: a fixed set of training faces).
         num_tokens, hidden_dim: AU tokens per face and the MLP's hidden width (new adapters only).
-        time_embedding: give a new adapter the time-embedding path too (the AU tokens also added to the UNet's
-            timestep embedding, reaching every ResNet; :mod:`synfer.models.au_adapter`).
         au_dropout: probability of training on the null AU tokens (classifier-free guidance on AUs).
         caption_dropout: probability of training on "" instead of the caption.
         class_balance: class-balanced sampling as in ``train-generator`` (0 = every face once per epoch).
@@ -115,7 +112,7 @@ def train_adapter(
     for module in (vae, unet, encoder):
         module.requires_grad_(False).eval().to(accel.device)
     au = init if init is not None else AUAdapter.for_unet(unet, au_names, num_tokens=num_tokens,
-                                                          hidden_dim=hidden_dim, time_embedding=time_embedding)
+                                                          hidden_dim=hidden_dim)
     au.to(accel.device)
     cfg = vae.config
     size = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
@@ -163,7 +160,6 @@ def train_adapter(
     options = {"data": [str(Path(p).resolve()) for p in data], "split": split, "size": list(size),
                "pipeline": str(Path(pipeline).resolve()), "adapter": None if adapter is None else str(adapter),
                "au_names": list(au_names), "num_tokens": au.config.num_tokens, "hidden_dim": au.config.hidden_dim,
-               "time_embed_dim": au.config.time_embed_dim,
                "au_dropout": au_dropout, "caption_dropout": caption_dropout, "class_balance": class_balance,
                "class_prompts": class_prompts,
                "batch_size": batch_size, "lr": lr,

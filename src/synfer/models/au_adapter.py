@@ -14,13 +14,6 @@ UNet's ``state_dict()`` / ``parameters()`` are unchanged (saving the UNet never 
 
 The AU tokens travel with the text as one ``encoder_hidden_states`` tensor, (B, L + N, D), built by
 :meth:`AUAdapter.condition`; each processor splits the last N tokens off.
-
-Optional time-embedding path (``time_embed_dim``, :meth:`AUAdapter.for_unet` with ``time_embedding=True``; an
-extension beyond SynFER): a zero-initialised linear layer maps the N AU tokens (flattened) to the width of the
-UNet's timestep embedding and adds the result to it, so the AU condition also reaches every ResNet at every
-resolution, as class labels do in class-conditional diffusion models, not only the cross-attention layers (which
-a small UNet may have at its coarsest resolution only). It is installed and removed with the processors (two
-forward hooks); null tokens go through it too, so classifier-free guidance on AUs covers both paths.
 """
 
 from __future__ import annotations
@@ -38,8 +31,6 @@ from torch import nn
 
 from ..schema import AUSet, check_same_order
 
-#: The :meth:`AUAdapter.set_scale` key of the time-embedding path.
-TIME_KEY = "time_embedding"
 #: Short names accepted by :meth:`AUAdapter.set_scale` for the UNet's three block groups.
 BLOCK_ALIASES = {"down": "down_blocks", "mid": "mid_block", "up": "up_blocks"}
 _SUFFIX = ".processor"
@@ -49,16 +40,6 @@ def layer_key(name: str) -> str:
     """ModuleDict key of a processor name: ``down_blocks.0....attn2.processor`` -> ``down_blocks__0__...__attn2``
     (ModuleDict keys may not contain dots)."""
     return name.removesuffix(_SUFFIX).replace(".", "__")
-
-
-def _time_embed_dim(unet: nn.Module) -> int:
-    """Width of a diffusers UNet's timestep embedding (the output of ``unet.time_embedding``)."""
-    module = getattr(unet, "time_embedding", None)
-    last = getattr(module, "linear_2", None)
-    if last is None:
-        raise ValueError(f"{type(unet).__name__} has no diffusers TimestepEmbedding (unet.time_embedding.linear_2); "
-                         "build the adapter without the time-embedding path.")
-    return int(last.out_features)
 
 
 def cross_attention_layers(unet: nn.Module, cross_attention_dim: int) -> dict[str, int]:
@@ -193,14 +174,13 @@ class AUAdapter(ModelMixin, ConfigMixin):
         hidden_dim: width of the MLP's hidden layer.
         layers: per cross-attention processor name, ``{"hidden_size": to_k/to_v output width}``
             (:meth:`for_unet` fills it from a UNet).
-        time_embed_dim: width of the UNet's timestep embedding for the time-embedding path; None = no such path.
     """
 
     config_name = "config.json"
 
     @register_to_config
     def __init__(self, au_names: Sequence[str], cross_attention_dim: int, layers: Mapping[str, Mapping[str, int]],
-                 num_tokens: int = 4, hidden_dim: int = 256, time_embed_dim: int | None = None) -> None:
+                 num_tokens: int = 4, hidden_dim: int = 256) -> None:
         super().__init__()
         self.au_set = AUSet(tuple(au_names))  # canonical, unique names, or a ValueError saying how to write them
         if num_tokens < 1 or hidden_dim < 1 or cross_attention_dim < 1:
@@ -220,22 +200,12 @@ class AUAdapter(ModelMixin, ConfigMixin):
         self.to_v_au = nn.ModuleDict({layer_key(n): nn.Linear(d, int(v["hidden_size"]), bias=False)
                                       for n, v in layers.items()})
         self._scales: dict[str, float] = dict.fromkeys(layers, 1.0)
-        self.to_temb = None
-        if time_embed_dim is not None:
-            # zero init: installing an untrained time path changes nothing
-            self.to_temb = nn.Linear(num_tokens * d, int(time_embed_dim))
-            nn.init.zeros_(self.to_temb.weight)
-            nn.init.zeros_(self.to_temb.bias)
-        self._time_scale = 1.0
-        self._hooks: dict[int, tuple[Any, Any]] = {}  # id(unet) -> the time path's hook handles
-        self._pending: torch.Tensor | None = None  # this forward's AU tokens, for the time path
 
     # -- construction -------------------------------------------------------------------------------------------
     @classmethod
     def for_unet(cls, unet: nn.Module, au_names: Sequence[str], num_tokens: int = 4, hidden_dim: int = 256,
-                 cross_attention_dim: int | None = None, time_embedding: bool = False) -> AUAdapter:
-        """An adapter matching ``unet``'s cross-attention layers, AU k/v initialised from their text k/v; with
-        ``time_embedding`` also the time-embedding path (see the module docstring).
+                 cross_attention_dim: int | None = None) -> AUAdapter:
+        """An adapter matching ``unet``'s cross-attention layers, AU k/v initialised from their text k/v.
 
         Built on the CPU in float32 (trainable weights stay fp32 under mixed precision); move it with ``.to``.
         ``cross_attention_dim`` defaults to ``unet.config.cross_attention_dim`` (give it where that is per-block).
@@ -248,8 +218,7 @@ class AUAdapter(ModelMixin, ConfigMixin):
         if not layers:
             raise ValueError(f"{type(unet).__name__} has no cross-attention layer over {d}-wide tokens.")
         adapter = cls(au_names=list(au_names), cross_attention_dim=d, num_tokens=num_tokens, hidden_dim=hidden_dim,
-                      layers={n: {"hidden_size": h} for n, h in layers.items()},
-                      time_embed_dim=_time_embed_dim(unet) if time_embedding else None)
+                      layers={n: {"hidden_size": h} for n, h in layers.items()})
         adapter.init_from_unet(unet)
         return adapter
 
@@ -315,9 +284,8 @@ class AUAdapter(ModelMixin, ConfigMixin):
 
     # -- scale ----------------------------------------------------------------------------------------------------
     def valid_scale_prefixes(self) -> list[str]:
-        """"down" / "mid" / "up", every dotted prefix of a layer name ("up_blocks.1", ...) and, with the time path,
-        "time_embedding"."""
-        prefixes = set(BLOCK_ALIASES) | ({TIME_KEY} if self.to_temb is not None else set())
+        """"down" / "mid" / "up" and every dotted prefix of a layer name ("up_blocks.1", ...)."""
+        prefixes = set(BLOCK_ALIASES)
         for name in self.config.layers:
             parts = name.split(".")
             prefixes.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
@@ -328,11 +296,9 @@ class AUAdapter(ModelMixin, ConfigMixin):
 
         With a dict the longest matching prefix wins ("up_blocks.1" over "up"); layers no key matches get 1.0,
         so the result never depends on earlier calls. Scale 0 skips a layer's AU branch (base output exactly).
-        The time-embedding path takes the float, or the dict's "time_embedding" value (default 1.0).
         """
         if not isinstance(scale, Mapping):
-            self._time_scale = self._check_scale(scale, "scale")
-            self._scales = dict.fromkeys(self.config.layers, self._time_scale)
+            self._scales = dict.fromkeys(self.config.layers, self._check_scale(scale, "scale"))
             return
         valid = self.valid_scale_prefixes()
         unknown = [k for k in scale if k not in valid]
@@ -340,8 +306,7 @@ class AUAdapter(ModelMixin, ConfigMixin):
             short = [p for p in valid if p.count(".") <= 1]
             raise ValueError(f"Unknown scale prefix(es) {unknown}; valid: {short} or any longer dotted prefix of a "
                              f"layer name (e.g. {next(iter(self.config.layers))!r}).")
-        self._time_scale = self._check_scale(scale.get(TIME_KEY, 1.0), TIME_KEY)
-        rules = sorted(((BLOCK_ALIASES.get(k, k), self._check_scale(v, k)) for k, v in scale.items() if k != TIME_KEY),
+        rules = sorted(((BLOCK_ALIASES.get(k, k), self._check_scale(v, k)) for k, v in scale.items()),
                        key=lambda r: len(r[0]), reverse=True)
         self._scales = {n: next((v for p, v in rules if n == p or n.startswith(p + ".")), 1.0)
                         for n in self.config.layers}
@@ -354,18 +319,14 @@ class AUAdapter(ModelMixin, ConfigMixin):
         return value
 
     def layer_scale(self, name: str) -> float:
-        """Current scale of one layer (by processor name, or "time_embedding" for the time path)."""
-        return self._time_scale if name == TIME_KEY else self._scales[name]
+        """Current scale of one layer (by processor name)."""
+        return self._scales[name]
 
     # -- install / remove -----------------------------------------------------------------------------------------
     def _check_layers(self, unet: nn.Module) -> None:
         if getattr(unet, "encoder_hid_proj", None) is not None:
             raise ValueError("This UNet projects encoder_hidden_states (encoder_hid_proj) before its blocks, which "
                              "would mangle the AU tokens; the AU adapter supports UNets without encoder_hid_dim.")
-        if self.to_temb is not None and _time_embed_dim(unet) != self.config.time_embed_dim:
-            raise ValueError(f"This adapter's time path makes {self.config.time_embed_dim}-wide vectors but the UNet's "
-                             f"timestep embedding is {_time_embed_dim(unet)}-wide; build one for this UNet with "
-                             "AUAdapter.for_unet(unet, au_names, time_embedding=True).")
         found = cross_attention_layers(unet, self.config.cross_attention_dim)
         want = {n: int(v["hidden_size"]) for n, v in self.config.layers.items()}
         if found != want:
@@ -393,9 +354,6 @@ class AUAdapter(ModelMixin, ConfigMixin):
         for name in self.config.layers:
             processors[name] = AUAttnProcessor(self, name, previous=processors[name])
         unet.set_attn_processor(processors)
-        if self.to_temb is not None:
-            self._hooks[id(unet)] = (unet.register_forward_pre_hook(self._take_tokens, with_kwargs=True),
-                                     unet.time_embedding.register_forward_hook(self._add_to_temb))
 
     def remove(self, unet: nn.Module) -> None:
         """Put back the exact processor objects :meth:`install` replaced."""
@@ -406,23 +364,6 @@ class AUAdapter(ModelMixin, ConfigMixin):
         for name in ours:
             processors[name] = processors[name].previous
         unet.set_attn_processor(processors)
-        for handle in self._hooks.pop(id(unet), ()):
-            handle.remove()
-        self._pending = None
-
-    # -- the time-embedding path ------------------------------------------------------------------------------------
-    def _take_tokens(self, unet: nn.Module, args: tuple, kwargs: dict) -> None:
-        """UNet forward pre-hook: keep this call's AU tokens, the last N of ``encoder_hidden_states``."""
-        states = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
-        n = self.config.num_tokens
-        self._pending = None if states is None or states.shape[1] <= n else states[:, -n:]
-
-    def _add_to_temb(self, module: nn.Module, args: tuple, emb: torch.Tensor) -> torch.Tensor:
-        """Forward hook on ``unet.time_embedding``: emb (B, T) + scale * to_temb(AU tokens flattened (B, N * D))."""
-        if self._pending is None or self._time_scale == 0.0:  # skipped, not multiplied by 0: exact base output
-            return emb
-        tokens = self._pending.flatten(1).to(self.to_temb.weight.dtype)
-        return emb + self._time_scale * self.to_temb(tokens).to(emb.dtype)
 
     @contextmanager
     def applied_to(self, unet: nn.Module) -> Iterator[AUAdapter]:
