@@ -18,6 +18,8 @@ PIPELINE: a SynferPipeline folder with an AU adapter (``bundled`` for the bundle
   their stored AUs and MediaPipe's AUs of (a) a horizontally flipped copy (the estimator's test-retest) and (b) the
   pipeline VAE's reconstruction (``vae_au_ceiling.py``: generated faces decoded through this VAE can hardly do better).
 * Speed: faces/s of the pipeline call on this machine at the given settings and at 25 steps, batch ``--batch``.
+  This machine's speed varies between days (up to ~1.9x for the same model), so ``--speed-reference PIPELINE``
+  (e.g. ``bundled``) times another pipeline at the same settings in the same run, interleaved, for a ratio.
 
 Writes benchmarks/results/generator_quality.json and a sample grid per condition next to it.
 """
@@ -113,6 +115,8 @@ def main() -> None:
     ap.add_argument("--au-model", type=Path, default=DEFAULT_AU_MODEL)
     ap.add_argument("--skip-controls", action="store_true")
     ap.add_argument("--reference", type=int, default=1600, help="real val faces for the AU reference (0: skip)")
+    ap.add_argument("--speed-reference", default=None,
+                    help="another pipeline timed at the same settings in this run (interleaved rounds)")
     ap.add_argument("--note", default=None)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "generator_quality.json")
     args = ap.parse_args()
@@ -181,6 +185,12 @@ def main() -> None:
     n = min(len(prompts), 4 * args.batch)
     order = np.random.default_rng(0).permutation(len(prompts))[:n]
     _, secs25 = generate(pipe, [prompts[i] for i in order], targets[order], args, 25)
+    speed_reference = None
+    if args.speed_reference:
+        speed_reference = compare_speed(pipe, load_pipeline(args.speed_reference), [prompts[i] for i in order],
+                                        targets[order], args, steps)
+        speed_reference["pipeline"] = args.speed_reference
+        print("speed reference", speed_reference, flush=True)
     main_run = results["text+aus"]
     write_result(args.out, {
         "benchmark": "generator_quality", "pipeline": args.pipeline, "prepared": str(args.prepared),
@@ -190,8 +200,24 @@ def main() -> None:
         "judge": args.classifier, "real_val_recall": real,
         "expression_pass": {c: main_run["per_class"][c] >= real[c] for c in names},
         "results": results, "au_reference": reference, "faces_per_s_at_25_steps": n / secs25,
+        "speed_reference": speed_reference,
         "torch_threads": torch.get_num_threads(), "machine": machine_info(args.note),
     })
+
+
+def compare_speed(pipe, other, prompts: list[str], aus: np.ndarray, args, steps: int,
+                  rounds: int = 3) -> dict[str, float]:
+    """Faces/s of ``pipe`` and ``other`` at the same settings, alternating rounds (the best round of each)."""
+    other.set_progress_bar_config(disable=True)
+    if args.scheduler != "pipeline":
+        other.scheduler = make_scheduler(other, args.scheduler)
+    best = {"this": 0.0, "reference": 0.0}
+    for _ in range(rounds):
+        for name, p in (("this", pipe), ("reference", other)):
+            _, secs = generate(p, prompts, aus, args, steps)
+            best[name] = max(best[name], len(prompts) / secs)
+    return {"faces_per_s": best["this"], "reference_faces_per_s": best["reference"],
+            "ratio": best["this"] / best["reference"], "faces": len(prompts), "rounds": rounds}
 
 
 def _as_split(images: torch.Tensor):
