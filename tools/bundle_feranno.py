@@ -14,9 +14,8 @@ import json
 import shutil
 from pathlib import Path
 
-from synfer.diffusion.generate import files_sha256
 from synfer.diffusion.pipeline import bundled_generators_dir
-from synfer.models.feranno import bundled_annotators_dir
+from synfer.models.feranno import bundled_annotators_dir, read_weights_sha256
 
 
 def main() -> None:
@@ -29,7 +28,7 @@ def main() -> None:
     args = ap.parse_args()
     run = args.run
     cfg = json.loads((run / "config.json").read_text())
-    sha = files_sha256(bundled_generators_dir() / args.generator)
+    sha = read_weights_sha256(bundled_generators_dir() / args.generator)
     if cfg["generator_sha256"] != sha:
         raise SystemExit(f"{run} was trained on generator weights {cfg['generator_sha256'][:12]}..., the bundled "
                          f"{args.generator} is {sha[:12]}...; retrain it with `synfer train-annotator`.")
@@ -62,8 +61,9 @@ noised to timestep {cfg['timestep']}, passed once through the frozen UNet under 
 up-block feature maps ({", ".join(str(c) for c in cfg['feature_channels'])} channels) and the cross-attention maps
 of {cfg['attention_layers']} layers (first {cfg['attention_tokens']} tokens) go through two encoders (grid
 {cfg['grid']}x{cfg['grid']}, width {cfg['dim']}), a bidirectional cross-attention fusion block and a linear head.
-It only works with the generator whose weights it was trained on (`generator_sha256` in `config.json`, checked on
-load): the bundled `{args.generator}` as of this head. Use: `synfer label DATA OUT --annotators
+It only works with the generator whose VAE, UNet and text encoder it was trained on (`generator_sha256` in
+`config.json`, checked on load; the AU adapter is not read, so retraining the adapter keeps this head valid): the
+bundled `{args.generator}` as of this head. Use: `synfer label DATA OUT --annotators
 ferplus-feranno-mini,ferplus-resnet-s`.
 
 | | |

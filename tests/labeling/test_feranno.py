@@ -139,10 +139,31 @@ def test_feature_cache_is_reused_and_gives_the_same_head(pipe_dir: Path, pattern
 
 
 def test_feranno_refuses_a_changed_generator(pipe_dir: Path, patterns: Path, tmp_path: Path) -> None:
-    out = train_annotator([patterns], tmp_path / "feranno", pipeline=str(pipe_dir), kind="probe", epochs=1,
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from synfer.diffusion.generate import files_sha256
+
+    gen = tmp_path / "gen"
+    shutil.copytree(pipe_dir, gen)
+    out = train_annotator([patterns], tmp_path / "feranno", pipeline=str(gen), kind="probe", epochs=1,
                           batch_size=16, read_batch_size=16, limit=16)
-    cfg = json.loads((out / "config.json").read_text())
-    cfg["generator_sha256"] = "0" * 64
-    (out / "config.json").write_text(json.dumps(cfg))
+    # a new AU adapter (or sampler defaults) leaves what FERAnno reads unchanged: the head stays valid
+    (gen / "au_adapter").mkdir()
+    save_file({"w": torch.ones(2)}, gen / "au_adapter" / "diffusion_pytorch_model.safetensors")
+    assert isinstance(load_annotator(out), FERAnnotator)
+    cfg_file = out / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg_file.write_text(json.dumps({**cfg, "generator_sha256": files_sha256(gen)}))  # a head from before: whole folder
+    assert isinstance(load_annotator(out), FERAnnotator)
+    cfg_file.write_text(json.dumps({**cfg, "generator_sha256": "0" * 64}))
+    with pytest.raises(ValueError, match="retrain"):
+        load_annotator(out)
+    cfg_file.write_text(json.dumps(cfg))
+    unet_file = next((gen / "unet").glob("*.safetensors"))
+    weights = load_file(unet_file)
+    name = next(iter(weights))
+    save_file({**weights, name: weights[name] + 1}, unet_file)  # a retrained UNet
     with pytest.raises(ValueError, match="retrain"):
         load_annotator(out)

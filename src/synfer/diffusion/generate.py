@@ -67,10 +67,14 @@ class PlannedFace:
     aus: list[float] | None
 
 
-def files_sha256(folder: Path, pattern: str = "**/*.safetensors") -> str:
-    """One hash over every weights file of a folder (names and bytes, in sorted order)."""
+def files_sha256(folder: Path, pattern: str = "**/*.safetensors", only: tuple[str, ...] | None = None) -> str:
+    """One hash over every weights file of a folder (names and bytes, in sorted order); ``only``: just the files
+    under these subfolders (e.g. a pipeline's ``("vae", "unet")``)."""
     h = hashlib.sha256()
-    for p in sorted(Path(folder).glob(pattern)):
+    files = sorted(Path(folder).glob(pattern))
+    if only is not None:
+        files = [p for p in files if p.relative_to(folder).parts[0] in only]
+    for p in files:
         h.update(str(p.relative_to(folder)).encode())
         h.update(p.read_bytes())
     return h.hexdigest()

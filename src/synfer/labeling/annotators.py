@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..models.feranno import FERAnnoHead, UNetFeatureHooks, is_feranno
+from ..models.feranno import FERAnnoHead, UNetFeatureHooks, is_feranno, read_weights_sha256
 
 
 class FERAnnotator:
@@ -113,10 +113,12 @@ def load_annotator(spec: str | Path, device: str | torch.device = "cpu", pipelin
         head = FERAnnoHead.from_pretrained(spec)
         if pipeline is None:
             pipeline, folder = load_generator(head.config.generator, device)
-            sha = files_sha256(folder)
-            if head.config.generator_sha256 and sha != head.config.generator_sha256:
+            want = head.config.generator_sha256
+            sha = read_weights_sha256(folder)
+            # heads trained before the hash covered only the components read hold the whole folder's hash
+            if want and want != sha and want != files_sha256(folder):
                 raise ValueError(f"{spec} was trained on the UNet of generator {head.config.generator!r} with weights "
-                                 f"{head.config.generator_sha256[:12]}..., but that generator's weights are now "
+                                 f"{want[:12]}..., but the VAE, UNet and text encoder of that generator are now "
                                  f"{sha[:12]}...; retrain it (`synfer train-annotator`) for this generator.")
         return FERAnnotator(pipeline, head.to(pipeline.device))
     return ClassifierAnnotator(ExpressionClassifier.from_pretrained(spec).to(device))

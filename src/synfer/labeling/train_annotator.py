@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ..dataset import DatasetError, atomic_write_json, provenance_entry
 from ..fer.data import load_split
 from ..fer.metrics import classification_metrics
-from ..models.feranno import FERAnnoConfig, FERAnnoHead
+from ..models.feranno import FERAnnoConfig, FERAnnoHead, read_weights_sha256
 from ..train_state import cached_tensors, warmup_cosine
 from .annotators import FERAnnotator
 
@@ -128,7 +128,6 @@ def train_annotator(
     Returns:
         ``out``.
     """
-    from ..diffusion.generate import files_sha256
     from ..diffusion.sample import load_generator
 
     out = Path(out)
@@ -156,7 +155,7 @@ def train_annotator(
         raise ValueError(f"The UNet features of {len(images)} faces{' (x2 with flip)' if flip else ''} would take "
                          f"{need:.1f} GB; pass --limit, --no-flip or raise --max-cache-gb (now {max_cache_gb}).")
     t0 = time.perf_counter()
-    generator_sha = files_sha256(folder)
+    generator_sha = read_weights_sha256(folder)  # the AU adapter is not read: retraining it keeps this head
     # the noise draw is per batch position, so the batch size is part of what the features depend on
     reading = {"prompt": prompt, "timestep": timestep, "attention_tokens": attention_tokens, "seed": seed,
                "size": list(size), "read_batch_size": read_batch_size}

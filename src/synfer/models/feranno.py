@@ -28,6 +28,16 @@ from torch import nn
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "synfer-feranno"
+# The pipeline components one FERAnno pass runs through. The AU adapter is not applied, so a head stays valid when
+# only the adapter is retrained (or the sampler defaults change).
+READ_COMPONENTS = ("vae", "unet", "text_encoder")
+
+
+def read_weights_sha256(generator_dir: str | Path) -> str:
+    """Hash of the weights a FERAnno head depends on: those of ``READ_COMPONENTS`` in a SynferPipeline folder."""
+    from ..diffusion.generate import files_sha256
+
+    return files_sha256(Path(generator_dir), only=READ_COMPONENTS)
 
 
 # -- reading the UNet ---------------------------------------------------------------------------------------------
@@ -100,7 +110,9 @@ class FERAnnoConfig:
         attention_tokens: prompt tokens whose attention maps are read.
         grid: the token grid both encoders resample to (grid x grid tokens each).
         dim, heads: token width and attention heads of the fusion block.
-        generator: the SynferPipeline folder or bundled name whose UNet is read; generator_sha256 its weights.
+        generator: the SynferPipeline folder or bundled name whose UNet is read; generator_sha256 the hash of the
+            weights read (``read_weights_sha256``: VAE, UNet, text encoder; heads from before 2026-11-25 hold the
+            hash of every weights file of the folder, which is still accepted).
         prompt, timestep: the class-agnostic prompt and the noise level of the single UNet pass.
         extra: training notes for the model card.
     """
