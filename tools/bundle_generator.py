@@ -12,6 +12,7 @@ card (README.md in that folder) is kept if present.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
@@ -46,6 +47,10 @@ def main() -> None:
 
     def write(d: Path) -> None:
         pipe.save_pretrained(d)
+        for cfg in [*d.rglob("config.json"), d / "model_index.json"]:  # diffusers records the maintainer's paths
+            data = json.loads(cfg.read_text())
+            if data.pop("_name_or_path", None) is not None:
+                cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         write_au_targets(args.prepared, d)
         if card_text is not None:
             (d / "README.md").write_text(card_text)
