@@ -311,3 +311,68 @@ def test_adapter_can_train_on_class_level_prompts_instead_of_captions(gen_run: P
     assert config["config"]["class_prompts"] == 1.0
     with pytest.raises(ValueError, match="class_prompts"):
         train_adapter([faces], tmp_path / "bad", pipeline=gen_run / "pipeline", class_prompts=1.5, **ADAPTER)
+
+
+def tiny_au_estimator(path: Path, au_names: tuple[str, ...] = ("AU01", "AU12"), size: int = 16) -> Path:
+    """A random distilled-AU-estimator folder (config.json + safetensors) for the AU-consistency term."""
+    from synfer.models.classifiers import ClassifierConfig, ExpressionClassifier
+
+    torch.manual_seed(0)
+    cfg = ClassifierConfig("fer_resnet_xs", [*au_names, "face_presence"], (1, size, size),
+                           model_kwargs={"widths": (4, 8, 8, 8), "depths": (1, 1, 1, 1)},
+                           extra={"kind": "au-estimator"})
+    ExpressionClassifier(cfg).save_pretrained(path)
+    return path
+
+
+def test_au_consistency_reads_the_clean_estimate_of_low_noise_faces_only(gen_run: Path, tmp_path: Path) -> None:
+    from diffusers import DDPMScheduler
+
+    from synfer.data.au.distilled import DistilledAUEstimator
+    from synfer.diffusion.au_consistency import AUConsistency
+
+    pipe = SynferPipeline.from_pretrained(gen_run / "pipeline")
+    sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    est = DistilledAUEstimator.from_pretrained(tiny_au_estimator(tmp_path / "est"))
+    seen: list[int] = []
+    est.register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
+    term = AUConsistency(est, pipe.decode_latents, sched, max_timestep=100)
+    torch.manual_seed(0)
+    clean, noise = torch.randn(4, 4, 4, 4), torch.randn(4, 4, 4, 4)
+    t = torch.tensor([10, 50, 500, 900])
+    noisy = sched.add_noise(clean, noise, t)
+    targets = torch.tensor([[0.9, 0.1], [0.1, 0.9], [0.5, 0.5], [0.2, 0.2]])
+    pred = noise.clone().requires_grad_(True)  # the exact noise: x0_hat is the clean latents
+    loss = term(noisy, pred, t, targets, use=torch.tensor([True, False, True, True]))
+    assert seen == [1]  # face 1 has its AU tokens dropped, faces 2 and 3 are too noisy
+    with torch.no_grad():
+        aus, _ = est(pipe.decode_latents(clean[:1]))
+        expected = torch.nn.functional.binary_cross_entropy(aus, targets[:1])
+    assert torch.allclose(loss, expected, atol=1e-4)
+    loss.backward()  # the gradient reaches the UNet's output (and so the adapter), only for the face that counts
+    assert pred.grad[0].abs().sum() > 0 and pred.grad[1:].abs().sum() == 0
+    seen.clear()
+    none = term(noisy, pred, t, targets, use=torch.zeros(4, dtype=torch.bool))
+    assert none.item() == 0.0 and none.requires_grad and not seen
+    with pytest.raises(ValueError, match="au_loss_max_timestep"):
+        AUConsistency(est, pipe.decode_latents, sched, max_timestep=0)
+
+
+def test_adapter_trains_with_the_au_consistency_term(gen_run: Path, faces: Path, tmp_path: Path) -> None:
+    est = tiny_au_estimator(tmp_path / "est")
+    train_adapter([faces], tmp_path / "au", pipeline=gen_run / "pipeline", au_loss=1.0, au_loss_max_timestep=1000,
+                  au_estimator=est, **{**ADAPTER, "epochs": 1})
+    (row,) = metrics(tmp_path / "au")
+    assert 0 < row["train_au_term"] < 10  # logged, and every face counted (max timestep = the whole schedule)
+    config = json.loads((tmp_path / "au" / "train_config.json").read_text())["config"]
+    assert config["au_loss"] == 1.0 and config["au_estimator"] == str(est)
+    plain = AUAdapter.from_pretrained(str(train_adapter([faces], tmp_path / "plain", pipeline=gen_run / "pipeline",
+                                                        **{**ADAPTER, "epochs": 1})))
+    with_term = AUAdapter.from_pretrained(str(tmp_path / "au" / "adapter"))
+    assert not torch.equal(plain.proj[0].weight, with_term.proj[0].weight)  # the term changed what was learned
+    # an estimator in another AU order is refused before anything is written
+    with pytest.raises(OrderMismatchError):
+        train_adapter([faces], tmp_path / "bad", pipeline=gen_run / "pipeline", au_loss=1.0,
+                      au_estimator=tiny_au_estimator(tmp_path / "est2", ("AU12", "AU01")), **ADAPTER)
+    with pytest.raises(ValueError, match="au_loss"):
+        train_adapter([faces], tmp_path / "bad", pipeline=gen_run / "pipeline", au_loss=-1.0, **ADAPTER)

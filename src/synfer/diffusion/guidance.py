@@ -26,8 +26,11 @@ from torch import nn
 
 def predict_x0(scheduler: Any, latents: torch.Tensor, model_output: torch.Tensor, t: torch.Tensor | int
                ) -> torch.Tensor:
-    """The clean latents implied by a noise (or v) prediction at timestep ``t``; (B, C, h, w) -> (B, C, h, w)."""
-    a = scheduler.alphas_cumprod.to(latents.device)[int(t)].to(latents.dtype)
+    """The clean latents implied by a noise (or v) prediction at timestep ``t`` (one, or (B,) per face);
+    (B, C, h, w) -> (B, C, h, w)."""
+    t = torch.as_tensor(t, device=latents.device).long()
+    a = scheduler.alphas_cumprod.to(latents.device)[t].to(latents.dtype)
+    a = a.view(-1, *[1] * (latents.ndim - 1)) if a.ndim else a
     if scheduler.config.prediction_type == "v_prediction":
         return a.sqrt() * latents - (1 - a).sqrt() * model_output
     if scheduler.config.prediction_type == "sample":

@@ -15,6 +15,10 @@ prompt for its expression (:func:`synfer.data.prompts.enrich_prompt`, seeded per
 must come from the adapter. AU order is data: the adapter takes the folders' header order, every
 folder must share it, and an adapter given to continue is checked against it.
 
+``au_loss`` > 0 adds an AU-consistency term (:mod:`.au_consistency`): the differentiable AU estimator reads the
+decoded one-step clean estimate of the low-noise faces, and its binary cross-entropy to the faces' AUs is added to
+the denoising loss; the epoch's mean of that term is logged as ``train_au_term``.
+
 The run folder::
 
     OUT/adapter/              the AUAdapter (config.json + safetensors)
@@ -34,7 +38,7 @@ from ..data.prompts import enrich_prompt
 from ..dataset import DatasetError, atomic_write_json, provenance_entry
 from ..models.au_adapter import AUAdapter
 from .loop import Faces, Trainer, atomic_save_dir, index_loader, load_faces, start_run
-from .train_unet import CaptionEmbedder, ValDraw, noise_loss, sample_grid, sample_prompts_from
+from .train_unet import CaptionEmbedder, ValDraw, denoise_step, noise_loss, sample_grid, sample_prompts_from
 from .train_vae import encode_latents
 
 
@@ -64,6 +68,9 @@ def train_adapter(
     overwrite: bool = False,
     mixed_precision: str = "auto",
     text_cache: Path | None = None,
+    au_loss: float = 0.0,
+    au_loss_max_timestep: int = 400,
+    au_estimator: str | Path | None = None,
 ) -> Path:
     """Train an AU adapter for a frozen SynferPipeline; save it and the pipeline with it attached.
 
@@ -86,13 +93,25 @@ def train_adapter(
         seed, limit, resume, overwrite, mixed_precision: as in ``train-vae``.
         text_cache: as in ``train-generator`` (one folder can serve both; an entry is reused for the same caption
             set, which differs here with class_prompts or faces without AUs).
+        au_loss: weight of the AU-consistency term (:mod:`.au_consistency`; 0 = denoising loss only): BCE between
+            the AU estimator's reading of the decoded one-step clean estimate and the face's AUs, for the faces
+            whose AU tokens are in use and whose timestep is below ``au_loss_max_timestep``.
+        au_loss_max_timestep: faces noised at or above this timestep (of the training schedule's, e.g. 1000) get
+            no AU term: their one-step estimate is too blurred to read.
+        au_estimator: the differentiable AU estimator of that term (a ``train-au-estimator`` folder or a bundled
+            name; default the bundled distilled one); its AU order must equal the data's.
 
     Returns:
         ``OUT/adapter``.
     """
+    from ..data.au.distilled import DistilledAUEstimator
+    from ..schema import AUSet
+    from .au_consistency import AUConsistency
     from .pipeline import SynferPipeline
 
     out = Path(out)
+    if au_loss < 0:
+        raise ValueError(f"au_loss must be >= 0; got {au_loss}.")
     for name, p in (("au_dropout", au_dropout), ("caption_dropout", caption_dropout)):
         if not 0 <= p < 1:
             raise ValueError(f"{name} must be in [0, 1); got {p}.")
@@ -104,6 +123,9 @@ def train_adapter(
     init = AUAdapter.from_pretrained(str(adapter)) if adapter is not None else None
     if init is not None:
         init.check_aus(au_names, str(data[0]))
+    estimator = None  # the AU term's estimator, checked against the data's AU order before anything is written
+    if au_loss > 0:
+        estimator = DistilledAUEstimator.from_pretrained(au_estimator, au_set=AUSet(tuple(au_names)))
     accel, resume = start_run(out, resume, overwrite, mixed_precision, seed)
 
     # 2. the frozen pipeline and the adapter
@@ -139,6 +161,9 @@ def train_adapter(
     from diffusers import DDPMScheduler
 
     train_sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    consistency = None if estimator is None else AUConsistency(estimator.to(accel.device), pipe.decode_latents,
+                                                                train_sched, au_loss_max_timestep)
+    au_term = {"sum": 0.0, "batches": 0}  # the AU term's running mean this epoch, for the metrics line
 
     # 3. loss and trainer
     loader = accel.prepare(index_loader(len(latents), batch_size, seed,
@@ -152,7 +177,12 @@ def train_adapter(
         rows = torch.where(torch.rand(len(rows)) < caption_dropout, embed.empty, rows)
         drop = (torch.rand(len(rows)) < au_dropout) | ~has.cpu()
         cond = au.condition(embed(rows), vectors.to(accel.device), drop.to(accel.device))
-        return noise_loss(unet, train_sched, z, cond, snr_gamma)
+        if consistency is None:
+            return noise_loss(unet, train_sched, z, cond, snr_gamma)
+        step = denoise_step(unet, train_sched, z, cond)
+        term = consistency(step.noisy, step.pred, step.timesteps, vectors.to(accel.device), ~drop)
+        au_term["sum"], au_term["batches"] = au_term["sum"] + term.item(), au_term["batches"] + 1
+        return step.loss(train_sched, snr_gamma) + au_loss * term
 
     def val_condition(r: torch.Tensor) -> torch.Tensor:
         return au.condition(embed(draw.ids[r]), draw_aus[r].to(accel.device), (~draw_has[r]).to(accel.device))
@@ -161,7 +191,9 @@ def train_adapter(
                "pipeline": str(Path(pipeline).resolve()), "adapter": None if adapter is None else str(adapter),
                "au_names": list(au_names), "num_tokens": au.config.num_tokens, "hidden_dim": au.config.hidden_dim,
                "au_dropout": au_dropout, "caption_dropout": caption_dropout, "class_balance": class_balance,
-               "class_prompts": class_prompts,
+               "class_prompts": class_prompts, "au_loss": au_loss,
+               "au_loss_max_timestep": au_loss_max_timestep if au_loss > 0 else None,
+               "au_estimator": None if au_estimator is None else str(au_estimator),
                "batch_size": batch_size, "lr": lr,
                "ema_decay": ema_decay, "snr_gamma": snr_gamma, "seed": seed, "limit": limit}
     trainer = Trainer(accel, out, {"adapter": au}, epochs, len(loader), lr, ema_decay=ema_decay,
@@ -191,7 +223,11 @@ def train_adapter(
                             aus=prompt_aus)
             atomic_save_dir(out / "adapter", au.save_pretrained)
             atomic_save_dir(out / "pipeline", pipe.save_pretrained)
-        return {"val_loss": scores[pick], **{f"val_loss_{k}": v for k, v in scores.items()}, "weights": pick}
+        row = {"val_loss": scores[pick], **{f"val_loss_{k}": v for k, v in scores.items()}, "weights": pick}
+        if consistency is not None:
+            row["train_au_term"] = au_term["sum"] / max(1, au_term["batches"])
+            au_term.update(sum=0.0, batches=0)
+        return row
 
     with au.applied_to(unet):
         trainer.fit(loader, loss_fn, end_epoch)

@@ -27,6 +27,7 @@ import copy
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +187,33 @@ def noise_loss(unet: nn.Module, scheduler: Any, latents: torch.Tensor, cond: tor
 
     ``snr_gamma``: min-SNR weighting (Hang et al. 2023), min(SNR, gamma) / SNR (/ (SNR + 1) for v-prediction).
     """
+    step = denoise_step(unet, scheduler, latents, cond, noise, timesteps)
+    return step.loss(scheduler, snr_gamma, reduce)
+
+
+@dataclass
+class DenoiseStep:
+    """One training forward: noisy latents, the model's output, its regression target and the timesteps (B,)."""
+
+    noisy: torch.Tensor
+    pred: torch.Tensor
+    target: torch.Tensor
+    timesteps: torch.Tensor
+
+    def loss(self, scheduler: Any, snr_gamma: float | None = None, reduce: bool = True) -> torch.Tensor:
+        """MSE of pred to target per face (B,) with optional min-SNR weighting; the mean if ``reduce``."""
+        per_face = F.mse_loss(self.pred.float(), self.target.float(), reduction="none").flatten(1).mean(1)
+        if snr_gamma:
+            alphas = scheduler.alphas_cumprod.to(self.pred.device)[self.timesteps]
+            snr = alphas / (1 - alphas)
+            v_pred = scheduler.config.prediction_type == "v_prediction"
+            per_face = per_face * snr.clamp(max=snr_gamma) / (snr + 1 if v_pred else snr)
+        return per_face.mean() if reduce else per_face
+
+
+def denoise_step(unet: nn.Module, scheduler: Any, latents: torch.Tensor, cond: torch.Tensor,
+                 noise: torch.Tensor | None = None, timesteps: torch.Tensor | None = None) -> DenoiseStep:
+    """Noise latents (B, c, h, w) at random (or given) timesteps and run the UNet under ``cond`` (B, L, D)."""
     noise = torch.randn_like(latents) if noise is None else noise
     if timesteps is None:
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), device=latents.device)
@@ -193,12 +221,7 @@ def noise_loss(unet: nn.Module, scheduler: Any, latents: torch.Tensor, cond: tor
     v_pred = scheduler.config.prediction_type == "v_prediction"
     target = scheduler.get_velocity(latents, noise, timesteps) if v_pred else noise
     pred = unet(noisy, timesteps, encoder_hidden_states=cond).sample
-    per_face = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
-    if snr_gamma:
-        alphas = scheduler.alphas_cumprod.to(latents.device)[timesteps]
-        snr = alphas / (1 - alphas)
-        per_face = per_face * snr.clamp(max=snr_gamma) / (snr + 1 if v_pred else snr)
-    return per_face.mean() if reduce else per_face
+    return DenoiseStep(noisy, pred, target, timesteps)
 
 
 class ValDraw:
