@@ -13,7 +13,8 @@ PIPELINE: a SynferPipeline folder with an AU adapter (``bundled`` for the bundle
   the real FER+ validation faces of that class (acceptance: generated >= real, per class).
 * AU control: MediaPipe (fast path) measures the generated faces; Pearson r per AU with the targets over the faces
   it sees as faces, mean over the AUs whose targets vary (std >= 0.02). Controls on the same prompts and seeds:
-  the adapter removed, and the AU vectors shuffled within each class (r still against the original targets).
+  the adapter removed, and the AU vectors shuffled within each class (r still against the original targets; with
+  ``--prompt-aus target`` the prompts are rebuilt from the shuffled vectors, so neither route carries the targets).
 * AU reference (what the measurement allows): on up to ``--reference`` real FER+ val faces with AUs, r between
   their stored AUs and MediaPipe's AUs of (a) a horizontally flipped copy (the estimator's test-retest) and (b) the
   pipeline VAE's reconstruction (``vae_au_ceiling.py``: generated faces decoded through this VAE can hardly do better).
@@ -64,16 +65,21 @@ def conditions(prepared: Path, per_class: int, seed: int,
         if rec.aus is not None:
             pools.setdefault(rec.expression, []).append(rec.aus)
     rng = np.random.default_rng(seed)
-    exprs, prompts, aus = [], [], []
+    exprs, aus = [], []
     for c in folder.expressions:
         pool = np.asarray(pools[c], dtype=np.float32)
-        pick = rng.integers(0, len(pool), per_class)
-        for k in pick:
+        for k in rng.integers(0, len(pool), per_class):
             exprs.append(c)
-            words = dict(zip(folder.au_names, pool[k].tolist(), strict=True)) if prompt_aus == "target" else None
-            prompts.append(enrich_prompt("", c, words, seed=seed * 100_003 + len(prompts)))
             aus.append(pool[k])
-    return exprs, prompts, np.stack(aus).astype(np.float32), list(folder.au_names)
+    aus = np.stack(aus).astype(np.float32)
+    au_names = list(folder.au_names)
+    return exprs, prompts_for(exprs, aus, au_names, seed, prompt_aus), aus, au_names
+
+
+def prompts_for(exprs: list[str], aus: np.ndarray, au_names: list[str], seed: int, prompt_aus: str) -> list[str]:
+    """Face i's prompt: the template enricher seeded per face; with ``prompt_aus="target"`` it spells out aus[i]."""
+    return [enrich_prompt("", c, dict(zip(au_names, a.tolist(), strict=True)) if prompt_aus == "target" else None,
+                          seed=seed * 100_003 + i) for i, (c, a) in enumerate(zip(exprs, aus, strict=True))]
 
 
 def generate(pipe, prompts: list[str], aus: np.ndarray | None, args, steps: int) -> tuple[torch.Tensor, float]:
@@ -164,7 +170,11 @@ def main() -> None:
     for name, aus in runs.items():
         if name == "adapter removed":
             pipe.set_au_adapter(None)
-        images, secs = generate(pipe, prompts, aus, args, steps)
+        # prompts that spell out the target AUs are shuffled with them: the shuffled control gives the generator
+        # other faces' targets through both routes
+        run_prompts = prompts_for(exprs, aus, au_names, args.seed, args.prompt_aus) \
+            if name == "aus shuffled within class" and args.prompt_aus == "target" else prompts
+        images, secs = generate(pipe, run_prompts, aus, args, steps)
         pipe.set_au_adapter(adapter)
         pred = predict(clf, _as_split(images), torch.device("cpu")).argmax(-1)
         measured, presence = measure_aus(estimator, images)
