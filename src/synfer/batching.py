@@ -35,3 +35,13 @@ class IndexDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> int:
         return i
+
+
+def stack_nchw(arrays: list[np.ndarray]) -> torch.Tensor:
+    """uint8 (H, W, C) arrays -> one (N, C, H, W) tensor with plain NCHW strides.
+
+    ``permute(...).contiguous()`` is not enough for one channel: such a tensor already counts as contiguous and keeps
+    channels-last strides, convolutions then run channels-last, and torch 2.14's oneDNN convolution backward on
+    the CPU corrupts the heap with more than one thread (a crash in training, seen with a batch of 5).
+    """
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)

@@ -9,7 +9,7 @@ from synfer.fer.data import MixSampler, load_split
 from synfer.fer.evaluate import evaluate
 from synfer.fer.probe import _few_shot_indices, probe
 from synfer.fer.train import train_fer
-from synfer.models.classifiers import ExpressionClassifier
+from synfer.models.classifiers import ClassifierConfig, ExpressionClassifier
 from synfer.schema import OrderMismatchError
 
 TINY = {"architecture": "fer_resnet_xs", "model_kwargs": {"widths": [8, 16, 16, 32], "depths": [1, 1, 1, 1]},
@@ -122,3 +122,25 @@ def test_probe_and_few_shot(trained, pattern_data, tmp_path):
     labels = load_split(pattern_data, "train").labels.numpy()
     idx = _few_shot_indices(labels, 3, 5, seed=0)
     assert np.bincount(labels[idx]).tolist() == [5, 5, 5]
+
+
+def test_one_channel_batches_get_plain_nchw_strides_and_train_with_threads() -> None:
+    """A 1-channel permute().contiguous() keeps channels-last strides; with them torch 2.14's oneDNN convolution
+    backward corrupted the heap on the CPU (the reduced experiment test crashed). stack_nchw gives NCHW strides."""
+    from synfer.batching import stack_nchw
+
+    arrays = [np.full((16, 16, 1), i, np.uint8) for i in range(5)]
+    x = stack_nchw(arrays)
+    assert x.shape == (5, 1, 16, 16) and x.stride() == (256, 256, 16, 1)
+    assert torch.equal(x[:, 0], torch.from_numpy(np.stack(arrays))[..., 0])
+    assert stack_nchw([np.zeros((4, 4, 3), np.uint8)]).stride() == (48, 16, 4, 1)
+    torch.manual_seed(0)
+    model = ExpressionClassifier(ClassifierConfig("fer_resnet_xs", ["a", "b", "c"], (1, 16, 16),
+                                                  model_kwargs={"widths": (8, 16, 16, 16), "depths": (1, 1, 1, 1)}))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for _ in range(20):  # the crash came within a few steps with channels-last input
+            model(stack_nchw([np.random.randint(0, 255, (16, 16, 1), np.uint8) for _ in range(5)])).sum().backward()
+    finally:
+        torch.set_num_threads(threads)

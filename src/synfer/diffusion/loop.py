@@ -33,7 +33,7 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..batching import IndexDataset, decode_image
+from ..batching import IndexDataset, decode_image, stack_nchw
 from ..dataset import DatasetError, DatasetFolder, replace_path
 from ..schema import check_same_order
 from ..train_state import load_state, open_run_dir, rng_state, save_state, set_rng_state, warmup_cosine
@@ -158,7 +158,7 @@ def load_faces(paths: Sequence[Path], split: str, size: tuple[int, int, int] | N
     mode = "L" if size[0] == 1 else "RGB"
     with ThreadPoolExecutor(max_workers=4) as pool:  # PNG decoding releases the GIL
         arrays = list(pool.map(lambda fr: decode_image(fr[0].image_path(fr[1]["image"]), mode, size[1:]), rows))
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    images = stack_nchw(arrays)
     has_aus = torch.tensor([r["aus"] is not None for _, r in rows])
     aus = None
     if need_aus:

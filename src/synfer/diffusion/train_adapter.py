@@ -191,11 +191,12 @@ def train_adapter(
                "pipeline": str(Path(pipeline).resolve()), "adapter": None if adapter is None else str(adapter),
                "au_names": list(au_names), "num_tokens": au.config.num_tokens, "hidden_dim": au.config.hidden_dim,
                "au_dropout": au_dropout, "caption_dropout": caption_dropout, "class_balance": class_balance,
-               "class_prompts": class_prompts, "au_loss": au_loss,
-               "au_loss_max_timestep": au_loss_max_timestep if au_loss > 0 else None,
-               "au_estimator": None if au_estimator is None else str(au_estimator),
+               "class_prompts": class_prompts,
                "batch_size": batch_size, "lr": lr,
                "ema_decay": ema_decay, "snr_gamma": snr_gamma, "seed": seed, "limit": limit}
+    if au_loss > 0:  # only then, so runs started before the option existed keep their fingerprint and resume
+        options.update(au_loss=au_loss, au_loss_max_timestep=au_loss_max_timestep,
+                       au_estimator=str(estimator.source) if estimator.source is not None else None)
     trainer = Trainer(accel, out, {"adapter": au}, epochs, len(loader), lr, ema_decay=ema_decay,
                       fingerprint=options)
     if resume:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..batching import decode_image
+from ..batching import decode_image, stack_nchw
 from ..dataset import DatasetError, DatasetFolder
 
 
@@ -80,7 +80,7 @@ def load_split(
     mode = "L" if c == 1 else "RGB"
     with ThreadPoolExecutor(max_workers=4) as pool:  # PNG decoding releases the GIL
         arrays = list(pool.map(lambda r: decode_image(folder.image_path(r["image"]), mode, (h, w)), rows))
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    images = stack_nchw(arrays)
     probs = torch.zeros(len(rows), k)
     labels = torch.zeros(len(rows), dtype=torch.long)
     for i, r in enumerate(rows):

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ...batching import decode_image
+from ...batching import decode_image, stack_nchw
 from ...dataset import DatasetError, DatasetFolder, atomic_write_json, provenance_entry
 from ...models.classifiers import ClassifierConfig, ExpressionClassifier
 from ...train_state import (
@@ -79,7 +79,7 @@ def load_au_split(path: Path, split: str, input_size: tuple[int, int, int] | Non
     mode = "L" if input_size[0] == 1 else "RGB"
     with ThreadPoolExecutor(max_workers=4) as pool:
         arrays = list(pool.map(lambda r: decode_image(folder.image_path(r["image"]), mode, input_size[1:]), rows))
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    images = stack_nchw(arrays)
     a = len(folder.au_names)
     aus = torch.tensor([r["aus"] if r["aus"] is not None else [0.0] * a for r in rows], dtype=torch.float32)
     has = torch.tensor([r["aus"] is not None for r in rows])
