@@ -40,11 +40,11 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def write_faces(path: Path, au_names: tuple[str, ...] = ("AU01", "AU12"), captions: bool = True,
-                aus: bool = True, n_train: int = 24, size: int = 16) -> Path:
+                aus: bool = True, n_train: int = 24, size: int = 16, au_scale: str = "0-1") -> Path:
     """Two easy 'expressions' (bright lower half = happy, bright upper half = sad), captioned, with AUs (every
     fourth record without), 16x16 gray."""
     rng = np.random.default_rng(0)
-    with DatasetWriter(path, ("neutral", "happiness", "sadness"), aus=AUSet.from_names(au_names) if aus else None) as w:
+    with DatasetWriter(path, ("neutral", "happiness", "sadness"), aus=AUSet.from_names(au_names, au_scale) if aus else None) as w:
         for split, n in (("train", n_train), ("val", 8)):
             for i in range(n):
                 happy = i % 2 == 0
@@ -335,7 +335,7 @@ def test_au_consistency_reads_the_clean_estimate_of_low_noise_faces_only(gen_run
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
     est = DistilledAUEstimator.from_pretrained(tiny_au_estimator(tmp_path / "est"))
     seen: list[int] = []
-    est.register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
+    est.model.register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
     term = AUConsistency(est, pipe.decode_latents, sched, max_timestep=100)
     torch.manual_seed(0)
     clean, noise = torch.randn(4, 4, 4, 4), torch.randn(4, 4, 4, 4)
@@ -365,7 +365,8 @@ def test_adapter_trains_with_the_au_consistency_term(gen_run: Path, faces: Path,
     (row,) = metrics(tmp_path / "au")
     assert 0 < row["train_au_term"] < 10  # logged, and every face counted (max timestep = the whole schedule)
     config = json.loads((tmp_path / "au" / "train_config.json").read_text())["config"]
-    assert config["au_loss"] == 1.0 and config["au_estimator"] == str(est)
+    assert config["au_loss"] == 1.0 and config["au_estimator"]["model"] == str(est.resolve())
+    assert len(config["au_estimator"]["model_sha256"]) == 64  # a resume needs the same estimator weights
     plain = AUAdapter.from_pretrained(str(train_adapter([faces], tmp_path / "plain", pipeline=gen_run / "pipeline",
                                                         **{**ADAPTER, "epochs": 1})))
     with_term = AUAdapter.from_pretrained(str(tmp_path / "au" / "adapter"))
@@ -376,5 +377,32 @@ def test_adapter_trains_with_the_au_consistency_term(gen_run: Path, faces: Path,
     with pytest.raises(OrderMismatchError):
         train_adapter([faces], tmp_path / "bad", pipeline=gen_run / "pipeline", au_loss=1.0,
                       au_estimator=tiny_au_estimator(tmp_path / "est2", ("AU12", "AU01")), **ADAPTER)
+    with pytest.raises(DatasetError, match="0-1"):  # BCE targets must be intensities in [0, 1]
+        train_adapter([write_faces(tmp_path / "scaled", au_scale="0-5", n_train=8)], tmp_path / "bad",
+                      pipeline=gen_run / "pipeline", au_loss=1.0, au_estimator=est, **ADAPTER)
     with pytest.raises(ValueError, match="au_loss"):
         train_adapter([faces], tmp_path / "bad", pipeline=gen_run / "pipeline", au_loss=-1.0, **ADAPTER)
+    with pytest.raises(ValueError, match="au_loss > 0"):  # an estimator without the term is a mistake, not a no-op
+        train_adapter([faces], tmp_path / "bad", pipeline=gen_run / "pipeline", au_estimator=est, **ADAPTER)
+    with pytest.raises(ValueError, match="au_loss_max_timestep"):
+        train_adapter([faces], tmp_path / "bad", pipeline=gen_run / "pipeline", au_loss=1.0,
+                      au_loss_max_timestep=0, **ADAPTER)
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_predict_x0_takes_one_timestep_or_one_per_face(prediction_type: str) -> None:
+    from diffusers import DDPMScheduler
+
+    from synfer.diffusion.guidance import predict_x0
+
+    sched = DDPMScheduler(prediction_type=prediction_type)
+    torch.manual_seed(0)
+    clean, noise = torch.randn(3, 4, 4, 4), torch.randn(3, 4, 4, 4)
+    t = torch.tensor([5, 300, 900])
+    noisy = sched.add_noise(clean, noise, t)
+    out = noise if prediction_type == "epsilon" else sched.get_velocity(clean, noise, t)
+    per_face = predict_x0(sched, noisy, out, t)
+    assert torch.allclose(per_face, clean, atol=1e-4)  # the exact model output recovers the clean latents
+    for i in range(3):  # and each row equals the one-timestep form
+        assert torch.equal(per_face[i:i + 1], predict_x0(sched, noisy[i:i + 1], out[i:i + 1], int(t[i])))

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from ..data.prompts import enrich_prompt
-from ..dataset import DatasetError, atomic_write_json, provenance_entry
+from ..dataset import DatasetError, DatasetFolder, atomic_write_json, provenance_entry
 from ..models.au_adapter import AUAdapter
 from .loop import Faces, Trainer, atomic_save_dir, index_loader, load_faces, start_run
 from .train_unet import CaptionEmbedder, ValDraw, denoise_step, noise_loss, sample_grid, sample_prompts_from
@@ -112,6 +112,10 @@ def train_adapter(
     out = Path(out)
     if au_loss < 0:
         raise ValueError(f"au_loss must be >= 0; got {au_loss}.")
+    if au_loss > 0 and au_loss_max_timestep <= 0:
+        raise ValueError(f"au_loss_max_timestep must be > 0; got {au_loss_max_timestep}.")
+    if au_loss == 0 and au_estimator is not None:
+        raise ValueError("au_estimator is only used by the AU-consistency term; pass au_loss > 0 with it (or drop it).")
     for name, p in (("au_dropout", au_dropout), ("caption_dropout", caption_dropout)):
         if not 0 <= p < 1:
             raise ValueError(f"{name} must be in [0, 1); got {p}.")
@@ -123,9 +127,14 @@ def train_adapter(
     init = AUAdapter.from_pretrained(str(adapter)) if adapter is not None else None
     if init is not None:
         init.check_aus(au_names, str(data[0]))
-    estimator = None  # the AU term's estimator, checked against the data's AU order before anything is written
+    estimator = None  # the AU term's estimator, checked against the data before anything is written
     if au_loss > 0:
         estimator = DistilledAUEstimator.from_pretrained(au_estimator, au_set=AUSet(tuple(au_names)))
+        for folder in data:  # BCE targets must be intensities in [0, 1]
+            scale = DatasetFolder(folder).header.aus.scale
+            if scale != "0-1":
+                raise DatasetError(f"{folder}: AUs are on the scale {scale!r}; the AU-consistency term needs "
+                                   "\"0-1\" intensities (as `synfer prepare` writes them). Pass au_loss=0.")
     accel, resume = start_run(out, resume, overwrite, mixed_precision, seed)
 
     # 2. the frozen pipeline and the adapter
@@ -163,7 +172,7 @@ def train_adapter(
     train_sched = DDPMScheduler.from_config(pipe.scheduler.config)
     consistency = None if estimator is None else AUConsistency(estimator.to(accel.device), pipe.decode_latents,
                                                                 train_sched, au_loss_max_timestep)
-    au_term = {"sum": 0.0, "batches": 0}  # the AU term's running mean this epoch, for the metrics line
+    au_term = {"sum": 0.0, "faces": 0}  # the AU term's running per-face mean this epoch, for the metrics line
 
     # 3. loss and trainer
     loader = accel.prepare(index_loader(len(latents), batch_size, seed,
@@ -181,7 +190,8 @@ def train_adapter(
             return noise_loss(unet, train_sched, z, cond, snr_gamma)
         step = denoise_step(unet, train_sched, z, cond)
         term = consistency(step.noisy, step.pred, step.timesteps, vectors.to(accel.device), ~drop)
-        au_term["sum"], au_term["batches"] = au_term["sum"] + term.item(), au_term["batches"] + 1
+        n = consistency.last_faces
+        au_term["sum"], au_term["faces"] = au_term["sum"] + term.item() * n, au_term["faces"] + n
         return step.loss(train_sched, snr_gamma) + au_loss * term
 
     def val_condition(r: torch.Tensor) -> torch.Tensor:
@@ -195,8 +205,11 @@ def train_adapter(
                "batch_size": batch_size, "lr": lr,
                "ema_decay": ema_decay, "snr_gamma": snr_gamma, "seed": seed, "limit": limit}
     if au_loss > 0:  # only then, so runs started before the option existed keep their fingerprint and resume
+        info = estimator.describe()  # bundled name or path, and the weights' hash: a resume needs the same weights
+        model = str(info.get("model"))
+        model = str(Path(model).resolve()) if Path(model).exists() else model
         options.update(au_loss=au_loss, au_loss_max_timestep=au_loss_max_timestep,
-                       au_estimator=str(estimator.source) if estimator.source is not None else None)
+                       au_estimator={"model": model, "model_sha256": info.get("model_sha256")})
     trainer = Trainer(accel, out, {"adapter": au}, epochs, len(loader), lr, ema_decay=ema_decay,
                       fingerprint=options)
     if resume:
@@ -226,8 +239,8 @@ def train_adapter(
             atomic_save_dir(out / "pipeline", pipe.save_pretrained)
         row = {"val_loss": scores[pick], **{f"val_loss_{k}": v for k, v in scores.items()}, "weights": pick}
         if consistency is not None:
-            row["train_au_term"] = au_term["sum"] / max(1, au_term["batches"])
-            au_term.update(sum=0.0, batches=0)
+            row["train_au_term"] = au_term["sum"] / max(1, au_term["faces"])
+            au_term.update(sum=0.0, faces=0)
         return row
 
     with au.applied_to(unet):
