@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from ..data.prompts import enrich_prompt
-from ..dataset import DatasetError, DatasetFolder, atomic_write_json, provenance_entry
+from ..dataset import DatasetError, atomic_write_json, provenance_entry, read_header
 from ..models.au_adapter import AUAdapter
 from .loop import Faces, Trainer, atomic_save_dir, index_loader, load_faces, start_run
 from .train_unet import CaptionEmbedder, ValDraw, denoise_step, noise_loss, sample_grid, sample_prompts_from
@@ -131,7 +131,7 @@ def train_adapter(
     if au_loss > 0:
         estimator = DistilledAUEstimator.from_pretrained(au_estimator, au_set=AUSet(tuple(au_names)))
         for folder in data:  # BCE targets must be intensities in [0, 1]
-            scale = DatasetFolder(folder).header.aus.scale
+            scale = read_header(folder).aus.scale
             if scale != "0-1":
                 raise DatasetError(f"{folder}: AUs are on the scale {scale!r}; the AU-consistency term needs "
                                    "\"0-1\" intensities (as `synfer prepare` writes them). Pass au_loss=0.")

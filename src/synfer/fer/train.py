@@ -237,10 +237,6 @@ def train_fer(
                    disable=not accel.is_local_main_process, mininterval=2.0)
         for images, probs, hard in bar:
             x = _augment(images.cpu(), transform, aug_group).to(accel.device)
-            # plain NCHW strides whatever the transforms returned (see batching.stack_nchw: channels-last strides
-            # crash torch 2.14's oneDNN convolution backward on the CPU)
-            if x.device.type == "cpu":
-                x = x.clone(memory_format=torch.contiguous_format)
             if labels == "hard":
                 target = F.one_hot(hard, probs.shape[1]).float()
             elif labels == "sample":
