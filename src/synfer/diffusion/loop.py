@@ -242,6 +242,17 @@ def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach() for n, p in module.named_parameters() if p.requires_grad}
 
 
+def canonical_fingerprint(value: Any) -> Any:
+    """``value`` without the keys that start with ``_``, at any depth. diffusers configs carry bookkeeping such as
+    ``_use_default_values``, a list built from a set: its order changes from one Python process to the next, so
+    a run resumed in a new process would otherwise look as if it had been started with other options."""
+    if isinstance(value, dict):
+        return {k: canonical_fingerprint(v) for k, v in value.items() if not str(k).startswith("_")}
+    if isinstance(value, list):
+        return [canonical_fingerprint(v) for v in value]
+    return value
+
+
 class Trainer:
     """AdamW + warm-up/cosine schedule + EMA over the trainable parameters of ``modules``; see the module docs.
 
@@ -258,7 +269,7 @@ class Trainer:
                  lr: float, weight_decay: float = 1e-2, warmup_steps: int = 500, max_grad_norm: float = 1.0,
                  ema_decay: float = 0.0, fingerprint: dict[str, Any] | None = None) -> None:
         self.accel, self.out, self.modules, self.epochs = accel, out, modules, epochs
-        self.fingerprint = json.loads(json.dumps(fingerprint or {}))  # as it reads back from JSON
+        self.fingerprint = canonical_fingerprint(json.loads(json.dumps(fingerprint or {})))  # as read from JSON
         self.params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("Nothing to train: every parameter is frozen.")
@@ -276,7 +287,7 @@ class Trainer:
         """Restore ``OUT/state`` (weights, optimizer, schedule, EMA, RNG, epoch). Call it right before :meth:`fit`
         (anything drawing random numbers in between would make the resumed run differ from an uninterrupted one)."""
         st = load_state(self.out / "state")
-        saved_fp = st["fingerprint"]
+        saved_fp = canonical_fingerprint(st["fingerprint"])  # states saved before the keys were dropped too
         if saved_fp != self.fingerprint:
             diff = {k: (saved_fp.get(k), self.fingerprint.get(k)) for k in set(saved_fp) | set(self.fingerprint)
                     if saved_fp.get(k) != self.fingerprint.get(k)}
