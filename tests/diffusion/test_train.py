@@ -212,6 +212,41 @@ def test_adapter_trains_only_the_adapter(gen_run: Path, faces: Path, tmp_path: P
     assert not (tmp_path / "again").exists()
 
 
+def test_adapter_can_fine_tune_the_unet_with_it_and_resume(gen_run: Path, faces: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import synfer.diffusion.loop as loop
+
+    base = weights(gen_run / "pipeline" / "unet")
+    opts = {**ADAPTER, "train_unet": True}
+    straight = tmp_path / "straight"
+    train_adapter([faces], straight, pipeline=gen_run / "pipeline", **opts)
+    tuned = weights(straight / "pipeline" / "unet")
+    assert tuned.keys() == base.keys() and any(not torch.equal(tuned[k], base[k]) for k in base)
+    assert all(torch.equal(weights(gen_run / "pipeline" / "unet")[k], base[k]) for k in base)  # input untouched
+    config = json.loads((straight / "train_config.json").read_text())["config"]
+    assert config["train_unet"] is True
+    state = load_state(straight / "state")
+    assert "unet" in state["modules"] and state["modules"]["unet"]  # the UNet's weights resume too
+
+    # interrupted after epoch 1, resumed: the same UNet and adapter as the straight run
+    real = loop.save_state
+
+    def stop_after_first(path: Path, st: dict) -> Path:
+        real(path, st)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_state", stop_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        train_adapter([faces], tmp_path / "run", pipeline=gen_run / "pipeline", **opts)
+    monkeypatch.setattr(loop, "save_state", real)
+    with pytest.raises(DatasetError, match="other options"):  # a frozen-base resume of a joint run is refused
+        train_adapter([faces], tmp_path / "run", pipeline=gen_run / "pipeline", resume=True, **ADAPTER)
+    train_adapter([faces], tmp_path / "run", pipeline=gen_run / "pipeline", resume=True, **opts)
+    for name in ("unet", "au_adapter"):
+        a, b = weights(straight / "pipeline" / name), weights(tmp_path / "run" / "pipeline" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_inputs_without_captions_or_aus_are_refused(gen_run: Path, vae_run: Path, clip: Path,
                                                     tmp_path: Path) -> None:
     no_captions = write_faces(tmp_path / "raw", captions=False, aus=False, n_train=8)

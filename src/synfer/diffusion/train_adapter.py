@@ -1,7 +1,7 @@
 """``synfer train-adapter``: the AU adapter (SynFER §2) trained on a frozen generator.
 
 Everything of the pipeline stays frozen (UNet, VAE, text encoder with its projection); only
-``AUAdapter.trainable_parameters()`` train, with the generator's own denoising loss and the adapter installed on the
+``AUAdapter.trainable_parameters()`` train (and, with ``train_unet``, the UNet with them), with the generator's own denoising loss and the adapter installed on the
 UNet (``applied_to``). The AU vector of a face is replaced by the adapter's learned null tokens with probability
 ``au_dropout``, and always where the record has no AUs; its caption by "" with probability ``caption_dropout``
 (drawn independently, so both are dropped together 0.5% of the time at the defaults). That gives the three rows
@@ -22,7 +22,7 @@ the denoising loss; the epoch's mean of that term is logged as ``train_au_term``
 The run folder::
 
     OUT/adapter/              the AUAdapter (config.json + safetensors)
-    OUT/pipeline/             the input pipeline with the adapter attached
+    OUT/pipeline/             the input pipeline with the adapter attached (and its fine-tuned UNet with train_unet)
     OUT/samples/epoch_NNN.png sample prompts with their faces' AUs (AU guidance 2), fixed seeds
     OUT/metrics.jsonl, OUT/train_config.json, OUT/state/
 """
@@ -71,6 +71,7 @@ def train_adapter(
     au_loss: float = 0.0,
     au_loss_max_timestep: int = 400,
     au_estimator: str | Path | None = None,
+    train_unet: bool = False,
 ) -> Path:
     """Train an AU adapter for a frozen SynferPipeline; save it and the pipeline with it attached.
 
@@ -100,6 +101,10 @@ def train_adapter(
             no AU term: their one-step estimate is too blurred to read.
         au_estimator: the differentiable AU estimator of that term (a ``train-au-estimator`` folder or a bundled
             name; default the bundled distilled one); its AU order must equal the data's.
+        train_unet: fine-tune the UNet jointly with the adapter (same lr and EMA), so that every layer can learn
+            to use the AU tokens, not only the adapter's key/values; the frozen base is the default (the SynFER
+            recipe). ``OUT/pipeline`` then holds the fine-tuned UNet: its adapter-removed output is no longer
+            the input pipeline's.
 
     Returns:
         ``OUT/adapter``.
@@ -142,6 +147,8 @@ def train_adapter(
     vae, unet, encoder = pipe.vae, pipe.unet, pipe.text_encoder
     for module in (vae, unet, encoder):
         module.requires_grad_(False).eval().to(accel.device)
+    if train_unet:  # the adapter's weights sit outside unet.parameters() (unregistered processors): no overlap
+        unet.requires_grad_(True)
     au = init if init is not None else AUAdapter.for_unet(unet, au_names, num_tokens=num_tokens,
                                                           hidden_dim=hidden_dim)
     au.to(accel.device)
@@ -204,14 +211,16 @@ def train_adapter(
                "class_prompts": class_prompts,
                "batch_size": batch_size, "lr": lr,
                "ema_decay": ema_decay, "snr_gamma": snr_gamma, "seed": seed, "limit": limit}
+    if train_unet:  # likewise only when set
+        options["train_unet"] = True
     if au_loss > 0:  # only then, so runs started before the option existed keep their fingerprint and resume
         info = estimator.describe()  # bundled name or path, and the weights' hash: a resume needs the same weights
         model = str(info.get("model"))
         model = str(Path(model).resolve()) if Path(model).exists() else model
         options.update(au_loss=au_loss, au_loss_max_timestep=au_loss_max_timestep,
                        au_estimator={"model": model, "model_sha256": info.get("model_sha256")})
-    trainer = Trainer(accel, out, {"adapter": au}, epochs, len(loader), lr, ema_decay=ema_decay,
-                      fingerprint=options)
+    modules: dict[str, torch.nn.Module] = {"adapter": au, **({"unet": unet} if train_unet else {})}
+    trainer = Trainer(accel, out, modules, epochs, len(loader), lr, ema_decay=ema_decay, fingerprint=options)
     if resume:
         trainer.load()  # nothing below draws random numbers before fit(): a resumed run replays the same one
     if accel.is_main_process:
