@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +94,25 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(next(folder.glob("*.safetensors"))))
 
 
+@contextmanager
+def stopped_after_first_save(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The training run inside stops right after its first saved state (epoch 1), as a killed job would."""
+    import synfer.diffusion.loop as loop
+
+    real = loop.save_state
+
+    def stop_after_first(path: Path, state: dict) -> Path:
+        real(path, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_state", stop_after_first)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        monkeypatch.setattr(loop, "save_state", real)
+
+
 def test_class_balanced_loader_draws_rare_expressions_more_often(tmp_path: Path) -> None:
     from synfer.diffusion.loop import index_loader, load_faces
 
@@ -148,18 +169,8 @@ def test_generator_writes_a_pipeline_that_generates(gen_run: Path) -> None:
 def test_generator_resume_replays_the_same_run(gen_run: Path, faces: Path, clip: Path, vae_run: Path,
                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """2 epochs straight (gen_run) vs 1 epoch, interrupted, then resumed to 2: identical weights and EMA."""
-    import synfer.diffusion.loop as loop
-
-    real = loop.save_state
-
-    def stop_after_first(path: Path, state: dict) -> Path:
-        real(path, state)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop, "save_state", stop_after_first)
-    with pytest.raises(KeyboardInterrupt):
+    with stopped_after_first_save(monkeypatch):
         train_generator([faces], tmp_path / "run", vae=vae_run, text_encoder=str(clip), **GEN)
-    monkeypatch.setattr(loop, "save_state", real)
     with pytest.raises(DatasetError, match="--resume"):
         train_generator([faces], tmp_path / "run", vae=vae_run, text_encoder=str(clip), **GEN)
     with pytest.raises(DatasetError, match="other options"):
@@ -214,8 +225,6 @@ def test_adapter_trains_only_the_adapter(gen_run: Path, faces: Path, tmp_path: P
 
 def test_adapter_can_fine_tune_the_unet_with_it_and_resume(gen_run: Path, faces: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    import synfer.diffusion.loop as loop
-
     base = weights(gen_run / "pipeline" / "unet")
     opts = {**ADAPTER, "train_unet": True}
     straight = tmp_path / "straight"
@@ -229,16 +238,8 @@ def test_adapter_can_fine_tune_the_unet_with_it_and_resume(gen_run: Path, faces:
     assert "unet" in state["modules"] and state["modules"]["unet"]  # the UNet's weights resume too
 
     # interrupted after epoch 1, resumed: the same UNet and adapter as the straight run
-    real = loop.save_state
-
-    def stop_after_first(path: Path, st: dict) -> Path:
-        real(path, st)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop, "save_state", stop_after_first)
-    with pytest.raises(KeyboardInterrupt):
+    with stopped_after_first_save(monkeypatch):
         train_adapter([faces], tmp_path / "run", pipeline=gen_run / "pipeline", **opts)
-    monkeypatch.setattr(loop, "save_state", real)
     with pytest.raises(DatasetError, match="other options"):  # a frozen-base resume of a joint run is refused
         train_adapter([faces], tmp_path / "run", pipeline=gen_run / "pipeline", resume=True, **ADAPTER)
     train_adapter([faces], tmp_path / "run", pipeline=gen_run / "pipeline", resume=True, **opts)

@@ -1,11 +1,11 @@
 """``synfer train-adapter``: the AU adapter (SynFER §2) trained on a frozen generator.
 
 Everything of the pipeline stays frozen (UNet, VAE, text encoder with its projection); only
-``AUAdapter.trainable_parameters()`` train (and, with ``train_unet``, the UNet with them), with the generator's own denoising loss and the adapter installed on the
-UNet (``applied_to``). The AU vector of a face is replaced by the adapter's learned null tokens with probability
-``au_dropout``, and always where the record has no AUs; its caption by "" with probability ``caption_dropout``
-(drawn independently, so both are dropped together 0.5% of the time at the defaults). That gives the three rows
-of the pipeline's two-condition guidance.
+``AUAdapter.trainable_parameters()`` train (with ``train_unet``, the UNet with them), with the generator's own
+denoising loss and the adapter installed on the UNet (``applied_to``). The AU vector of a face is replaced by the
+adapter's learned null tokens with probability ``au_dropout``, and always where the record has no AUs; its caption
+by "" with probability ``caption_dropout`` (drawn independently, so both are dropped together 0.5% of the time at
+the defaults). That gives the three rows of the pipeline's two-condition guidance.
 
 Captions from ``synfer prepare`` spell out the face's AUs ("jaw dropped strongly, outer brows raised"), so with its
 caption in view the adapter has little left to add and learns little. At sampling time the prompt is often only
