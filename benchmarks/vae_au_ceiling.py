@@ -31,7 +31,8 @@ DEFAULT_AU_MODEL = Path("../shared/data/mediapipe_face_landmarker/face_landmarke
 
 def au_reference(vae: Any, prepared: Path, estimator: Any, n: int) -> dict[str, Any]:
     """MediaPipe on altered real val faces against their stored AUs, ``{variant: {au_mean_r, faces,
-    faces_seen_by_mediapipe}}``, and the reconstructions' PSNR (``reconstruction_psnr_db``, images in [0, 1])."""
+    faces_seen_by_mediapipe, au_r (per AU)}}``, and the reconstructions' PSNR (``reconstruction_psnr_db``, images
+    in [0, 1])."""
     from synfer.diffusion.train_vae import reconstruct
 
     folder = DatasetFolder(prepared)
@@ -52,6 +53,7 @@ def au_reference(vae: Any, prepared: Path, estimator: Any, n: int) -> dict[str, 
         agree = au_agreement(res.aus[seen], targets[seen], tuple(folder.au_names))
         out[name] = {"au_mean_r": agree["mean_r"], "faces": len(recs), "faces_seen_by_mediapipe": int(seen.sum())}
         print(name, out[name], flush=True)
+        out[name]["au_r"] = {n: v["r"] for n, v in agree["per_au"].items()}
     return out
 
 

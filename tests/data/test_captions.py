@@ -13,7 +13,7 @@ from synfer.data.captions import (
     pose_phrase,
 )
 from synfer.data.prompts import PromptEnricher, TemplatePromptEnricher, enrich_prompt, subject_from_coarse
-from synfer.schema import FERPLUS8, au_description
+from synfer.schema import EMFACS_PROTOTYPES, FERPLUS8, au_description
 
 CAP = TemplateCaptioner()
 
@@ -93,6 +93,21 @@ def test_prompt_enrichment_matches_caption_style():
     captions = {TemplateCaptioner(subjects=("a person",)).caption(*facts, seed=s) for s in range(300)}
     prompts = {TemplatePromptEnricher().enrich("a person", *facts, seed=s) for s in range(50)}
     assert prompts <= captions
+
+
+def test_prompt_for_a_soft_label_reads_like_a_soft_labelled_caption():
+    soft = {"contempt": 0.6, "neutral": 0.4}
+    prompt = enrich_prompt("", soft, seed=3)
+    assert "mostly contemptuous" in prompt or "mostly scornful" in prompt or "mostly disdainful" in prompt
+    assert any(w in prompt for w in ("somewhat neutral", "somewhat calm", "somewhat expressionless"))
+    # its AU words are the most probable expression's prototype, the rest the captioner's sentence for those facts
+    proto = EMFACS_PROTOTYPES["contempt"]
+    captions = {TemplateCaptioner(subjects=("a person",)).caption(soft, proto, seed=s) for s in range(300)}
+    assert {TemplatePromptEnricher().enrich("a person", soft, seed=s) for s in range(30)} <= captions
+    # a one-hot distribution is the plain class-level prompt
+    assert enrich_prompt("", {"contempt": 1.0, "neutral": 0.0}, seed=3) == enrich_prompt("", "contempt", seed=3)
+    with pytest.raises(ValueError, match="all zero"):
+        enrich_prompt("", {"contempt": 0.0})
 
 
 def test_create_captioner_errors(tmp_path):

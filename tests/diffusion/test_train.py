@@ -356,6 +356,22 @@ def test_adapter_can_train_on_class_level_prompts_instead_of_captions(gen_run: P
         train_adapter([faces], tmp_path / "bad", pipeline=gen_run / "pipeline", class_prompts=1.5, **ADAPTER)
 
 
+def test_class_level_prompts_word_soft_labels_as_the_captions_do() -> None:
+    from synfer.data.prompts import enrich_prompt
+    from synfer.diffusion.loop import Faces
+    from synfer.diffusion.train_adapter import class_level_prompts
+
+    soft = {"neutral": 0.25, "contempt": 0.75}
+    faces = Faces(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), ["c0", "c1", "c2", "c3"], None,
+                  torch.zeros(4, dtype=torch.bool), (), ["contempt", "contempt", "happiness", None], 0,
+                  [soft, {"neutral": 0.0, "contempt": 1.0}, None, None])
+    prompts = class_level_prompts(faces)
+    assert prompts[0] == enrich_prompt("", soft, None, seed=0) and "mostly" in prompts[0]
+    assert prompts[1] == enrich_prompt("", "contempt", None, seed=1) and "mostly" not in prompts[1]  # one-hot
+    assert prompts[2] == enrich_prompt("", "happiness", None, seed=2)  # hard label only
+    assert prompts[3] == "c3"  # no expression: its own caption
+
+
 def tiny_au_estimator(path: Path, au_names: tuple[str, ...] = ("AU01", "AU12"), size: int = 16) -> Path:
     """A random distilled-AU-estimator folder (config.json + safetensors) for the AU-consistency term."""
     from synfer.models.classifiers import ClassifierConfig, ExpressionClassifier

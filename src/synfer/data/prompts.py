@@ -57,28 +57,37 @@ class TemplatePromptEnricher:
         self.max_aus = max_aus
         self.prototype_aus = prototype_aus
 
-    def enrich(self, coarse: str, expression: str, aus: Mapping[str, float] | None = None, seed: int = 0,
-               pose: Mapping[str, float] | None = None) -> str:
+    def enrich(self, coarse: str, expression: str | Mapping[str, float], aus: Mapping[str, float] | None = None,
+               seed: int = 0, pose: Mapping[str, float] | None = None) -> str:
         """The detailed prompt.
 
         Args:
             coarse: what the person looks like ("a young woman with curly hair"); "" for anyone.
-            expression: the target expression (aliases accepted).
+            expression: the target expression (aliases accepted), or a label distribution ``{name: probability}``
+                worded as the captions of soft-labelled faces are ("mostly contemptuous, a little neutral"); its
+                most probable expression supplies the prototype AUs.
             aus: target AU intensities ``{column: value}``, or None for the EMFACS prototype.
             seed: picks the sentence pattern and the synonyms.
             pose: optional head pose in degrees (``yaw``, ``pitch``, ``roll``).
         """
         rng = random.Random(seed)
         subject = subject_from_coarse(coarse) or rng.choice(SUBJECTS)
-        expression = canonical_expression(expression)
+        if isinstance(expression, Mapping):
+            expression = {canonical_expression(k): float(v) for k, v in expression.items()}
+            if not any(v > 0 for v in expression.values()):
+                raise ValueError(f"expression probabilities {expression} are all zero.")
+            top = max(expression, key=expression.__getitem__)
+        else:
+            expression = top = canonical_expression(expression)
         if aus is None and self.prototype_aus:
-            aus = EMFACS_PROTOTYPES[expression]
+            aus = EMFACS_PROTOTYPES[top]
         return compose(subject, expression, aus, pose, rng, self.au_threshold, self.max_aus)
 
 
-def enrich_prompt(coarse: str, expression: str, aus: Mapping[str, float] | None = None, seed: int = 0) -> str:
-    """A detailed prompt from a coarse description and a target expression (:class:`TemplatePromptEnricher`
-    with its defaults)."""
+def enrich_prompt(coarse: str, expression: str | Mapping[str, float], aus: Mapping[str, float] | None = None,
+                  seed: int = 0) -> str:
+    """A detailed prompt from a coarse description and a target expression or label distribution
+    (:class:`TemplatePromptEnricher` with its defaults)."""
     return TemplatePromptEnricher().enrich(coarse, expression, aus, seed)
 
 

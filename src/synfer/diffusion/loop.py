@@ -23,7 +23,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,7 @@ class Faces:
         au_names: the header's AU order (empty without AUs).
         expressions: N expression labels (None where a record has none), for class-balanced sampling.
         skipped: records left out (no caption where one is required).
+        label_probs: N soft labels ``{expression: probability}`` (None where a record has none).
     """
 
     images: torch.Tensor
@@ -113,6 +114,7 @@ class Faces:
     au_names: tuple[str, ...]
     expressions: list[str | None]
     skipped: int
+    label_probs: list[dict[str, float] | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -137,7 +139,11 @@ def load_faces(paths: Sequence[Path], split: str, size: tuple[int, int, int] | N
             if au_names:
                 check_same_order("AU", au_names, folder.au_names, str(paths[0]), str(path))
             au_names = folder.au_names
-        table = folder.select_split(split).select(["image", "caption", "aus", "expression"]).to_pylist()
+        table = folder.select_split(split).select(["image", "caption", "aus", "expression", "label_probs"]
+                                                  ).to_pylist()
+        for r in table:  # soft labels as {name: p}: each folder's own expression order
+            r["label_probs"] = (None if r["label_probs"] is None
+                                else dict(zip(folder.expressions, r["label_probs"], strict=True)))
         if need_captions:
             if table and all(r["caption"] is None for r in table):
                 raise DatasetError(f"{path}: no record of split {split!r} has a caption; run `synfer prepare "
@@ -165,7 +171,7 @@ def load_faces(paths: Sequence[Path], split: str, size: tuple[int, int, int] | N
         aus = torch.tensor([r["aus"] if r["aus"] is not None else [0.0] * len(au_names) for _, r in rows],
                            dtype=torch.float32)
     return Faces(images, [r["caption"] or "" for _, r in rows], aus, has_aus, tuple(au_names),
-                 [r["expression"] for _, r in rows], skipped)
+                 [r["expression"] for _, r in rows], skipped, [r["label_probs"] for _, r in rows])
 
 
 def to_model_range(images: torch.Tensor) -> torch.Tensor:

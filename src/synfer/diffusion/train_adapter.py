@@ -259,18 +259,22 @@ def train_adapter(
 
 
 def class_level_prompts(faces: Faces) -> list[str]:
-    """Per face, a class-level prompt for its expression (its own caption where it has no expression).
+    """Per face, a class-level prompt for its label (its own caption where it has no expression).
 
     The prompt enricher's text without target AUs (so naming the expression's prototype AUs), seeded by the face's
-    row: what ``generate`` and the benchmarks send when they give the AUs to the adapter alone.
+    row: what ``generate`` and the benchmarks send when they give the AUs to the adapter alone. A soft label is
+    worded as the captions word it ("mostly contemptuous, a little neutral"), so the plain class-level prompt
+    stays the one of faces whose annotators agreed, as in the captions; a one-hot label gives the plain prompt.
     """
     out = []
-    for i, (expression, caption) in enumerate(zip(faces.expressions, faces.captions, strict=True)):
+    probs = faces.label_probs or [None] * len(faces.captions)
+    for i, (expression, caption, soft) in enumerate(zip(faces.expressions, faces.captions, probs, strict=True)):
         if expression is None:
             out.append(caption)
             continue
+        label = soft if soft is not None and max(soft.values()) < 1.0 else expression
         try:
-            out.append(enrich_prompt("", expression, None, seed=i))
+            out.append(enrich_prompt("", label, None, seed=i))
         except (ValueError, KeyError) as err:
             raise DatasetError(f"class_prompts needs expressions the prompt enricher knows; face {i} is labelled "
                                f"{expression!r} ({err}). Pass class_prompts=0 for this data.") from None
