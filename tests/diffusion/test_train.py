@@ -248,6 +248,28 @@ def test_adapter_can_fine_tune_the_unet_with_it_and_resume(gen_run: Path, faces:
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_adapter_with_standardized_aus_continues_the_same_function_and_resumes(
+        gen_run: Path, faces: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from synfer.diffusion.loop import load_faces
+    from synfer.diffusion.train_adapter import MIN_AU_STD, au_statistics
+
+    plain = train_adapter([faces], tmp_path / "plain", pipeline=gen_run / "pipeline", **{**ADAPTER, "epochs": 1})
+    opts = {**ADAPTER, "standardize_aus": True}
+    out = train_adapter([faces], tmp_path / "std", pipeline=gen_run / "pipeline", adapter=plain, **opts)
+    mean, std = au_statistics(load_faces([faces], "train", need_captions=True, need_aus=True))
+    saved = AUAdapter.from_pretrained(str(out))
+    assert saved.config.au_mean == mean and saved.config.au_std == std and min(std) >= MIN_AU_STD
+    assert AUAdapter.from_pretrained(str(tmp_path / "std" / "pipeline" / "au_adapter")).config.au_std == std
+    config = json.loads((tmp_path / "std" / "train_config.json").read_text())["config"]
+    assert config["standardize_aus"] is True
+    # interrupted and resumed: the same adapter as the straight run
+    with stopped_after_first_save(monkeypatch):
+        train_adapter([faces], tmp_path / "run", pipeline=gen_run / "pipeline", adapter=plain, **opts)
+    train_adapter([faces], tmp_path / "run", pipeline=gen_run / "pipeline", adapter=plain, resume=True, **opts)
+    a, b = weights(out), weights(tmp_path / "run" / "adapter")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_inputs_without_captions_or_aus_are_refused(gen_run: Path, vae_run: Path, clip: Path,
                                                     tmp_path: Path) -> None:
     no_captions = write_faces(tmp_path / "raw", captions=False, aus=False, n_train=8)

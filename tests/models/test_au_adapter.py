@@ -161,6 +161,32 @@ def test_save_load_round_trip(tmp_path) -> None:
         AUAdapter.from_pretrained(str(tmp_path / "ad"))
 
 
+def test_standardized_inputs_keep_the_function_and_round_trip(tmp_path) -> None:
+    unet = tiny_unet()
+    _, _, _, aus = inputs(unet)
+    adapter = AUAdapter.for_unet(unet, AUS, num_tokens=2, hidden_dim=16)
+    with torch.no_grad():
+        adapter.proj[0].bias.normal_()
+    mean, std = [0.2, 0.1, 0.05, 0.3, 0.02], [0.3, 0.2, 0.1, 0.25, 0.04]
+    std_in = adapter.with_standardized_inputs(mean, std)
+    assert std_in.config.au_mean == mean and std_in.config.au_std == std and adapter.config.get("au_mean") is None
+    with torch.no_grad():
+        assert torch.allclose(std_in.encode(aus), adapter.encode(aus), atol=1e-5)
+    again = std_in.with_standardized_inputs([0.0] * 5, [1.0] * 5)  # refolding again keeps it too
+    with torch.no_grad():
+        assert torch.allclose(again.encode(aus), adapter.encode(aus), atol=1e-5)
+    std_in.save_pretrained(str(tmp_path / "std"))
+    loaded = AUAdapter.from_pretrained(str(tmp_path / "std"))
+    with torch.no_grad():
+        assert loaded.config.au_std == std and torch.equal(loaded.encode(aus), std_in.encode(aus))
+    with pytest.raises(ValueError, match="together"):
+        AUAdapter(AUS, 32, adapter.config.layers, au_mean=mean)
+    with pytest.raises(ValueError, match="one value per AU"):
+        AUAdapter(AUS, 32, adapter.config.layers, au_mean=mean[:2], au_std=std[:2])
+    with pytest.raises(ValueError, match="> 0"):
+        AUAdapter(AUS, 32, adapter.config.layers, au_mean=mean, au_std=[0.0] * 5)
+
+
 def test_gradients_reach_adapter_only() -> None:
     unet = tiny_unet()
     unet.requires_grad_(False)

@@ -72,6 +72,7 @@ def train_adapter(
     au_loss_max_timestep: int = 400,
     au_estimator: str | Path | None = None,
     train_unet: bool = False,
+    standardize_aus: bool = False,
 ) -> Path:
     """Train an AU adapter for a frozen SynferPipeline; save it and the pipeline with it attached.
 
@@ -105,6 +106,10 @@ def train_adapter(
             to use the AU tokens, not only the adapter's key/values; the frozen base is the default (the SynFER
             recipe). ``OUT/pipeline`` then holds the fine-tuned UNet: its adapter-removed output is no longer
             the input pipeline's.
+        standardize_aus: feed the adapter's MLP standardised AU vectors, ``(aus - mean) / std`` with the
+            training faces' per-AU statistics (std floored at 0.02), so that rarely active AUs (std ~0.04)
+            weigh as much as common ones (~0.3); an adapter given to continue is refolded to the same function
+            (:meth:`AUAdapter.with_standardized_inputs`), one that is already standardised keeps its statistics.
 
     Returns:
         ``OUT/adapter``.
@@ -151,10 +156,13 @@ def train_adapter(
         unet.requires_grad_(True)
     au = init if init is not None else AUAdapter.for_unet(unet, au_names, num_tokens=num_tokens,
                                                           hidden_dim=hidden_dim)
-    au.to(accel.device)
     cfg = vae.config
     size = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
     train = load_faces(data, split, size, need_captions=True, need_aus=True, limit=limit)
+    if standardize_aus and au.config.get("au_mean") is None:
+        mean, std = au_statistics(train)
+        au = au.with_standardized_inputs(mean, std)
+    au.to(accel.device)
     val = load_faces(data, val_split, size, need_captions=True, need_aus=True, limit=limit)
     val = val if len(val) else train
     if len(train) == 0:
@@ -213,6 +221,8 @@ def train_adapter(
                "ema_decay": ema_decay, "snr_gamma": snr_gamma, "seed": seed, "limit": limit}
     if train_unet:  # likewise only when set
         options["train_unet"] = True
+    if standardize_aus:
+        options["standardize_aus"] = True
     if au_loss > 0:  # only then, so runs started before the option existed keep their fingerprint and resume
         info = estimator.describe()  # bundled name or path, and the weights' hash: a resume needs the same weights
         model = str(info.get("model"))
@@ -256,6 +266,20 @@ def train_adapter(
         trainer.fit(loader, loss_fn, end_epoch)
     accel.print(f"adapter exported to {out / 'adapter'}, pipeline with it to {out / 'pipeline'}")
     return out / "adapter"
+
+
+#: Below this spread an AU counts as constant (as in AU agreement, ``VARYING_STD``): its std is floored here, so a
+#: nearly always-zero AU is not blown up by standardisation.
+MIN_AU_STD = 0.02
+
+
+def au_statistics(faces: Faces) -> tuple[list[float], list[float]]:
+    """Per-AU mean and std (floored at :data:`MIN_AU_STD`) of the faces that have AU values."""
+    if faces.aus is None or not bool(faces.has_aus.any()):
+        raise DatasetError("standardize_aus needs training faces with AU values; none have any.")
+    rows = faces.aus[faces.has_aus].double()
+    std = rows.std(0, unbiased=False).clamp_min(MIN_AU_STD)
+    return [round(float(v), 6) for v in rows.mean(0)], [round(float(v), 6) for v in std]
 
 
 def class_level_prompts(faces: Faces) -> list[str]:

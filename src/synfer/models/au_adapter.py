@@ -174,18 +174,35 @@ class AUAdapter(ModelMixin, ConfigMixin):
         hidden_dim: width of the MLP's hidden layer.
         layers: per cross-attention processor name, ``{"hidden_size": to_k/to_v output width}``
             (:meth:`for_unet` fills it from a UNet).
+        au_mean, au_std: per-AU statistics (A values each) that standardise the AU vector before the MLP,
+            ``(aus - au_mean) / au_std``, or None (default) for the raw [0, 1] vector. Rarely active AUs have
+            a small spread (std 0.04 for AU22 in FER+ against 0.3 for AU01): standardised, each AU reaches the
+            MLP with the same weight (see :meth:`with_standardized_inputs`).
     """
 
     config_name = "config.json"
 
     @register_to_config
     def __init__(self, au_names: Sequence[str], cross_attention_dim: int, layers: Mapping[str, Mapping[str, int]],
-                 num_tokens: int = 4, hidden_dim: int = 256) -> None:
+                 num_tokens: int = 4, hidden_dim: int = 256, au_mean: Sequence[float] | None = None,
+                 au_std: Sequence[float] | None = None) -> None:
         super().__init__()
         self.au_set = AUSet(tuple(au_names))  # canonical, unique names, or a ValueError saying how to write them
         if num_tokens < 1 or hidden_dim < 1 or cross_attention_dim < 1:
             raise ValueError(f"num_tokens, hidden_dim, cross_attention_dim must be >= 1; got {num_tokens}, "
                              f"{hidden_dim}, {cross_attention_dim}.")
+        if (au_mean is None) != (au_std is None):
+            raise ValueError("Give au_mean and au_std together (or neither).")
+        if au_mean is not None:
+            if len(au_mean) != len(au_names) or len(au_std) != len(au_names):
+                raise ValueError(f"au_mean and au_std need one value per AU ({len(au_names)}); got {len(au_mean)} "
+                                 f"and {len(au_std)}.")
+            if not all(math.isfinite(m) for m in au_mean) or not all(math.isfinite(v) and v > 0 for v in au_std):
+                raise ValueError(f"au_mean must be finite and au_std finite and > 0; got {list(au_mean)}, "
+                                 f"{list(au_std)}.")
+        # buffers (not saved: the config holds them) so that .to(device) moves them with the weights
+        self.register_buffer("_au_mean", None if au_mean is None else torch.tensor(list(au_mean)), persistent=False)
+        self.register_buffer("_au_std", None if au_std is None else torch.tensor(list(au_std)), persistent=False)
         if not layers:
             raise ValueError("layers is empty; build the adapter with AUAdapter.for_unet(unet, au_names).")
         d = cross_attention_dim
@@ -232,6 +249,30 @@ class AUAdapter(ModelMixin, ConfigMixin):
             self.to_k_au[layer_key(name)].weight.copy_(attn.to_k.weight)
             self.to_v_au[layer_key(name)].weight.copy_(attn.to_v.weight)
 
+    @torch.no_grad()
+    def with_standardized_inputs(self, au_mean: Sequence[float], au_std: Sequence[float]) -> AUAdapter:
+        """A copy that standardises its AU input with these statistics and computes the same tokens as this one.
+
+        The first linear layer is refolded so that ``W' z + b' = W x + b`` for ``z = (x - mean) / std``, where
+        ``x`` is what this adapter feeds that layer (``W' = W diag(std_new / std_old)``, ``b'`` to match): the
+        function is unchanged, only the parametrisation, so that further training moves every AU's input weights
+        at a comparable rate whatever the AU's spread (Adam's steps are about equal per weight).
+        """
+        old_mean = self._au_mean if self._au_mean is not None else torch.zeros(len(self.au_names))
+        old_std = self._au_std if self._au_std is not None else torch.ones(len(self.au_names))
+        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        new = type(self)(**{**config, "au_mean": [float(v) for v in au_mean], "au_std": [float(v) for v in au_std]})
+        new.load_state_dict(self.state_dict())
+        new._scales = dict(self._scales)
+        lin = new.proj[0]
+        mean_new, std_new = new._au_mean.to(lin.weight), new._au_std.to(lin.weight)
+        old_mean, old_std = old_mean.to(lin.weight), old_std.to(lin.weight)
+        # x_old = (x - m_old) / s_old = (z * s_new + m_new - m_old) / s_old
+        w = lin.weight * (std_new / old_std)
+        lin.bias.add_(lin.weight @ ((mean_new - old_mean) / old_std))
+        lin.weight.copy_(w)
+        return new.to(self.null_tokens.device)
+
     # -- AU tokens ------------------------------------------------------------------------------------------------
     @property
     def au_names(self) -> tuple[str, ...]:
@@ -259,7 +300,10 @@ class AUAdapter(ModelMixin, ConfigMixin):
             raise ValueError(f"AU vectors must be (batch, {len(self.au_names)}) in the order {list(self.au_names)}; "
                              f"got shape {tuple(aus.shape)} ({aus.shape[-1] if aus.ndim else 0} values per row, "
                              f"expected {len(self.au_names)}).")
-        tokens = self.norm(self.proj(aus.to(self.null_tokens.dtype)).view(aus.shape[0], n, d))
+        x = aus.to(self.null_tokens.dtype)
+        if self._au_mean is not None:
+            x = (x - self._au_mean.to(x.dtype)) / self._au_std.to(x.dtype)
+        tokens = self.norm(self.proj(x).view(aus.shape[0], n, d))
         if drop_mask is not None:
             if drop_mask.shape != (aus.shape[0],):
                 raise ValueError(f"drop_mask must be ({aus.shape[0]},) bool; got {tuple(drop_mask.shape)}.")
