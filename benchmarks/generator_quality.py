@@ -48,6 +48,9 @@ from synfer.fer.data import load_split
 from synfer.fer.evaluate import predict
 from synfer.models.classifiers import DEFAULT_CLASSIFIER, ExpressionClassifier
 
+#: the expression bar's run: every face at its class's mean AU vector (au_targets.json, generate's default)
+CLASS_MEAN_RUN = "text+class-mean aus"
+
 
 def make_scheduler(pipe, kind: str):
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
@@ -167,7 +170,7 @@ def main() -> None:
     reference = au_reference(pipe.vae, args.prepared, estimator, args.reference) if args.reference else {}
     target_idx = np.array([names.index(e) for e in exprs])
     results: dict[str, dict] = {}
-    runs = {"text+class-mean aus": class_mean, "text+aus": targets}
+    runs = {CLASS_MEAN_RUN: class_mean, "text+aus": targets}
     if not args.skip_controls:
         rng = np.random.default_rng(args.seed + 1)
         shuffled = targets.copy()
@@ -182,14 +185,14 @@ def main() -> None:
         # prompts that spell out the target AUs are shuffled with them: the shuffled control gives the generator
         # other faces' targets through both routes
         run_prompts = prompts_for(exprs, aus, au_names, args.seed, args.prompt_aus) \
-            if name in ("aus shuffled within class", "text+class-mean aus") and args.prompt_aus == "target" else prompts
+            if name in ("aus shuffled within class", CLASS_MEAN_RUN) and args.prompt_aus == "target" else prompts
         images, secs = generate(pipe, run_prompts, aus, args, steps)
         pipe.set_au_adapter(adapter)
         pred = predict(clf, _as_split(images), torch.device("cpu")).argmax(-1)
         measured, presence = measure_aus(estimator, images)
         seen = presence >= 0.5
         # r against the per-face targets (for the class-mean run: against those means, i.e. between classes only)
-        agree = au_agreement(measured[seen], (class_mean if name == "text+class-mean aus" else targets)[seen],
+        agree = au_agreement(measured[seen], (class_mean if name == CLASS_MEAN_RUN else targets)[seen],
                              tuple(au_names))
         per_class = {c: float((pred[target_idx == k] == k).mean()) for k, c in enumerate(names)}
         results[name] = {
@@ -219,7 +222,7 @@ def main() -> None:
         "guidance_scale_text": args.text_scale, "guidance_scale_au": args.au_scale,
         "negative_prompt": args.negative_prompt, "prompt_aus": args.prompt_aus, "batch": args.batch,
         "judge": args.classifier, "real_val_recall": real,
-        "expression_pass": {c: results["text+class-mean aus"]["per_class"][c] >= real[c] for c in names},
+        "expression_pass": {c: results[CLASS_MEAN_RUN]["per_class"][c] >= real[c] for c in names},
         "expression_pass_per_face_targets": {c: main_run["per_class"][c] >= real[c] for c in names},
         "results": results, "au_reference": reference, "faces_per_s_at_25_steps": n / secs25,
         "speed_reference": speed_reference,

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from ..data.au.distill import VARYING_STD
 from ..data.prompts import enrich_prompt
 from ..dataset import DatasetError, atomic_write_json, provenance_entry, read_header
 from ..models.au_adapter import AUAdapter
@@ -268,9 +269,9 @@ def train_adapter(
     return out / "adapter"
 
 
-#: Below this spread an AU counts as constant (as in AU agreement, ``VARYING_STD``): its std is floored here, so a
-#: nearly always-zero AU is not blown up by standardisation.
-MIN_AU_STD = 0.02
+#: Below this spread an AU counts as constant (AU agreement's threshold): its std is floored here, so a nearly
+#: always-zero AU is not blown up by standardisation.
+MIN_AU_STD = VARYING_STD
 
 
 def au_statistics(faces: Faces) -> tuple[list[float], list[float]]:
