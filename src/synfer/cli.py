@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "train-vae": "synfer.diffusion.train_vae:train_vae",
     "train-generator": "synfer.diffusion.train_unet:train_generator",
     "train-adapter": "synfer.diffusion.train_adapter:train_adapter",
+    "distill": "synfer.diffusion.distill:distill",
     "generate": "synfer.diffusion.generate:generate",
     "edit": "synfer.diffusion.edit:edit",
     "sample-grid": "synfer.diffusion.sample:sample_grid",

@@ -134,3 +134,4 @@ def test_edit_refuses_unclear_requests(pipe_dir: Path, tmp_path: Path) -> None: 
         edit([files / "notes.txt"], tmp_path / "o4", expression="happy", pipeline=str(pipe_dir))
     with pytest.raises(ValueError, match="strength"):
         edit([files], tmp_path / "o5", expression="happy", strength=1.5, pipeline=str(pipe_dir))
+

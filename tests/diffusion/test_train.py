@@ -487,3 +487,57 @@ def test_predict_x0_takes_one_timestep_or_one_per_face(prediction_type: str) -> 
     assert torch.allclose(per_face, clean, atol=1e-4)  # the exact model output recovers the clean latents
     for i in range(3):  # and each row equals the one-timestep form
         assert torch.equal(per_face[i:i + 1], predict_x0(sched, noisy[i:i + 1], out[i:i + 1], int(t[i])))
+
+
+@pytest.fixture(scope="module")
+def adapter_run(gen_run: Path, faces: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("adapter") / "run"
+    train_adapter([faces], out, pipeline=gen_run / "pipeline", **ADAPTER)
+    return out
+
+
+DISTILL = dict(epochs=2, batch_size=8, lr=1e-3, sample_steps=2, num_ddim_steps=10, seed=0)
+
+
+def test_distill_writes_a_few_step_student_and_leaves_the_teacher(adapter_run: Path, faces: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffusers import LCMScheduler
+
+    from synfer.diffusion.distill import distill
+
+    teacher_dir = adapter_run / "pipeline"
+    before = {name: weights(teacher_dir / name) for name in ("unet", "au_adapter")}
+    out = distill([faces], tmp_path / "straight", pipeline=str(teacher_dir), **DISTILL)
+    for name, tensors in before.items():  # the teacher untouched; the student moved away from it
+        assert all(torch.equal(weights(teacher_dir / name)[k], v) for k, v in tensors.items())
+        student = weights(out / name)
+        assert student.keys() == tensors.keys() and any(not torch.equal(student[k], tensors[k]) for k in tensors)
+    rows = metrics(tmp_path / "straight")
+    assert len(rows) == 2 and all(r["val_mse_to_teacher"] >= 0 and r["weights"] in ("raw", "ema") for r in rows)
+    pipe = SynferPipeline.from_pretrained(out)
+    assert isinstance(pipe.scheduler, LCMScheduler)
+    assert pipe.generation_defaults() == {"num_inference_steps": 2, "guidance_scale_text": 1.0,
+                                          "guidance_scale_au": 1.0}
+    pipe.set_progress_bar_config(disable=True)
+    calls = []
+    real = pipe.unet.forward
+    monkeypatch.setattr(pipe.unet, "forward", lambda *a, **k: calls.append(len(a[0])) or real(*a, **k))
+    (image,) = pipe(["a happy face"], aus=torch.tensor([0.1, 0.9]), generator=torch.Generator().manual_seed(0)).images
+    assert image.size == (16, 16) and calls == [1, 1]  # two steps, one row each: the guidance is distilled in
+    monkeypatch.undo()
+
+    # interrupted after epoch 1 and resumed: the same student as the straight run
+    with stopped_after_first_save(monkeypatch):
+        distill([faces], tmp_path / "run", pipeline=str(teacher_dir), **DISTILL)
+    distill([faces], tmp_path / "run", pipeline=str(teacher_dir), resume=True, **DISTILL)
+    for name in ("unet", "au_adapter"):
+        a, b = weights(out / name), weights(tmp_path / "run" / "pipeline" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_distill_refuses_a_teacher_without_an_adapter(gen_run: Path, faces: Path, tmp_path: Path) -> None:
+    from synfer.diffusion.distill import distill
+
+    with pytest.raises(ValueError, match="AU adapter"):
+        distill([faces], tmp_path / "out", pipeline=str(gen_run / "pipeline"), **DISTILL)
+    assert not (tmp_path / "out").exists()

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from ..data.common import open_output
 from ..data.prompts import enrich_prompt
 from ..dataset import Record
+from ..runtime import resolve_precision
 from ..schema import FERPLUS8, AUSet, canonical_expression
 from .generate import files_sha256
 from .layout import invert, read_faces, to_pipeline_images
@@ -71,6 +72,8 @@ def edit(
     expressions: list[str] | None = None,
     out_split: str = "train",
     device: str = "auto",
+    precision: str = "auto",
+    compile: bool = False,
     preview: bool = True,
     overwrite: bool = False,
 ) -> Path:
@@ -95,6 +98,8 @@ def edit(
         expressions: the output's label set in header order (default FER+'s eight).
         out_split: the split written on every record.
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda:1`` ...
+        precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` (CUDA) for inversion and sampling (see ``generate``).
+        compile: compile the generator's UNet first (see ``generate``).
         preview: write ``OUT/preview.png`` (sources above edits, up to 16).
         overwrite: replace ``out``.
 
@@ -111,6 +116,7 @@ def edit(
     faces = read_faces(inputs, split, limit)
     pipe, pipe_dir = load_generator(pipeline, device)
     pipe.set_progress_bar_config(disable=True)
+    precision = resolve_precision(precision, pipe.device)
     au_names = tuple(pipe.au_adapter.au_names) if pipe.au_adapter is not None else None
     vector = target_aus(target, aus, au_names, au_base, pipe_dir)
     au_map = None if vector is None else dict(zip(au_names, vector, strict=True))
@@ -120,12 +126,15 @@ def edit(
                "num_inference_steps": num_inference_steps or defaults["num_inference_steps"],
                "guidance_scale_text": defaults["guidance_scale_text"] if guidance_scale_text is None
                else guidance_scale_text,
-               "guidance_scale_au": defaults["guidance_scale_au"] if guidance_scale_au is None else guidance_scale_au}
+               "guidance_scale_au": defaults["guidance_scale_au"] if guidance_scale_au is None else guidance_scale_au,
+               "precision": precision}
     pipe.first_step(sampler["num_inference_steps"], strength, torch.zeros(1))  # validates strength early
     config = {"pipeline": str(pipeline), "generator_sha256": files_sha256(pipe_dir), "inputs": [str(p) for p in inputs],
               "expression": target, "prompt": text, "aus": vector, "strength": strength,
               "source_prompt": source_prompt, **sampler}
     writer = open_output(out, exprs, "edit", config, aus=AUSet(au_names) if au_names else None, overwrite=overwrite)
+    if compile:
+        pipe.compile_denoiser()
     ids: dict[str, int] = {}
     pairs: list[torch.Tensor] = []
     t0 = time.perf_counter()
@@ -139,7 +148,8 @@ def edit(
             edited = pipe([text] * len(chunk), aus=aus_t, latents=latents, strength=strength,
                           num_inference_steps=sampler["num_inference_steps"],
                           guidance_scale_text=sampler["guidance_scale_text"],
-                          guidance_scale_au=sampler["guidance_scale_au"], output_type="pt").images
+                          guidance_scale_au=sampler["guidance_scale_au"], precision=precision,
+                          output_type="pt").images
             pil = pipe.postprocess(edited, "pil")
             for (name, _), image in zip(chunk, pil, strict=True):
                 stem = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:180]  # record ids: letters, digits, ._-

@@ -10,7 +10,9 @@ callback returns). Optionally the differentiable AU estimator adds ``au_weight``
 ``x0_hat`` and the target AUs to the loss.
 
 It is a pipeline callback (``callback_on_step_end``), not a copy of the sampler: after step ``i`` the latents sit at
-the next timestep, so the guidance of step ``i + 1`` is computed there with one extra UNet forward/backward.
+the next timestep, so the guidance of step ``i + 1`` is computed there with one extra UNet forward/backward. The
+forward runs in the pipeline call's precision (``pipe.active_precision``); the loss, the gradient and the step on
+the embedding are fp32.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..runtime import autocast
 
 
 def predict_x0(scheduler: Any, latents: torch.Tensor, model_output: torch.Tensor, t: torch.Tensor | int
@@ -120,8 +124,9 @@ class SemanticGuidance:
                 tokens = au_tokens if au_tokens is not None else pipe.au_adapter.encode(None, batch_size=len(embeds))
                 cond = torch.cat([embeds, tokens.to(embeds.device, embeds.dtype)], dim=1)
             model_input = pipe.scheduler.scale_model_input(latents, t_next)
-            out = pipe.unet(model_input, t_next, encoder_hidden_states=cond, return_dict=False)[0]
-            x0 = predict_x0(pipe.scheduler, latents, out, t_next)
-            loss = self.loss(pipe.decode_latents(x0))
+            with autocast(latents.device, getattr(pipe, "active_precision", "fp32")):
+                out = pipe.unet(model_input, t_next, encoder_hidden_states=cond, return_dict=False)[0]
+                x0 = predict_x0(pipe.scheduler, latents, out.to(latents.dtype), t_next)
+                loss = self.loss(pipe.decode_latents(x0))
             self.losses.append(float(loss.detach()))
             return {"prompt_embeds": guided_embedding(loss, embeds, self.scale)}

@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from ..dataset import DatasetError, DatasetFolder
+from ..runtime import autocast, resolve_precision
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -54,7 +55,7 @@ def encode_images(pipe: Any, images: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def invert(pipe: Any, images: torch.Tensor, num_inference_steps: int | None = None, strength: float = 0.7,
-           prompt: str | Sequence[str] = "") -> torch.Tensor:
+           prompt: str | Sequence[str] = "", precision: str = "fp32") -> torch.Tensor:
     """DDIM-invert faces to where sampling at ``strength`` enters the pipeline's schedule.
 
     Args:
@@ -63,6 +64,10 @@ def invert(pipe: Any, images: torch.Tensor, num_inference_steps: int | None = No
         num_inference_steps: the sampling steps the result will be used with (None: the pipeline's default).
         strength: in (0, 1]; the share of the schedule that sampling will run.
         prompt: the source condition ("" = class-agnostic), one string or one per face.
+        precision: autocast of the UNet calls (:mod:`synfer.runtime`). fp32 by default, whatever the sampling
+            runs in: an inversion runs the sampler's ODE backwards and its errors grow step by step (in bf16 a
+            random test UNet's inversion lands farther from its source than pure noise does), and it is the short
+            part of the work (one row, ``strength`` of the steps).
 
     Returns:
         latents (B, c, h, w) for ``pipe(..., latents=result, strength=strength, num_inference_steps=...)``.
@@ -84,10 +89,12 @@ def invert(pipe: Any, images: torch.Tensor, num_inference_steps: int | None = No
     context = nullcontext() if adapter is None or adapter.installed_on(pipe.unet) else adapter.applied_to(pipe.unet)
     a_prev = torch.tensor(1.0, device=z.device)
     z = z.float()
+    precision = resolve_precision(precision, z.device)
     with context:
         for t in path:
             a = alphas[int(t)]
-            out = pipe.unet(z.to(pipe.unet.dtype), t, encoder_hidden_states=cond, return_dict=False)[0].float()
+            with autocast(z.device, precision):
+                out = pipe.unet(z.to(pipe.unet.dtype), t, encoder_hidden_states=cond, return_dict=False)[0].float()
             if sched.config.prediction_type == "v_prediction":  # v at the target level, read as eps
                 eps = a.sqrt() * out + (1 - a).sqrt() * z
             else:

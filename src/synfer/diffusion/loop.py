@@ -35,23 +35,23 @@ from tqdm.auto import tqdm
 
 from ..batching import IndexDataset, decode_image, stack_nchw
 from ..dataset import DatasetError, DatasetFolder, replace_path
+from ..runtime import make_accelerator, resolve_device, resolve_precision
 from ..schema import check_same_order
 from ..train_state import load_state, open_run_dir, rng_state, save_state, set_rng_state, warmup_cosine
 
 
 # -- run folder and accelerator ----------------------------------------------------------------------------------
-def start_run(out: Path, resume: bool, overwrite: bool, mixed_precision: str, seed: int) -> tuple[Any, bool]:
-    """Check the run folder, make the Accelerator and seed everything; returns ``(accelerator, resume)``.
+def start_run(out: Path, resume: bool, overwrite: bool, precision: str, seed: int) -> tuple[Any, bool]:
+    """Check the run folder, make the Accelerator (``precision``: see :mod:`synfer.runtime`) and seed everything;
+    returns ``(accelerator, resume)``.
 
     ``resume`` comes back False where the folder holds no finished epoch yet (start from scratch in it).
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    resolve_precision(precision, resolve_device("auto"))  # checked before the run folder is touched
     resume = open_run_dir(out, resume, overwrite)
-    if mixed_precision == "auto":
-        mixed_precision = "bf16" if torch.cuda.is_available() else "no"
-    accel = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+    accel = make_accelerator(precision)
     set_seed(seed, device_specific=True)  # each process its own noise draws
     return accel, resume
 
@@ -269,12 +269,16 @@ class Trainer:
         epochs, steps_per_epoch: for the schedule (steps per process).
         lr, weight_decay, warmup_steps, max_grad_norm, ema_decay: the optimisation (ema_decay 0 = no EMA).
         fingerprint: the options that shape the run (architecture, data); a resume with other values is refused.
+        extra_state: more objects with ``state_dict`` / ``load_state_dict`` (e.g. a distillation's target
+            network, an :class:`EMA` of its own) saved in and restored from the resume state.
     """
 
     def __init__(self, accel: Any, out: Path, modules: dict[str, nn.Module], epochs: int, steps_per_epoch: int,
                  lr: float, weight_decay: float = 1e-2, warmup_steps: int = 500, max_grad_norm: float = 1.0,
-                 ema_decay: float = 0.0, fingerprint: dict[str, Any] | None = None) -> None:
+                 ema_decay: float = 0.0, fingerprint: dict[str, Any] | None = None,
+                 extra_state: dict[str, Any] | None = None) -> None:
         self.accel, self.out, self.modules, self.epochs = accel, out, modules, epochs
+        self.extra_state = dict(extra_state or {})
         self.fingerprint = canonical_fingerprint(json.loads(json.dumps(fingerprint or {})))  # as read from JSON
         self.params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
         if not self.params:
@@ -312,6 +316,8 @@ class Trainer:
         self.sched.load_state_dict(st["scheduler"])
         if self.ema is not None:
             self.ema.load_state_dict(st["ema"])
+        for name, obj in self.extra_state.items():
+            obj.load_state_dict(st["extra"][name])
         set_rng_state(st["rng"])
         self.step, self.start_epoch = st["step"], st["epoch"] + 1
         metrics = self.out / "metrics.jsonl"
@@ -331,10 +337,11 @@ class Trainer:
             p.grad = g.view_as(p)
 
     def fit(self, loader: Any, loss_fn: Callable[[Any], torch.Tensor],
-            end_epoch: Callable[[int], dict[str, Any]]) -> None:
+            end_epoch: Callable[[int], dict[str, Any]], after_step: Callable[[], None] | None = None) -> None:
         """Train from ``start_epoch`` to ``epochs``.
 
         ``loss_fn(batch)`` returns the scalar loss (run under autocast); a batch's first element gives its size.
+        ``after_step()`` runs after every optimiser step (and the EMA's update), e.g. to move a target network.
         ``end_epoch(epoch)`` runs on the main process after each epoch (validation, grids, export) and returns
         metrics for that epoch's line; the resume state is saved after it.
         """
@@ -358,6 +365,8 @@ class Trainer:
                 self.sched.step()
                 if self.ema is not None:
                     self.ema.update()
+                if after_step is not None:
+                    after_step()
                 self.step += 1
                 n = len(batch[0])
                 seen, loss_sum = seen + n, loss_sum + loss.item() * n
@@ -376,6 +385,7 @@ class Trainer:
                     "modules": {k: trainable_state(m) for k, m in self.modules.items()},
                     "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                     "ema": self.ema.state_dict() if self.ema is not None else None, "rng": rng_state(),
+                    "extra": {k: v.state_dict() for k, v in self.extra_state.items()},
                     "epoch": epoch, "step": self.step, "fingerprint": self.fingerprint,
                 })
             accel.wait_for_everyone()

@@ -13,7 +13,15 @@ Guidance on text and AUs (classifier-free guidance with two conditions, SynFER Â
 
 with e_u = eps("" prompt, null AU tokens), e_t = eps(prompt, null AU tokens), e_ta = eps(prompt, AU tokens).
 A row whose weight is 0 is not computed: w_a = 0 (or no AUs) is standard text CFG on two rows, w_a = w_t is
-standard CFG between "" and prompt+AUs on two rows, w_t = 1 drops the unconditional row.
+standard CFG between "" and prompt+AUs on two rows (the bundled model's default: each row is one UNet evaluation,
+so two rows cost two thirds of three), w_t = 1 drops the unconditional row, w_t = w_a = 1 samples the fully
+conditional row alone (a distilled few-step student samples this way). ``guidance_interval`` limits the guidance
+rows to a window of the steps (Kynkaanniemi et al. 2024, "Applying guidance in a limited interval"); outside it
+only the fully conditional row is computed.
+
+Precision (``precision``, :mod:`synfer.runtime`): the text encoder, the UNet and the VAE decoder run under autocast
+(bf16 on CPUs with native bf16 and on GPUs by default); the guidance combination, the scheduler's step and the
+latents stay fp32. :meth:`SynferPipeline.compile_denoiser` compiles the UNet once per process.
 
 Saved by ``save_pretrained`` as diffusers does (``model_index.json`` + one folder per component, safetensors only);
 ``from_pretrained`` reads it back, and :meth:`SynferPipeline.from_stable_diffusion` reads a diffusers SD checkpoint.
@@ -41,6 +49,7 @@ from diffusers.utils.torch_utils import randn_tensor
 # classes from sys.modules (model_index.json names their modules), so they must be imported before loading.
 from ..models.au_adapter import AUAdapter
 from ..models.text_encoders import CLIPTextEncoderWrapper, TextEncoder
+from ..runtime import autocast, resolve_precision
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 #: Guidance rows in batch order: "" prompt + null AU tokens, prompt + null AU tokens, prompt + AU tokens.
@@ -60,6 +69,18 @@ def guidance_weights(guidance_scale_text: float, guidance_scale_au: float, use_a
     w_t, w_a = float(guidance_scale_text), float(guidance_scale_au) if use_aus else 0.0
     weights = {"uncond": 1.0 - w_t, "text": w_t - w_a, "text_au": w_a}
     return {row: w for row, w in weights.items() if w != 0.0}
+
+
+def guided_steps(num_inference_steps: int, interval: tuple[float, float] | None) -> set[int]:
+    """Step indices i (of the full schedule) whose guidance rows are computed: those with start <= i / steps < end
+    (every step without an interval)."""
+    if interval is None:
+        return set(range(num_inference_steps))
+    lo, hi = (float(v) for v in interval)
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"guidance_interval must be (start, end) fractions with 0 <= start <= end <= 1; got "
+                         f"{tuple(interval)}.")
+    return {i for i in range(num_inference_steps) if lo <= i / num_inference_steps < hi}
 
 
 class SynferPipeline(DiffusionPipeline):
@@ -82,6 +103,7 @@ class SynferPipeline(DiffusionPipeline):
                                 default_guidance_scale_text=float(default_guidance_scale_text),
                                 default_guidance_scale_au=float(default_guidance_scale_au))
         self.check_components()
+        self.active_precision = "fp32"  # the resolved precision of the running (or last) call, for callbacks
 
     def generation_defaults(self) -> dict[str, float]:
         """The settings ``__call__`` uses for arguments left at None (saved with the pipeline)."""
@@ -292,6 +314,31 @@ class SynferPipeline(DiffusionPipeline):
         accepts = "generator" in inspect.signature(self.scheduler.step).parameters
         return {"generator": generator} if accepts else {}
 
+    def conditional_row(self, au_tokens: torch.Tensor | None) -> str:
+        """The row holding every condition given: "text_au" with AU tokens, else "text"."""
+        return "text_au" if au_tokens is not None else "text"
+
+    def predict_noise(self, latents: torch.Tensor, t: torch.Tensor, plan: Sequence[tuple[str, float]],
+                      condition: torch.Tensor, precision: str) -> torch.Tensor:
+        """The guided noise prediction (B, C, h, w) at timestep ``t``: one UNet call over the plan's rows stacked
+        along the batch (``condition`` from :meth:`build_condition`), combined by their weights in the latents'
+        dtype (fp32 under mixed precision: only the UNet runs in the low precision)."""
+        model_input = self.scheduler.scale_model_input(torch.cat([latents] * len(plan)), t)
+        with autocast(latents.device, precision):
+            noise = self.unet(model_input, t, encoder_hidden_states=condition, return_dict=False)[0]
+        eps = None
+        for (_, w), part in zip(plan, noise.to(latents.dtype).chunk(len(plan)), strict=True):
+            eps = w * part if eps is None else eps + w * part
+        return eps
+
+    def compile_denoiser(self, mode: str = "max-autotune-no-cudagraphs") -> None:
+        """Compile the UNet with ``torch.compile`` (once per process; the first call at each new batch shape pays
+        the compilation, about a minute for the bundled model on a 2-core CPU). The AU adapter, if any, stays
+        installed from now on, so its processors are part of the compiled graph."""
+        if self.au_adapter is not None and not self.au_adapter.installed_on(self.unet):
+            self.au_adapter.install(self.unet)
+        self.unet.forward = torch.compile(self.unet.forward, mode=mode, dynamic=False)
+
     # -- the recipe -----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], aus: torch.Tensor | None = None,
@@ -305,6 +352,8 @@ class SynferPipeline(DiffusionPipeline):
                  callback_on_step_end: Callable[..., dict[str, Any] | None] | PipelineCallback
                  | MultiPipelineCallbacks | None = None,
                  callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+                 guidance_interval: tuple[float, float] | None = None,
+                 precision: str = "auto",
                  return_dict: bool = True) -> SynferPipelineOutput | tuple:
         """Generate one image per prompt.
 
@@ -330,7 +379,13 @@ class SynferPipeline(DiffusionPipeline):
                 ``kwargs`` holding the tensors named in ``callback_on_step_end_tensor_inputs``; returned
                 ``latents`` / ``prompt_embeds`` / ``negative_prompt_embeds`` / ``au_tokens`` replace the current
                 ones for the following steps (semantic guidance edits ``prompt_embeds`` this way). It runs with the
-                AU adapter installed, under ``torch.no_grad()`` (use ``torch.enable_grad()`` inside for gradients).
+                AU adapter installed, under ``torch.no_grad()`` (use ``torch.enable_grad()`` inside for gradients);
+                ``pipe.active_precision`` is this call's resolved precision.
+            guidance_interval: (start, end) fractions of the steps where the guidance rows are computed (step i
+                when start <= i / steps < end); the other steps evaluate only the fully conditional row. None:
+                every step.
+            precision: ``auto`` (bf16 where the device computes it natively, see :mod:`synfer.runtime`),
+                ``fp32``, ``bf16`` or ``fp16`` (CUDA): autocast for the text encoder, UNet and VAE decoder.
             return_dict: a :class:`SynferPipelineOutput`, else a tuple ``(images,)``.
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
@@ -343,16 +398,20 @@ class SynferPipeline(DiffusionPipeline):
         prompts, negatives, aus = self.check_inputs(prompt, aus, height, width, num_inference_steps,
                                                     guidance_scale_text, guidance_scale_au, output_type,
                                                     callback_on_step_end_tensor_inputs, negative_prompt)
+        guided = guided_steps(num_inference_steps, guidance_interval)
         start = self.first_step(num_inference_steps, strength, latents)
         device, batch = self._execution_device, len(prompts)
+        precision = self.active_precision = resolve_precision(precision, device)
 
         # 2. Encode the prompts and the "" (or negative) prompt: classifier-free guidance's unconditional row.
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(prompts, device, negatives)
+        with autocast(device, precision):
+            prompt_embeds, negative_prompt_embeds = self.encode_prompt(prompts, device, negatives)
 
         # 3. AU tokens (null tokens stand in for "no AU condition" in the other rows).
         au_tokens, null_tokens = self.encode_aus(aus, batch, device)
         weights = guidance_weights(guidance_scale_text, guidance_scale_au, use_aus=au_tokens is not None)
-        rows = list(weights)
+        # the rows of a guided step, and of a step outside the guidance interval (the fully conditional row alone)
+        plans = {True: list(weights.items()), False: [(self.conditional_row(au_tokens), 1.0)]}
 
         # 4. Initial latents (a partly noised real face's enter as they are: they already sit at step ``start``).
         latents = self.prepare_latents(batch, height, width, self.unet.dtype, device, generator, latents,
@@ -367,14 +426,16 @@ class SynferPipeline(DiffusionPipeline):
         adapter = self.au_adapter
         installed = adapter is None or adapter.installed_on(self.unet)  # e.g. left installed by a trainer
         adapter_context = nullcontext() if installed else adapter.applied_to(self.unet)
+
+        def conditions() -> dict[bool, torch.Tensor]:
+            return {g: self.build_condition([r for r, _ in plan], prompt_embeds, negative_prompt_embeds, au_tokens,
+                                            null_tokens) for g, plan in plans.items()}
+
         with adapter_context, self.progress_bar(total=len(timesteps)) as progress:
-            condition = self.build_condition(rows, prompt_embeds, negative_prompt_embeds, au_tokens, null_tokens)
+            condition = conditions()
             for i, t in enumerate(timesteps, start=start):  # i indexes the full schedule (callbacks' windows)
-                model_input = self.scheduler.scale_model_input(torch.cat([latents] * len(rows)), t)
-                noise = self.unet(model_input, t, encoder_hidden_states=condition, return_dict=False)[0]
-                eps = None
-                for w, part in zip(weights.values(), noise.chunk(len(rows)), strict=True):
-                    eps = w * part if eps is None else eps + w * part
+                g = i in guided
+                eps = self.predict_noise(latents, t, plans[g], condition[g], precision)
                 latents = self.scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
 
                 if callback_on_step_end is not None:
@@ -387,15 +448,15 @@ class SynferPipeline(DiffusionPipeline):
                     negative_prompt_embeds = updates.get("negative_prompt_embeds", negative_prompt_embeds)
                     au_tokens = updates.get("au_tokens", au_tokens)
                     if updates.keys() - {"latents"}:  # the conditions changed: rebuild the stacked rows
-                        condition = self.build_condition(rows, prompt_embeds, negative_prompt_embeds, au_tokens,
-                                                         null_tokens)
+                        condition = conditions()
                 progress.update()
 
         # 6. Decode with the VAE; 7. postprocess.
         if output_type == "latent":
             images = latents
         else:
-            images = self.postprocess(self.decode_latents(latents), output_type)
+            with autocast(device, precision):
+                images = self.postprocess(self.decode_latents(latents), output_type)
         self.maybe_free_model_hooks()
         return SynferPipelineOutput(images=images) if return_dict else (images,)
 

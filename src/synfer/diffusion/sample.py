@@ -77,7 +77,7 @@ def expression_au_targets(expressions: list[str], au_names: tuple[str, ...], au_
 def load_generator(pipeline: str | None, device: str | torch.device = "cpu") -> tuple[Any, Path]:
     """The pipeline (progress bar off) on ``device`` (``auto``: CUDA when present) and its folder, where
     ``au_targets.json`` may lie."""
-    from ..fer.evaluate import resolve_device
+    from ..runtime import resolve_device
     from .pipeline import load_pipeline, resolve_pipeline_dir
 
     folder = resolve_pipeline_dir(pipeline)
@@ -98,6 +98,7 @@ def sample_grid(
     guidance_scale_text: float | None = None,
     guidance_scale_au: float | None = None,
     device: str = "auto",
+    precision: str = "auto",
 ) -> Path:
     """A grid of generated faces: one row per expression, ``per_expression`` seeds per row.
 
@@ -111,6 +112,7 @@ def sample_grid(
         seed: first seed.
         num_inference_steps, guidance_scale_text, guidance_scale_au: sampler settings (None: the pipeline's).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda:1`` ...
+        precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` (CUDA) (see :mod:`synfer.runtime`).
 
     Returns:
         the PNG path.
@@ -130,7 +132,8 @@ def sample_grid(
         aus = aus.repeat_interleave(per_expression, dim=0)
     images = pipe(prompts, aus=aus, num_inference_steps=num_inference_steps,
                   guidance_scale_text=guidance_scale_text, guidance_scale_au=guidance_scale_au,
-                  generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="pt").images
+                  generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="pt",
+                  precision=precision).images
     path = save_grid(images, Path(out), nrow=per_expression)
     print(f"wrote {path}: rows {', '.join(exprs)}; {per_expression} seeds from {seed}")
     return path
@@ -149,10 +152,12 @@ def au_sweep(
     guidance_scale_text: float | None = None,
     guidance_scale_au: float | None = None,
     device: str = "auto",
+    precision: str = "auto",
 ) -> Path:
     """One AU from 0 to 1 with everything else fixed: rows are seeds, columns the AU's value.
 
     The prompt is the expression's (template, no AU words), the other AUs stay at the expression's targets.
+    Options as in :func:`sample_grid`.
     """
     from ..schema import au_code
     from .loop import save_grid
@@ -176,7 +181,7 @@ def au_sweep(
             gens.append(torch.Generator().manual_seed(seed + s))
     images = pipe(prompts, aus=torch.stack(aus), num_inference_steps=num_inference_steps,
                   guidance_scale_text=guidance_scale_text, guidance_scale_au=guidance_scale_au, generator=gens,
-                  output_type="pt").images
+                  output_type="pt", precision=precision).images
     path = save_grid(images, Path(out), nrow=len(values))
     print(f"wrote {path}: {col} = {values} (columns), {seeds} seeds (rows), expression {expression}")
     return path

@@ -67,7 +67,7 @@ def train_adapter(
     limit: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
-    mixed_precision: str = "auto",
+    precision: str = "auto",
     text_cache: Path | None = None,
     au_loss: float = 0.0,
     au_loss_max_timestep: int = 400,
@@ -93,7 +93,7 @@ def train_adapter(
             validation draw uses class-level prompts for the same share of its faces (fixed).
         epochs, batch_size, lr, ema_decay, snr_gamma: as in ``train-generator``.
         sample_every_epochs, sample_steps: sample grids (validation captions with their AUs).
-        seed, limit, resume, overwrite, mixed_precision: as in ``train-vae``.
+        seed, limit, resume, overwrite, precision: as in ``train-vae``.
         text_cache: as in ``train-generator`` (one folder can serve both; an entry is reused for the same caption
             set, which differs here with class_prompts or faces without AUs).
         au_loss: weight of the AU-consistency term (:mod:`.au_consistency`; 0 = denoising loss only): BCE between
@@ -146,7 +146,7 @@ def train_adapter(
             if scale != "0-1":
                 raise DatasetError(f"{folder}: AUs are on the scale {scale!r}; the AU-consistency term needs "
                                    "\"0-1\" intensities (as `synfer prepare` writes them). Pass au_loss=0.")
-    accel, resume = start_run(out, resume, overwrite, mixed_precision, seed)
+    accel, resume = start_run(out, resume, overwrite, precision, seed)
 
     # 2. the frozen pipeline and the adapter
     pipe = SynferPipeline.from_pretrained(pipeline)
@@ -238,7 +238,7 @@ def train_adapter(
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "train_config.json", provenance_entry(
             "train-adapter", {**options, "epochs": epochs, "sample_prompts": prompts, "sample_steps": sample_steps,
-                              "mixed_precision": mixed_precision},
+                              "precision": precision},
             data={"train_faces": len(train), "with_aus": int(has_aus.sum()), "val_faces": len(draw.ids),
                   "skipped_without_caption": train.skipped, "text_cache": embed.mode},
             processes=accel.num_processes))

@@ -325,7 +325,7 @@ def train_generator(
     limit: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
-    mixed_precision: str = "auto",
+    precision: str = "auto",
     text_cache: Path | None = None,
 ) -> Path:
     """Train the text-to-face latent diffusion model; export a SynferPipeline to ``OUT/pipeline``.
@@ -355,7 +355,7 @@ def train_generator(
         sample_every_epochs: epochs between sample grids (the last epoch always gets one).
         sample_prompts: grid prompts (default up to 8 distinct validation captions).
         sample_steps: DDIM steps for the grids.
-        seed, limit, resume, overwrite, mixed_precision: as in ``train-vae``.
+        seed, limit, resume, overwrite, precision: as in ``train-vae``.
         text_cache: a folder to keep the frozen text states of the captions in and reuse them from (safetensors,
             keyed by the frozen text weights and the caption set; 0.8 GB for FER+'s 22k distinct captions), so a
             resumed run skips the encoding; None = encode them at every start.
@@ -376,7 +376,7 @@ def train_generator(
         raise ValueError("lora_rank fine-tunes a pretrained UNet; pass pretrained=<SD checkpoint> with it.")
     if pretrained is not None and text_encoder != "minilm":
         raise ValueError("pretrained brings its own text encoder; leave text_encoder at its default.")
-    accel, resume = start_run(out, resume, overwrite, mixed_precision, seed)
+    accel, resume = start_run(out, resume, overwrite, precision, seed)
 
     # 1. components
     if pretrained is not None:
@@ -441,7 +441,7 @@ def train_generator(
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "train_config.json", provenance_entry(
             "train-generator", {**options, "epochs": epochs, "sample_prompts": prompts, "sample_steps": sample_steps,
-                                "mixed_precision": mixed_precision},
+                                "precision": precision},
             data={"train_faces": len(train), "val_faces": len(draw.ids), "skipped_without_caption": train.skipped,
                   "distinct_captions": len(embed.unique), "text_cache": embed.mode,
                   "unet_parameters": sum(p.numel() for p in unet.parameters())},

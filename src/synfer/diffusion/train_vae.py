@@ -103,7 +103,7 @@ def train_vae(
     limit: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
-    mixed_precision: str = "auto",
+    precision: str = "auto",
 ) -> Path:
     """Train an AutoencoderKL from scratch on the faces of one or more dataset folders.
 
@@ -125,7 +125,8 @@ def train_vae(
         limit: at most this many faces per split and folder (quick runs, tests).
         resume: continue the run in ``out`` from its last finished epoch.
         overwrite: start again in an existing ``out``.
-        mixed_precision: ``auto`` (bf16 on CUDA, none on CPU), ``no``, ``fp16``, ``bf16``.
+        precision: ``auto`` (bf16 on GPUs and on CPUs with native bf16, else fp32), ``fp32``, ``bf16``,
+            ``fp16`` (CUDA): autocast of the forward passes (:mod:`synfer.runtime`); losses stay fp32.
 
     Returns:
         ``OUT/vae``, loadable with ``AutoencoderKL.from_pretrained``.
@@ -143,7 +144,7 @@ def train_vae(
             raise ImportError("perceptual=True needs the lpips package: pip install lpips (it downloads VGG weights "
                               "from torchvision on first use, so it needs the network once).") from e
         lpips_net = lpips.LPIPS(net="vgg", verbose=False).eval().requires_grad_(False)
-    accel, resume = start_run(out, resume, overwrite, mixed_precision, seed)
+    accel, resume = start_run(out, resume, overwrite, precision, seed)
 
     # 1. faces in memory, uint8
     size = (channels, image_size, image_size) if channels and image_size else None
@@ -194,7 +195,7 @@ def train_vae(
     if accel.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "train_config.json", provenance_entry(
-            "train-vae", {**options, "val_split": val_split, "epochs": epochs, "mixed_precision": mixed_precision},
+            "train-vae", {**options, "val_split": val_split, "epochs": epochs, "precision": precision},
             data={"train_faces": len(train), "val_faces": len(val_images), "val_source": val_source},
             processes=accel.num_processes))
 

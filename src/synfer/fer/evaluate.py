@@ -12,32 +12,25 @@ import torch
 
 from ..dataset import atomic_write_json
 from ..models.classifiers import ExpressionClassifier
+from ..runtime import autocast, resolve_device, resolve_precision
 from .data import LoadedSplit, load_split
 from .metrics import classification_metrics
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU. An explicit device that is missing is an error, never a silent
-    fallback."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    d = torch.device(device)
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for but CUDA is not available; pass --device cpu.")
-    return d
-
-
 @torch.no_grad()
 def predict(model: ExpressionClassifier, data: LoadedSplit, device: torch.device, batch_size: int = 256,
-            tta: bool = False) -> np.ndarray:
-    """Class probabilities (N, K) for a loaded split; ``tta`` averages over the face and its mirror image."""
+            tta: bool = False, precision: str = "fp32") -> np.ndarray:
+    """Class probabilities (N, K) for a loaded split; ``tta`` averages over the face and its mirror image;
+    ``precision``: autocast of the forward pass (:mod:`synfer.runtime`), softmax in fp32."""
     model.eval().to(device)
+    precision = resolve_precision(precision, device)
     out = []
     for chunk in data.images.split(batch_size):
         x = chunk.to(device).float() / 255.0
-        p = model(x).float().softmax(-1)
-        if tta:
-            p = 0.5 * (p + model(x.flip(-1)).float().softmax(-1))
+        with autocast(device, precision):
+            p = model(x).float().softmax(-1)
+            if tta:
+                p = 0.5 * (p + model(x.flip(-1)).float().softmax(-1))
         out.append(p.cpu())
     return torch.cat(out).numpy()
 

@@ -16,8 +16,8 @@ import torch
 
 from ..dataset import atomic_write_json
 from ..models.classifiers import ExpressionClassifier
+from ..runtime import resolve_device
 from .data import load_split
-from .evaluate import resolve_device
 from .metrics import classification_metrics
 
 L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)

@@ -143,7 +143,7 @@ def quality(
     """
     from ..diffusion.generate import files_sha256, refuse_own_guidance_model
     from ..models.classifiers import ExpressionClassifier, resolve_classifier_path
-    from .evaluate import resolve_device
+    from ..runtime import resolve_device
     from .metrics import classification_metrics
 
     folder = DatasetFolder(data)

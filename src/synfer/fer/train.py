@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from ..batching import IndexDataset
 from ..dataset import DatasetError, atomic_write_json, provenance_entry
 from ..models.classifiers import ClassifierConfig, ExpressionClassifier
+from ..runtime import make_accelerator, resolve_device, resolve_precision
 from ..train_state import (
     check_same_options,
     load_state,
@@ -102,7 +103,7 @@ def train_fer(
     ema_decay: float = 0.0,
     augment: str = "standard",
     aug_group: int = 4,
-    mixed_precision: str = "auto",
+    precision: str = "auto",
     seed: int = 0,
     limit: int | None = None,
     resume: bool = False,
@@ -132,7 +133,8 @@ def train_fer(
             epoch's candidate for export.
         augment: ``standard`` or ``none`` (see fer.data.train_transform).
         aug_group: faces that share one draw of augmentation parameters (4 keeps CPU cost low; 1 = per face).
-        mixed_precision: ``auto`` (bf16 on CUDA, none on CPU), ``no``, ``fp16``, ``bf16``.
+        precision: ``auto`` (bf16 on GPUs and on CPUs with native bf16, else fp32), ``fp32``, ``bf16``,
+            ``fp16`` (CUDA): autocast of the forward passes (:mod:`synfer.runtime`); the loss stays fp32.
         seed: seeds weights, sampling and augmentation; recorded.
         limit: read at most this many faces per split (quick runs and tests).
         resume: continue the run in ``out`` from its last finished epoch.
@@ -141,17 +143,16 @@ def train_fer(
     Returns:
         the run folder (its config.json + model.safetensors are the exported classifier).
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     out = Path(out)
     if labels not in ("soft", "hard", "sample"):
         raise ValueError(f"labels must be soft, hard or sample; got {labels!r}.")
     state_dir = out / "state"
+    device = resolve_device("auto")
+    precision = resolve_precision(precision, device)  # recorded resolved: a resume elsewhere must match
     resume = open_run_dir(out, resume, overwrite)
-    if mixed_precision == "auto":
-        mixed_precision = "bf16" if torch.cuda.is_available() else "no"
-    accel = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+    accel = make_accelerator(precision, device)
     set_seed(seed)
 
     # 1. data: every training folder must share the first one's expression order
@@ -219,7 +220,7 @@ def train_fer(
             "input_size": list(size), "labels": labels, "epochs": epochs, "batch_size": batch_size, "lr": lr,
             "weight_decay": weight_decay, "warmup_epochs": warmup_epochs, "label_smoothing": label_smoothing,
             "ema_decay": ema_decay, "augment": augment, "aug_group": aug_group,
-            "mixed_precision": mixed_precision, "seed": seed, "limit": limit,
+            "precision": precision, "seed": seed, "limit": limit,
         }, data={p.name: {"faces": len(p), "per_class": p.labels.bincount(minlength=len(expressions)).tolist()}
                  for p in parts + [val_data]}, processes=accel.num_processes)
         if resume:

@@ -63,7 +63,7 @@ def label(
     Returns:
         ``out``.
     """
-    from ..fer.evaluate import resolve_device
+    from ..runtime import resolve_device
 
     if not annotators:
         raise ValueError("Give at least one annotator (--annotators FERANNO_DIR,ferplus-resnet-s).")
