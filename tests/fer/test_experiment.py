@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 from diffusers import DDIMScheduler
 
@@ -47,49 +49,83 @@ def study_kwargs(tmp_path: Path) -> dict:
 
 def test_experiment_runs_every_row_and_reuses_cells(tmp_path: Path) -> None:
     kw = study_kwargs(tmp_path)
-    report = experiment(**kw)
+    report = experiment(**kw, seeds=[0, 1], record=tmp_path / "record")
     results = json.loads((tmp_path / "work" / "results.json").read_text())
-    assert list(results["rows"]) == ["real", "syn-1x", "real+syn-1x", "ablation-text", "ablation-aus",
-                                     "ablation-aus+guidance", "ablation-aus+guidance+voting"]
-    for r in results["rows"].values():
-        assert len(r["accuracy"]) == 1 and 0 <= r["accuracy"][0] <= 100
-    assert set(results["quality"]) == {"text", "aus", "aus+guidance", "aus+guidance+voting"}
-    assert "| real |" in report.read_text() and "FD-FER" in report.read_text()
-    assert "Real training faces: 24;" in report.read_text()
-    assert set(results["probes"]) == {"real", "syn-1x"} and "10-shot" in report.read_text()
+    assert list(results["rows"]) == ["real", "real-control", "syn-1x", "real+syn-1x", "ablation-text", "ablation-aus",
+                                     "ablation-aus-class-mean", "ablation-aus+guidance",
+                                     "ablation-aus+guidance+voting"]
+    rows = results["rows"]
+    for name, r in rows.items():  # two seeds where the study wants a spread, one elsewhere
+        assert len(r["accuracy"]) == (2 if name in ("real", "real+syn-1x") else 1)
+        assert all(0 <= a <= 100 for a in r["accuracy"]) and len(r["predictions"]) == len(results["test_labels"])
+        lo, hi = r["vs_real"]["ci95"]
+        assert lo <= r["vs_real"]["difference"] <= hi
+    assert rows["real"]["vs_real"] == {"difference": 0.0, "ci95": [0.0, 0.0], "resamples": 10000, "faces": 12}
+    configs = {row: json.loads((Path(r["model"][0]) / "train_config.json").read_text())["config"]
+               for row, r in rows.items()}
+    assert configs["real-control"]["epochs"] == 2 * configs["real"]["epochs"]  # the mixed row's steps
+    assert configs["real+syn-1x"]["train"][0] == configs["real"]["train"][0]
+    # synthetic sets follow the real class distribution: 1x = 8 faces per class, the 0.5x ablations 4
+    from synfer.dataset import DatasetFolder
+
+    syn = DatasetFolder(configs["syn-1x"]["train"][0])
+    assert len(syn.select_split("train")) <= 24 and len(DatasetFolder(configs["ablation-text"]["train"][0])) == 12
+    assert set(results["quality"]) == {"ablation-text", "ablation-aus", "ablation-aus-class-mean",
+                                       "ablation-aus+guidance", "ablation-aus+guidance+voting", "syn-1x"}
+    assert all(q["privacy"]["pixels"]["threshold"] >= 0 for q in results["quality"].values())
+    text = report.read_text()
+    assert "| real |" in text and "FD-FER" in text and "near-copies" in text and "Real training faces: 24" in text
+    assert set(results["probes"]) == {"real", "syn-1x"} and "10-shot" in text
     page = (tmp_path / "work" / "report.html").read_text()
-    for fig in ("scaling.png", "per_class.png", "confusion-real.png", "samples-aus_guidance.png", "au-sweep-AU12.png"):
+    for fig in ("scaling.png", "per_class.png", "confusion-real.png", "samples-ablation_aus_guidance.png",
+                "closest-syn_1x.png", "au-sweep-AU12.png"):
         assert (tmp_path / "work" / "figures" / fig).is_file() and f"figures/{fig}" in page
-    assert "<table" in page
-    text = report.read_text()  # every target is judged from this run's numbers, and the AU control shown per AU
-    for target in ("synthetic only at 1x >= 95% of real only", "real + synthetic beats real only by >= 1 point",
-                   "each generator ablation step raises"):
+    for target in ("synthetic only at 1x >= 90% of real only", "real + synthetic 1x beats real only by >= 1 point",
+                   "text -> aus:", "aus+guidance -> aus+guidance+voting:"):
         assert target in text and text.split(target)[1].split("\n")[0].rstrip().endswith(("met", "missed"))
-    assert "The judge on the real test faces: accuracy" in text
-    header = text.split("AU control per AU")[1].split("| variant |")[1].split("\n")[0]
-    assert "AU12" in header
-    assert not any(c["cached"] for c in results["cells"] if c["cell"].startswith("train-real-"))
-    experiment(**kw)  # again: nothing recomputed
+    assert "the control (real at the mixed row's steps)" in text
+    first = {}
+    for c in results["cells"]:
+        first.setdefault(c["cell"], c)
+    assert not any(c["cached"] for name, c in first.items() if name.startswith("train-real-"))
+    experiment(**kw, seeds=[0, 1], record=tmp_path / "record")  # again: nothing recomputed
     again = json.loads((tmp_path / "work" / "results.json").read_text())
     assert all(c["cached"] for c in again["cells"]) and again["rows"] == results["rows"]
 
+    # another machine: WORK is gone, the record holds every finished cell; nothing is trained or generated again
+    # (only the AU sweep, whose image the report copies, is drawn again)
+    import shutil
 
-def test_reduced_run_gives_every_row_the_same_budget(tmp_path: Path) -> None:
-    kw = study_kwargs(tmp_path)
-    experiment(**kw, rows=["real", "real+syn-1x"], reduced=True,
-               reduced_sizes={"real_limit": 12, "epochs": 1, "epoch_size": 10, "batch_size": 5})
-    results = json.loads((tmp_path / "work" / "results.json").read_text())
-    configs = {row: json.loads((Path(r["models"][0]) / "train_config.json").read_text())["config"]
-               for row, r in results["rows"].items()}
-    # real: 4 of each class's 8 faces (12 // 3 classes); real + syn-1x: those 12 and 12 synthetic (4 per class);
-    # every row sees 10 faces an epoch in steps of 5, its folders sharing them by size
-    for row, sizes in (("real", [12]), ("real+syn-1x", [12, 12])):
-        assert configs[row]["ratios"] == sizes, row
-        assert (configs[row]["epoch_size"], configs[row]["batch_size"], configs[row]["epochs"]) == (10, 5, 1), row
+    shutil.rmtree(tmp_path / "work")
+    experiment(**kw, seeds=[0, 1], record=tmp_path / "record")
+    moved = json.loads((tmp_path / "work" / "results.json").read_text())
+    assert moved["rows"] == results["rows"] and moved["quality"] == results["quality"]
+    assert {c["cell"] for c in moved["cells"] if not c["cached"]} == {"au-sweep-AU12"}
+
+
+def test_a_recorded_cell_is_recomputed_where_its_files_are_needed(tmp_path: Path) -> None:
+    from synfer.fer.cells import Cells
+
+    calls: list[str] = []
+
+    def produce(d: Path) -> dict:
+        calls.append("run")
+        (d / "model").mkdir()
+        return {"model": str(d / "model"), "accuracy": 50.0}
+
+    first = Cells(tmp_path / "a", tmp_path / "record")
+    out = first.run("train-x", {"data": ["a"]}, produce)
+    other = Cells(tmp_path / "b", tmp_path / "record")  # another machine: only the record
+    assert other.run("train-x", {"data": ["a"]}, produce) == out and calls == ["run"]
+    import shutil
+
+    shutil.rmtree(tmp_path / "a")
+    assert other.run("train-x", {"data": ["a"]}, produce, files=True)["accuracy"] == 50.0 and calls == ["run", "run"]
+    assert Path(other.lookup("train-x", {"data": ["a"]})["outputs"]["model"]).is_dir()
 
 
 def test_cells_reuse_identical_work_under_another_name(tmp_path: Path) -> None:
-    from synfer.fer.experiment import Cells
+    from synfer.fer.cells import Cells
 
     calls: list[str] = []
 
@@ -106,19 +142,50 @@ def test_cells_reuse_identical_work_under_another_name(tmp_path: Path) -> None:
     assert calls == ["syn", "other"]
 
 
-def test_report_says_what_limits_a_missed_target() -> None:
+def test_reduced_run_trains_on_a_subset_of_the_real_faces(tmp_path: Path) -> None:
+    kw = study_kwargs(tmp_path)
+    experiment(**kw, rows=["real", "real+syn-1x"], reduced=True,
+               reduced_sizes={"real_limit": 12, "epochs": 1, "batch_size": 5})
+    results = json.loads((tmp_path / "work" / "results.json").read_text())
+    assert results["real_train_faces"] == 12 and results["real_class_counts"] == dict.fromkeys(PATTERN_CLASSES, 4)
+    config = json.loads((Path(results["rows"]["real+syn-1x"]["model"][0]) / "train_config.json").read_text())
+    assert config["config"]["batch_size"] == 5 and config["data"][next(iter(config["data"]))]["faces"] == 12
+
+
+def test_paired_bootstrap_interval_covers_the_difference() -> None:
+    from synfer.fer.stats import paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    a = rng.random(3000) < 0.80
+    b = a.copy()
+    flip = rng.choice(3000, 60, replace=False)  # b wrong on 60 faces a got right: a is 2 points better
+    b[flip] = False
+    r = paired_bootstrap(a, b)
+    true = 100 * (a.mean() - b.mean())
+    assert r["difference"] == pytest.approx(true, abs=0.01) and r["ci95"][0] > 0 and r["ci95"][0] < true < r["ci95"][1]
+    assert paired_bootstrap(a, a)["ci95"] == [0.0, 0.0]
+    with pytest.raises(ValueError, match="same faces"):
+        paired_bootstrap(a, b[:10])
+
+
+def test_report_says_which_targets_are_met() -> None:
     from synfer.fer.report import markdown
 
-    q = {"expression_accuracy": 30.0, "fd_fer": 1.5, "kid_fer": {"mean": 0.1}, "diversity": {"synthetic": {"mean": 0.2}},
+    def row(acc: float, diff: float, lo: float, hi: float) -> dict:
+        return {"accuracy": [acc], "macro_f1": [20.0], "seeds": [0],
+                "vs_real": {"difference": diff, "ci95": [lo, hi]}}
+
+    q = {"faces": 10, "expression_accuracy": 30.0, "fd_fer": 1.5, "kid_fer": {"mean": 0.1},
+         "diversity": {"synthetic": {"mean": 0.2}},
          "real_reference": {"expression_accuracy": 80.0, "mean_recall": 52.5, "expression_recall": {}}}
-    results = {"reduced": True, "config": {"seeds": [0]}, "probes": {},
-               "rows": {"real": {"accuracy": [40.0], "macro_f1": [20.0]}, "syn-5x": {"accuracy": [39.0], "macro_f1": [20.0]},
-                        "real+syn-5x": {"accuracy": [42.0], "macro_f1": [20.0]}},
-               "quality": {"text": {**q, "expression_accuracy": 20.0}, "aus+guidance": q}}
+    results = {"reduced": False, "config": {"seeds": [0]}, "probes": {},
+               "rows": {"real": row(80.0, 0, 0, 0), "real-control": row(80.2, 0.2, -0.5, 0.9),
+                        "syn-1x": row(74.0, -6, -7, -5), "real+syn-1x": row(81.5, 1.5, 0.4, 2.6),
+                        "ablation-text": row(60.0, -20, -21, -19), "ablation-aus": row(61.0, -19, -20, -18)},
+               "quality": {"ablation-text": {**q, "expression_accuracy": 20.0}, "ablation-aus": q}}
     text = markdown(results)
-    assert "39.00 / 40.00 = 97.5% -> met" in text and "(+2.00) -> met" in text and "text 20.0 -> aus+guidance 30.0 -> met" in text
-    assert "what limits" not in text  # every target met
-    results["rows"]["syn-5x"]["accuracy"] = [30.0]
-    text = markdown(results)
-    assert "-> missed" in text and "recognises the intended expression in 30.0% of the aus+guidance faces (its mean " \
-        "per-class recall on real test faces: 52.5%); their FD-FER to the real test faces is 1.500." in text
+    assert "74.00 / 80.00 = 92.5% -> met" in text and "+1.50 [+0.40, +2.60] -> met" in text
+    assert "text -> aus: classifier 60.00 -> 61.00, judge 20.0 -> 30.0 -> met" in text
+    assert "the control (real at the mixed row's steps): +0.20 [-0.50, +0.90] vs real" in text
+    results["rows"]["real+syn-1x"] = row(81.5, 1.5, -0.1, 3.1)  # the interval includes 0: missed
+    assert "+1.50 [-0.10, +3.10] -> missed" in markdown(results)

@@ -61,3 +61,62 @@ def test_quality_reports_and_refuses_an_annotator_as_judge(tmp_path: Path) -> No
     with pytest.raises(ValueError, match="was not an annotator"):
         quality(labelled, real, str(judge))
     quality(labelled, real, str(tiny_judge(tmp_path / "third", 2)), kid_subsets=2, kid_subset_size=10)
+
+
+def copy_records(src: Path, dest: Path, picks: list[tuple[str, list[str] | None, str]]) -> None:
+    """A dataset folder holding the images of some of ``src``'s records (same labels): per (split, ids or None for
+    all, new split), e.g. copies of training faces posing as generated ones."""
+    from synfer.dataset import DatasetFolder, DatasetWriter, Record
+
+    folder = DatasetFolder(src)
+    with DatasetWriter(dest, folder.expressions) as w:
+        for split, ids, as_split in picks:
+            for r in folder.records(split):
+                if ids is None or r.id in ids:
+                    w.add(Record(id=f"copy-{r.id}", split=as_split, source="test", expression=r.expression),
+                          folder.load_image(r.image))
+
+
+def test_privacy_audit_flags_copies_of_training_faces(tmp_path: Path) -> None:
+    from synfer.fer.privacy import exact_copies, nearest
+
+    real = write_pattern_dataset(tmp_path / "real", {"train": 30, "test": 20}, seed=3)
+    judge = tiny_judge(tmp_path / "judge", 0)
+    fresh = write_pattern_dataset(tmp_path / "fresh", {"train": 10}, seed=4)  # new draws: no copies
+    copies = tmp_path / "copies"
+    copy_records(real, copies, [("train", [f"train-{n}-{i:03d}" for n in PATTERN_CLASSES for i in range(3)], "train")])
+    r = quality([fresh, copies], real, str(judge), train=real, kid_subsets=3, kid_subset_size=10,
+                gallery=tmp_path / "closest.png")
+    p = r["privacy"]
+    assert r["faces"] == 39 and p["training_faces"] == 90 and p["real_test_faces"] == 60
+    # the 9 exact copies sit at distance 0, below every real test face: all flagged; of the 30 fresh draws (as
+    # far from the training faces as real test faces are) about 1% may fall below the threshold too
+    assert 9 <= p["pixels"]["near_copies"] <= 11 and p["pixels"]["synthetic_distance"]["min"] == 0
+    assert p["judge_features"]["near_copies"] >= 9
+    assert all(c["near_copies"] >= 3 for c in p["pixels"]["per_class"].values())
+    assert (tmp_path / "closest.png").is_file()
+    # label drops faces nearer to a training face than the audit's pixel threshold, and counts them
+    judges = [str(judge), str(tiny_judge(tmp_path / "other", 1))]
+    kept = label(copies, tmp_path / "l1", judges, near_copies_of=real,
+                 near_copy_distance=p["pixels"]["threshold"])
+    from synfer.dataset import DatasetFolder, read_header
+
+    assert len(DatasetFolder(kept).select_split("train")) == 0
+    assert read_header(kept).stats["label"]["near_copies"] == 9
+    with pytest.raises(ValueError, match="together"):
+        label(copies, tmp_path / "l2", judges, near_copies_of=real)
+    assert not (tmp_path / "l2").exists()
+    # the nearest-neighbour search agrees with brute force; exact copies are found by bytes
+    rng = np.random.default_rng(0)
+    q, k = rng.normal(size=(50, 7)), rng.normal(size=(80, 7))
+    d, i = nearest(q, k, chunk=16)
+    brute = np.linalg.norm(q[:, None] - k[None], axis=-1)
+    assert np.array_equal(i, brute.argmin(1)) and np.allclose(d, brute.min(1), atol=1e-4)
+    a = torch.randint(0, 255, (5, 1, 4, 4), dtype=torch.uint8)
+    assert exact_copies(torch.cat([a[:2], a[:2] + 1]), a).tolist() == [True, True, False, False]
+    # a test split holding exact training copies: they leave the reference instead of pulling the threshold to 0
+    leaky = tmp_path / "leaky"
+    copy_records(real, leaky, [("train", [f"train-{PATTERN_CLASSES[0]}-{i:03d}" for i in range(5)], "test"),
+                               ("test", None, "test")])
+    r2 = quality(fresh, leaky, str(judge), train=real, kid_subsets=3, kid_subset_size=5)
+    assert r2["privacy"]["test_faces_dropped_as_exact_training_copies"] == 5

@@ -1,46 +1,50 @@
 """``synfer experiment``: the SynFER study as cached cells (does synthetic data train expression classifiers?).
 
-A cell is one step with named inputs (options, and the keys of the cells it reads): generating a synthetic set,
-voting its labels, training a classifier, scoring it. Its folder is ``WORK/cells/<name>-<key>`` where ``key`` hashes
-the inputs, and ``cell.json`` (written last) marks it done with its outputs; a rerun reuses every cell whose inputs
-did not change and resumes an interrupted one (generation and training are resumable). Classifiers are chosen on
-the real validation split and scored once on the real test split.
+Every step is a cell of :mod:`synfer.fer.cells` (cached, resumable, optionally recorded for another machine).
+One classifier recipe (``classifier``) trains every row; each row's model is chosen on the real validation split
+and scored once on the real test split, whose per-face predictions are kept.
 
-Rows (one classifier recipe, fixed seeds):
+Rows:
 
-* ``real``: real training faces only;
-* ``syn-Nx``: synthetic only, N times the real training size (balanced over expressions), N in ``synthetic_scales``;
-* ``real+syn-Nx``: both, N in ``mix_scales``;
-* generator ablations at ``ablation_scale`` x: ``text`` (AU adapter off), ``aus`` (AU targets, no guidance),
-  ``aus+guidance``, ``aus+guidance+voting`` (labels voted by ``annotators``), each also measured by
-  ``synfer quality`` with the ``judge`` (which neither guides nor labels);
-* probes: the frozen backbones of ``real`` and of the largest ``syn-Nx`` (supervised, where the paper pre-trains
-  self-supervised), a linear probe and a 10-shot probe on the real faces (``synfer probe``).
+* ``real``: real training faces only, at every seed of ``seeds``;
+* ``real-control``: real only, trained for the optimiser steps of ``real+syn-Nx`` (the smallest N): its epochs
+  times (real + synthetic) / real. A gain the mixed row shares with this row comes from the steps, not the faces;
+* ``syn-Nx``: synthetic only, N x the real training size, the full pipeline (per-face AU targets drawn from real
+  faces of the class, semantic guidance, labels voted by ``annotators``); N in ``synthetic_scales``;
+* ``real+syn-Nx``: both, N in ``mix_scales``, at every seed;
+* generator ablations at ``ablation_scale`` x: ``text`` (no AU condition), ``aus`` (per-face AU targets),
+  ``aus-class-mean`` (the generator's per-class mean AU targets), ``aus+guidance``, ``aus+guidance+voting`` (the
+  ``syn`` rows' set), each trained and judged by ``synfer quality`` (the ``judge`` neither guides nor votes)
+  with the privacy audit against the generator's training faces (``privacy_train``);
+* probes: the frozen backbones of ``real`` and of the ``syn`` rows, a linear probe and a 10-shot probe on real faces.
 
-``reduced`` (a flag) runs every row at the sizes in ``reduced_sizes``, for a CPU: a seeded subset of the real
-training faces (at most ``real_limit`` / K per class, so rare classes keep all theirs), and the classifier options
-given there (``epochs``, ``epoch_size``, ``batch_size``, ``lr`` ...: a few thousand faces need more, smaller steps than
-the full recipe); synthetic sets stay N times the (reduced) real training size.
+Synthetic sets follow the real training split's class distribution (``class_counts: real``) or are balanced
+(``balanced``). A set of N x is N chunks of up to 1x each, chunk j generated with seed j (and voted on its own), so
+the 2x set contains the 1x one. ``results.json`` holds per row: test accuracy, macro-F1, per-class recall and
+predictions per seed, and the paired-bootstrap 95% interval of its difference to ``real`` (seed-0 models, the same
+test faces); per set: quality and privacy; the probes. The report (``report.md``, ``report.html``) is built from it.
 
-The training budget: ``epochs`` of the classifier recipe, and with ``epoch_size`` (in ``classifier`` or
-``reduced_sizes``) every row sees that many faces per epoch, drawn from its folders in proportion to their sizes, so
-every row takes the same number of optimiser steps (without it a row's steps grow with its data, and a 1,700-face
-real row gets a few dozen steps while a 5x synthetic row gets five times more).
+``reduced`` (a flag) runs every row on a seeded subset of the real training faces (at most ``real_limit`` / K per
+class) with the classifier options in ``reduced_sizes``: the smoke mode, minutes on a CPU.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..dataset import DatasetFolder, atomic_write_json
+import numpy as np
 
-CELL_FILE = "cell.json"
+from ..dataset import DatasetFolder, atomic_write_json
+from .cells import Cells
+
+#: The generator ablations in order: each adds one thing to the previous one.
+ABLATIONS = ("text", "aus", "aus-class-mean", "aus+guidance", "aus+guidance+voting")
+#: The synthetic rows' full pipeline.
+FULL = "aus+guidance+voting"
 
 
 @dataclass
@@ -56,68 +60,130 @@ class ExperimentConfig:
     annotators: list[str] = field(default_factory=list)
     classifier: dict[str, Any] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0])
-    synthetic_scales: list[float] = field(default_factory=lambda: [1.0, 2.0, 5.0])
-    mix_scales: list[float] = field(default_factory=lambda: [1.0, 5.0])
+    synthetic_scales: list[float] = field(default_factory=lambda: [1.0, 2.0])
+    mix_scales: list[float] = field(default_factory=lambda: [1.0])
     ablation_scale: float = 1.0
-    guidance: dict[str, Any] = field(default_factory=lambda: {"semantic_guidance": 0.1, "guidance_window": [0.7, 0.9]})
+    class_counts: str = "real"
+    control: bool = True
+    guidance: dict[str, Any] = field(default_factory=lambda: {"semantic_guidance": 0.1, "guidance_window": [0.6, 0.9]})
     generation: dict[str, Any] = field(default_factory=dict)
     vote_threshold: float | None = None
+    privacy_train: str | None = None
     reduced_sizes: dict[str, Any] = field(default_factory=lambda: {"real_limit": 2000, "epochs": 5})
     au_sweeps: list[str] = field(default_factory=lambda: ["AU12"])
 
 
-class Cells:
-    """The cache: ``run(name, inputs, produce)`` returns the outputs of a done cell or produces them."""
+class Study:
+    """The study's cells for one configuration: synthetic sets, trained rows, quality, probes."""
 
-    def __init__(self, work: Path) -> None:
-        self.root = Path(work) / "cells"
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.log: list[dict[str, Any]] = []
+    def __init__(self, cfg: ExperimentConfig, cells: Cells, real: str, clf_opts: dict[str, Any]) -> None:
+        self.cfg, self.cells, self.real, self.clf_opts = cfg, cells, real, clf_opts
+        folder = DatasetFolder(real)
+        self.names = list(folder.expressions)
+        labels = [e for e in folder.select_split("train").column("expression").to_pylist() if e is not None]
+        self.real_counts = {n: labels.count(n) for n in self.names}
+        self.real_size = len(folder.select_split("train"))
+        self._test = None
 
-    @staticmethod
-    def key(inputs: dict[str, Any]) -> str:
-        return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    # -- synthetic sets --------------------------------------------------------------------------------------
+    def chunk_counts(self, fraction: float) -> dict[str, int]:
+        """Faces per class of a chunk of ``fraction`` x the real training size."""
+        if self.cfg.class_counts == "real":
+            return {n: max(1, round(fraction * c)) if c else 0 for n, c in self.real_counts.items()}
+        if self.cfg.class_counts == "balanced":
+            return {n: max(1, round(fraction * self.real_size / len(self.names))) for n in self.names}
+        raise ValueError(f"class_counts must be 'real' or 'balanced'; got {self.cfg.class_counts!r}.")
 
-    def run(self, name: str, inputs: dict[str, Any], produce: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-        key = self.key(inputs)
-        folder = self.root / f"{name}-{key}"
-        done = folder / CELL_FILE
-        # a done cell with these very inputs under another name counts too (the 1x ablation "aus+guidance" trains
-        # on the syn-1x set with the syn-1x recipe: one training, two rows)
-        same = json.loads(json.dumps(inputs, default=str))
-        for path in [done, *(p for p in sorted(self.root.glob(f"*-{key}/{CELL_FILE}")) if p != done)]:
-            if path.is_file() and (cell := json.loads(path.read_text()))["inputs"] == same:
-                self.log.append({"cell": name, "key": key, "cached": True, "from": cell["name"]})
-                return cell["outputs"]
-        folder.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        outputs = produce(folder)
-        seconds = round(time.perf_counter() - t0, 1)
-        atomic_write_json(done, {"name": name, "key": key, "inputs": inputs, "outputs": outputs, "seconds": seconds})
-        self.log.append({"cell": name, "key": key, "cached": False, "seconds": seconds})
-        return {**outputs}
+    def chunk(self, variant: str, j: int, fraction: float, files: bool = False) -> str:
+        """Chunk ``j`` (seed j) of the ``variant`` set: its dataset folder (voted for ``+voting``)."""
+        from ..diffusion.generate import generate
+        from ..labeling.label import label
+
+        base = variant.removesuffix("+voting")
+        au_source = {"text": "none", "aus-class-mean": "auto"}.get(base, self.cfg.prepared or "auto")
+        kw: dict[str, Any] = {"pipeline": self.cfg.generator, "counts": self.chunk_counts(fraction), "seed": j,
+                              "expressions": self.names, **self.cfg.generation, "au_source": au_source}
+        if base == "aus+guidance":
+            kw.update(self.cfg.guidance)
+        inputs = {"variant": base, "generate": kw}
+
+        def generated(need: bool) -> dict[str, Any]:
+            return self.cells.run(f"generate-{base}-c{j}", inputs, lambda d: {"data": str(generate(
+                d / "data", **kw, preview=True, resume=(d / "data").exists()))}, files=need)
+
+        if not variant.endswith("+voting"):
+            return generated(files)["data"]
+        out = generated(False)
+        vote_in = {"from": out, "annotators": self.cfg.annotators, "threshold": self.cfg.vote_threshold}
+        voted = self.cells.lookup(f"label-{base}-c{j}", vote_in)
+        if voted is None or (files and not Cells.files_exist(voted["outputs"])):
+            generated(True)  # the vote reads the generated faces
+        return self.cells.run(f"label-{base}-c{j}", vote_in, lambda d: {"data": str(label(
+            Path(out["data"]), d / "data", self.cfg.annotators, self.cfg.vote_threshold,
+            resume=(d / "data").exists()))}, files=files)["data"]
+
+    def synthetic(self, variant: str, scale: float, files: bool = False) -> list[str]:
+        """The folders of the ``variant`` set at ``scale`` x: chunks of up to 1x, seeds 0, 1, ..."""
+        whole, rest = int(scale), scale - int(scale)
+        fractions = [1.0] * whole + ([rest] if rest > 1e-9 else [])
+        return [self.chunk(variant, j, f, files) for j, f in enumerate(fractions)]
+
+    # -- trained rows ----------------------------------------------------------------------------------------
+    def test_split(self) -> Any:
+        from .data import load_split
+
+        if self._test is None:
+            self._test = load_split(self.cfg.test, "test", expressions=self.names)
+        return self._test
+
+    def train(self, row: str, data: Callable[[bool], list[str]], seed: int, epochs_factor: float = 1.0,
+              files: bool = False) -> dict[str, Any]:
+        """Row ``row`` trained at ``seed`` on ``data(files_needed)``: test metrics, predictions, model folder."""
+        from .stats import score_on_split
+        from .train import train_fer
+
+        opts = {**self.clf_opts, "seed": seed}
+        if epochs_factor != 1.0:
+            opts["epochs"] = max(1, round(opts.get("epochs", 30) * epochs_factor))
+        inputs = {"data": data(False), "counts": None, "val": self.cfg.val, "opts": opts}
+
+        def produce(d: Path) -> dict[str, Any]:
+            model = train_fer([Path(p) for p in data(True)], d / "model", val=Path(self.cfg.val),
+                              resume=(d / "model").exists(), **opts)
+            return {**score_on_split(model, self.test_split()), **_training_cost(model), "model": str(model)}
+
+        return self.cells.run(f"train-{row}-s{seed}", inputs, produce, files=files)
 
 
-def _train_size(folder: str) -> int:
-    return len(DatasetFolder(folder).select_split("train"))
+def _training_cost(model: Path) -> dict[str, Any]:
+    """The best validation accuracy and the median training speed of a ``train-fer`` run folder."""
+    rows = [json.loads(x) for x in (Path(model) / "metrics.jsonl").read_text().splitlines() if x]
+    return {"val_accuracy": round(100 * max(r["val_accuracy"] for r in rows), 2),
+            "images_per_s": round(float(np.median([r["images_per_s"] for r in rows])), 1),
+            "train_seconds": round(sum(r["epoch_s"] for r in rows), 1)}
 
 
-def _test_metrics(model: Path, test: str) -> dict[str, Any]:
-    from .evaluate import evaluate
-
-    evaluate(str(model), Path(test), split="test", out=model / "test")
-    m = json.loads((model / "test" / "metrics.json").read_text())
-    return {"accuracy": round(100 * m["accuracy"], 2), "macro_f1": round(100 * m["macro_f1"], 2)}
-
-
-def _probe(model: str, data: str, out: Path) -> dict[str, Any]:
-    from .probe import probe
-
-    probe(model, Path(data), out=out, shots=[10])
-    r = json.loads((out / "probe.json").read_text())
-    return {"linear_probe": round(100 * r["linear_probe"]["accuracy"], 2),
-            "10_shot": round(100 * r["few_shot"]["10"]["accuracy_mean"], 2),
-            "10_shot_std": round(100 * r["few_shot"]["10"]["accuracy_std"], 2)}
+def plan_rows(study: Study) -> list[tuple[str, list[int], Callable[[int, bool], dict[str, Any]]]]:
+    """(row, seeds, train(seed, files)) for every row of the study, in report order."""
+    cfg, real = study.cfg, study.real
+    seeds, first = cfg.seeds, cfg.seeds[:1]
+    rows: list[tuple[str, list[int], Callable[[int, bool], dict[str, Any]]]] = [
+        ("real", seeds, lambda s, f: study.train("real", lambda _: [real], s, files=f))]
+    if cfg.control and cfg.mix_scales:
+        factor = 1 + min(cfg.mix_scales)  # a mixed row's epoch holds its real and its synthetic faces
+        rows.append(("real-control", first,
+                     lambda s, f: study.train("real-control", lambda _: [real], s, factor, files=f)))
+    for n in cfg.synthetic_scales:
+        rows.append((f"syn-{n:g}x", first, lambda s, f, n=n: study.train(
+            f"syn-{n:g}x", lambda need, n=n: study.synthetic(FULL, n, need), s, files=f)))
+    for n in cfg.mix_scales:
+        rows.append((f"real+syn-{n:g}x", seeds, lambda s, f, n=n: study.train(
+            f"real+syn-{n:g}x", lambda need, n=n: [real, *study.synthetic(FULL, n, need)], s, files=f)))
+    variants = [v for v in ABLATIONS if v != FULL or cfg.annotators]
+    for v in variants:
+        rows.append((f"ablation-{v}", first, lambda s, f, v=v: study.train(
+            f"ablation-{v}", lambda need, v=v: study.synthetic(v, cfg.ablation_scale, need), s, files=f)))
+    return rows
 
 
 def experiment(
@@ -133,14 +199,18 @@ def experiment(
     synthetic_scales: list[float] | None = None,
     mix_scales: list[float] | None = None,
     ablation_scale: float = 1.0,
+    class_counts: str = "real",
+    control: bool = True,
     guidance: dict[str, Any] | None = None,
     generation: dict[str, Any] | None = None,
     vote_threshold: float | None = None,
+    privacy_train: str | None = None,
     reduced_sizes: dict[str, Any] | None = None,
     au_sweeps: list[str] | None = None,
     reduced: bool = False,
     rows: list[str] | None = None,
     work: Path = Path("runs/experiment"),
+    record: Path | None = None,
 ) -> Path:
     """Run (or reuse) every cell of the study and write ``WORK/results.json`` and ``WORK/report.md``.
 
@@ -149,121 +219,119 @@ def experiment(
         val, test: folders whose ``val`` split chooses every classifier and whose ``test`` split scores it once.
         judge: classifier for the generation-quality metrics; must neither guide nor annotate.
         generator: SynferPipeline folder or bundled name.
-        prepared: a prepared folder for per-class empirical AU targets (default the generator's own targets).
-        annotators: FERAnno / classifier folders voting on the ``+voting`` ablation's labels (none: row skipped).
+        prepared: a prepared folder whose real faces' AUs are the per-face AU targets (default the generator's).
+        annotators: FERAnno / classifier folders voting on the synthetic rows' labels (none: no voting row).
         classifier: ``train-fer`` options of the one classifier recipe (architecture, epochs, lr ...).
-        seeds: classifier seeds (every row is trained once per seed).
+        seeds: classifier seeds of ``real`` and ``real+syn`` rows (the other rows train at the first).
         synthetic_scales, mix_scales: N of the synthetic-only and real + synthetic rows (N x the real size).
         ablation_scale: N of the generator-ablation rows.
+        class_counts: ``real`` (the real training split's class distribution) or ``balanced``.
+        control: train the ``real-control`` row (real at the mixed row's optimiser steps).
         guidance: ``generate`` options of semantic guidance (scale, window, model).
-        generation: other ``generate`` options for every set (batch size, steps ...).
-        vote_threshold: ``label --threshold`` for the voting row.
+        generation: other ``generate`` options for every set (batch size, precision ...).
+        vote_threshold: ``label --threshold`` for the voted sets.
+        privacy_train: the generator's training faces (a dataset folder, ``train`` split) for the privacy audit of
+            every set (default: ``prepared``, else ``real``).
         reduced_sizes: ``real_limit`` (real training faces, at most real_limit / K per class) and classifier
-            options that replace the recipe's in the reduced run (``epochs``, ``epoch_size`` ...).
+            options that replace the recipe's in the reduced run (``epochs``, ``batch_size`` ...).
         au_sweeps: AUs swept from 0 to 1 with the generator for the report (``synfer au-sweep``, neutral face).
-        reduced: run at ``reduced_sizes`` (for a CPU).
+        reduced: run at ``reduced_sizes`` (the smoke mode).
         rows: only these rows (names as in the report, e.g. ``real``, ``syn-1x``); default all.
         work: where cells, results and the report go.
+        record: a folder for a copy of every finished cell (see :mod:`synfer.fer.cells`).
 
     Returns:
         ``WORK/report.md``.
     """
-    from ..diffusion.generate import generate
-    from ..diffusion.sample import au_sweep
-    from ..labeling.label import label
-    from .quality import quality
-    from .train import train_fer
-
-    defaults = ExperimentConfig(real, val, test, judge)
     cfg = ExperimentConfig(
         real, val, test, judge, generator, prepared, list(annotators or []), dict(classifier or {}),
-        list(seeds or defaults.seeds), list(synthetic_scales or defaults.synthetic_scales),
-        list(mix_scales or defaults.mix_scales), ablation_scale, dict(guidance or defaults.guidance),
-        dict(generation or {}), vote_threshold, dict(reduced_sizes or defaults.reduced_sizes),
-        list(defaults.au_sweeps if au_sweeps is None else au_sweeps))
-    work = Path(work)
-    cells = Cells(work)
-    clf_opts = dict(cfg.classifier)
-    names = list(DatasetFolder(cfg.real).expressions)
-    real = cfg.real
+        list(seeds or [0]), list(synthetic_scales or [1.0, 2.0]), list(mix_scales or [1.0]), ablation_scale,
+        class_counts, control, dict(guidance or ExperimentConfig(real, val, test, judge).guidance),
+        dict(generation or {}), vote_threshold, privacy_train or prepared or real,
+        dict(reduced_sizes or {"real_limit": 2000, "epochs": 5}), list(["AU12"] if au_sweeps is None else au_sweeps))
+    cells = Cells(Path(work), record)
+    clf_opts, real_path = dict(cfg.classifier), cfg.real
     if reduced:  # a seeded subset of the real training faces (at most real_limit / K per class), fewer epochs
         from ..dataset_ops import filter_dataset
 
-        cap = max(1, int(cfg.reduced_sizes.get("real_limit", 2000)) // len(names))
-        real = cells.run("real-subset", {"real": cfg.real, "max_per_class": cap}, lambda d: {"data": str(
-            filter_dataset(Path(cfg.real), d / "data", splits=["train"], max_per_class=cap, overwrite=True))})["data"]
-        # every other key is a classifier option of the reduced run (epochs, epoch_size, batch_size, lr ...)
+        k = len(DatasetFolder(cfg.real).expressions)
+        cap = max(1, int(cfg.reduced_sizes.get("real_limit", 2000)) // k)
+        real_path = cells.run("real-subset", {"real": cfg.real, "max_per_class": cap}, lambda d: {"data": str(
+            filter_dataset(Path(cfg.real), d / "data", splits=["train"], max_per_class=cap, overwrite=True))},
+            files=True)["data"]
         clf_opts.update({k: v for k, v in cfg.reduced_sizes.items() if k != "real_limit"})
-    real_size = _train_size(real)
-
-    def synthetic(variant: str, scale: float) -> dict[str, Any]:
-        per_class = max(1, round(scale * real_size / len(names)))
-        kw: dict[str, Any] = {"pipeline": cfg.generator, "per_class": per_class, "seed": 0, "expressions": names,
-                              **cfg.generation,
-                              "au_source": "none" if variant == "text" else (cfg.prepared or "auto")}
-        if variant.startswith("aus+guidance"):
-            kw.update(cfg.guidance)
-        inputs = {"variant": variant.removesuffix("+voting"), "generate": kw}
-        out = cells.run(f"generate-{inputs['variant']}-{per_class}", inputs, lambda d: {
-            "data": str(generate(d / "data", **kw, preview=True, resume=(d / "data").exists()))})
-        if variant.endswith("+voting"):
-            vote_in = {"from": out, "annotators": cfg.annotators, "threshold": cfg.vote_threshold}
-            out = cells.run(f"label-{per_class}", vote_in, lambda d: {
-                "data": str(label(Path(out["data"]), d / "data", cfg.annotators, cfg.vote_threshold,
-                                  resume=(d / "data").exists()))})
-        return out
-
-    def train_row(row: str, data: list[str], seed: int, counts: list[int] | None = None) -> dict[str, Any]:
-        opts = {**clf_opts, "seed": seed}
-        if opts.get("epoch_size") and counts is None:  # the same faces per epoch for every row, shared by size
-            opts["ratios"] = [_train_size(p) for p in data]
-        inputs = {"data": data, "counts": counts, "val": cfg.val, "opts": opts}
-        return cells.run(f"train-{row}-s{seed}", inputs, lambda d: {
-            **_test_metrics(train_fer([Path(p) for p in data], d / "model", val=Path(cfg.val), counts=counts,
-                                      resume=(d / "model").exists(), **opts), cfg.test),
-            "model": str(d / "model")})
-
-    plan: list[tuple[str, Callable[[int], dict[str, Any]]]] = [("real", lambda s: train_row("real", [real], s))]
-    for n in cfg.synthetic_scales:
-        plan.append((f"syn-{n:g}x", lambda s, n=n: train_row(f"syn-{n:g}x", [synthetic("aus+guidance", n)["data"]],
-                                                             s)))
-    for n in cfg.mix_scales:
-        plan.append((f"real+syn-{n:g}x", lambda s, n=n: train_row(
-            f"real+syn-{n:g}x", [real, synthetic("aus+guidance", n)["data"]], s)))
-    ablations = ["text", "aus", "aus+guidance"] + (["aus+guidance+voting"] if cfg.annotators else [])
-    for v in ablations:
-        plan.append((f"ablation-{v}", lambda s, v=v: train_row(f"ablation-{v}",
-                                                               [synthetic(v, cfg.ablation_scale)["data"]], s)))
-    wanted = [r for r, _ in plan] if rows is None else rows
-    unknown = sorted(set(wanted) - {r for r, _ in plan})
+    study = Study(cfg, cells, real_path, clf_opts)
+    plan = plan_rows(study)
+    wanted = [r for r, _, _ in plan] if rows is None else rows
+    unknown = sorted(set(wanted) - {r for r, _, _ in plan})
     if unknown:
-        raise ValueError(f"unknown rows {unknown}; the study's rows are {[r for r, _ in plan]}.")
-
-    results: dict[str, Any] = {"config": asdict(cfg), "reduced": reduced, "real_train_faces": real_size,
-                               "classifier": clf_opts, "rows": {}, "quality": {}, "probes": {}}
-    models: dict[str, str] = {}
-    for row, fn in plan:
-        if row not in wanted:
-            continue
-        runs = [fn(s) for s in cfg.seeds]
-        models[row] = runs[0]["model"]
-        results["rows"][row] = {"accuracy": [r["accuracy"] for r in runs], "macro_f1": [r["macro_f1"] for r in runs],
-                                "models": [r["model"] for r in runs]}
-    # frozen backbones trained on real vs on the largest synthetic set: linear probe and 10-shot on real faces
-    for row in ("real", f"syn-{max(cfg.synthetic_scales):g}x"):
-        if row in models:
-            results["probes"][row] = cells.run(f"probe-{row}", {"model": models[row], "data": cfg.test},
-                                               lambda d, row=row: _probe(models[row], cfg.test, d))
-    for v in ablations:
-        if f"ablation-{v}" in wanted:
-            data = synthetic(v, cfg.ablation_scale)["data"]
-            results["quality"][v] = cells.run(f"quality-{v}", {"data": data, "judge": cfg.judge, "test": cfg.test},
-                                              lambda d, data=data: quality(Path(data), Path(cfg.test), cfg.judge,
-                                                                           out=d / "quality.json"))
-    results["au_sweeps"] = {au: cells.run(f"au-sweep-{au}", {"pipeline": cfg.generator, "au": au}, lambda d, au=au: {
-        "image": str(au_sweep(d / f"{au}.png", au=au, pipeline=cfg.generator))})["image"] for au in cfg.au_sweeps}
+        raise ValueError(f"unknown rows {unknown}; the study's rows are {[r for r, _, _ in plan]}.")
+    results = run_rows(study, plan, wanted)
+    results.update({"config": asdict(cfg), "reduced": reduced, "real_train_faces": study.real_size,
+                    "real_class_counts": study.real_counts, "classifier": clf_opts})
+    results["au_sweeps"] = au_sweep_cells(cells, cfg)
     results["cells"] = cells.log
-    atomic_write_json(work / "results.json", results)
+    atomic_write_json(Path(work) / "results.json", results)
     from .report import write_report
 
-    return write_report(results, work)
+    return write_report(results, Path(work))
+
+
+def run_rows(study: Study, plan: list, wanted: list[str]) -> dict[str, Any]:
+    """Train and score the wanted rows, judge their sets, probe the backbones; the results dict."""
+    from .quality import quality
+    from .stats import paired_bootstrap
+
+    cfg, cells = study.cfg, study.cells
+    out: dict[str, Any] = {"rows": {}, "quality": {}, "probes": {}}
+    trained: dict[str, Callable[[bool], dict[str, Any]]] = {}
+    for row, seeds, fn in plan:
+        if row not in wanted:
+            continue
+        runs = [fn(s, False) for s in seeds]
+        trained[row] = lambda files, fn=fn, s=seeds[0]: fn(s, files)
+        out["rows"][row] = {"seeds": seeds, **{k: [r[k] for r in runs] for k in (
+            "accuracy", "macro_f1", "per_class_recall", "val_accuracy", "images_per_s", "train_seconds", "model")},
+            "predictions": runs[0]["predictions"]}
+    labels = study.test_split().labels.numpy()
+    if "real" in out["rows"]:
+        base = np.asarray(out["rows"]["real"]["predictions"]) == labels
+        for r in out["rows"].values():
+            r["vs_real"] = paired_bootstrap(np.asarray(r["predictions"]) == labels, base)
+    out["test_labels"] = [int(x) for x in labels]
+    sets = {f"ablation-{v}": (v, cfg.ablation_scale) for v in ABLATIONS}
+    sets.update({f"syn-{n:g}x": (FULL, n) for n in cfg.synthetic_scales})
+    for row, (variant, scale) in sets.items():
+        if row not in out["rows"]:
+            continue
+        inputs = {"sets": study.synthetic(variant, scale), "judge": cfg.judge, "test": cfg.test,
+                  "train": cfg.privacy_train}
+        name = f"quality-{variant}-{scale:g}x"
+        out["quality"][row] = cells.run(name, inputs, lambda d, v=variant, n=scale: quality(
+            [Path(p) for p in study.synthetic(v, n, files=True)], Path(cfg.test), cfg.judge,
+            train=Path(cfg.privacy_train), gallery=d / "closest.png", out=d / "quality.json"))
+    for row in ["real", *(f"syn-{n:g}x" for n in cfg.synthetic_scales)]:
+        if row in trained:
+            model = out["rows"][row]["model"][0]
+            out["probes"][row] = cells.run(f"probe-{row}", {"model": model, "data": cfg.test},
+                                           lambda d, row=row: _probe(trained[row](True)["model"], cfg.test, d))
+    return out
+
+
+def _probe(model: str, data: str, out: Path) -> dict[str, Any]:
+    from .probe import probe
+
+    probe(model, Path(data), out=out, shots=[10])
+    r = json.loads((out / "probe.json").read_text())
+    return {"linear_probe": round(100 * r["linear_probe"]["accuracy"], 2),
+            "10_shot": round(100 * r["few_shot"]["10"]["accuracy_mean"], 2),
+            "10_shot_std": round(100 * r["few_shot"]["10"]["accuracy_std"], 2)}
+
+
+def au_sweep_cells(cells: Cells, cfg: ExperimentConfig) -> dict[str, str]:
+    """The report's AU sweeps (one PNG per AU)."""
+    from ..diffusion.sample import au_sweep
+
+    return {au: cells.run(f"au-sweep-{au}", {"pipeline": cfg.generator, "au": au}, lambda d, au=au: {
+        "image": str(au_sweep(d / f"{au}.png", au=au, pipeline=cfg.generator))}, files=True)["image"]
+        for au in cfg.au_sweeps}

@@ -9,9 +9,14 @@
   (mean and std), in the same feature space;
 * diversity: mean pairwise cosine distance of the judge's features within each class (synthetic and real, so a set
   that collapses to one face per class shows);
-* AU control (sets with target AUs): Pearson r per AU between targets and what an AU estimator measures on the faces.
+* AU control (sets with target AUs): Pearson r per AU between targets and what an AU estimator measures on the faces;
+* privacy and diversity against the generator's training faces (``--train``; :mod:`synfer.fer.privacy`): distance
+  from each face to its nearest training face in pixels and in the judge's features, next to the same for real
+  test faces, near-copies below the real faces' 1st percentile, distinct nearest training faces per class, and a
+  gallery of the closest pairs.
 
-    synfer quality runs/syn --real runs/ferplus --judge ferplus-vgg13s-judge --out runs/syn/quality.json
+    synfer quality runs/syn --real runs/ferplus --judge ferplus-vgg13s-judge --train runs/ferplus \
+        --out runs/syn/quality.json --gallery runs/syn/closest.png
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import numpy as np
 import torch
 
 from ..dataset import DatasetFolder, atomic_write_json
+from ..schema import check_same_order
 from .data import load_split
 
 
@@ -106,11 +112,15 @@ def _recalls(metrics: dict[str, Any], names: list[str]) -> dict[str, float]:
 
 
 def quality(
-    data: Path,
+    data: list[Path],
     real: Path,
     judge: str,
     split: str | None = None,
     real_split: str = "test",
+    train: Path | None = None,
+    train_split: str = "train",
+    near_copy_quantile: float = 0.01,
+    gallery: Path | None = None,
     au_estimator: str | None = "distilled",
     au_model: Path | None = None,
     kid_subsets: int = 50,
@@ -123,11 +133,18 @@ def quality(
     """Generation-quality metrics of a synthetic dataset folder (see the module docs).
 
     Args:
-        data: the synthetic dataset folder (labels: its ``expression``, i.e. the target or the voted label).
+        data: the synthetic dataset folder(s), judged as one set (labels: their ``expression``, i.e. the target or
+            the voted label).
         real: a real labelled dataset folder in the same expression order (``real_split`` is the reference).
         judge: a classifier folder or bundled name that did not guide the set's generation nor label it.
         split: only this split of ``data`` (default all records).
         real_split: the real faces compared with (FER+ test for final reporting).
+        train: the generator's training faces (a dataset folder, its ``train_split``) for the privacy audit
+            (None: no audit).
+        train_split: that split.
+        near_copy_quantile: a generated face nearer to a training face than this quantile of the real test faces'
+            nearest-training-face distances is a near-copy.
+        gallery: a PNG of the closest generated / training pairs (with ``train``).
         au_estimator: estimator for AU control on sets with target AUs (``distilled``, ``mediapipe`` ...; None
             skips it).
         au_model: the estimator's model (MediaPipe's ``face_landmarker.task``; the distilled one defaults to the
@@ -146,16 +163,23 @@ def quality(
     from ..runtime import resolve_device
     from .metrics import classification_metrics
 
-    folder = DatasetFolder(data)
-    refuse_own_guidance_model(data, judge)
-    if files_sha256(resolve_classifier_path(judge)) in _annotator_hashes(folder):
-        raise ValueError(f"{judge} labelled {data} (`synfer label`); judge with a classifier that was not an annotator.")
+    data = [Path(p) for p in ([data] if isinstance(data, (str, Path)) else data)]
+    if not data:
+        raise ValueError("Give at least one synthetic dataset folder.")
+    judge_sha = files_sha256(resolve_classifier_path(judge))
+    folders = [DatasetFolder(p) for p in data]
+    for path, folder in zip(data, folders, strict=True):
+        refuse_own_guidance_model(path, judge)
+        if judge_sha in _annotator_hashes(folder):
+            raise ValueError(f"{judge} labelled {path} (`synfer label`); judge with a classifier that was not an "
+                             "annotator.")
     model = ExpressionClassifier.from_pretrained(judge).to(resolve_device(device))
-    names = list(folder.expressions)
-    model.check_labels(names, str(data))
+    names = list(folders[0].expressions)
+    for path in data:
+        model.check_labels(list(DatasetFolder(path).expressions), str(path))
     size = tuple(model.config.input_size)
-    splits = [split] if split else sorted(set(folder.column("split")))
-    parts = [load_split(data, s, expressions=names, input_size=size, limit=limit) for s in splits]
+    parts = [load_split(p, s, expressions=names, input_size=size, limit=limit)
+             for p, f in zip(data, folders, strict=True) for s in ([split] if split else sorted(set(f.column("split"))))]
     syn_images = torch.cat([p.images for p in parts])
     syn_labels = torch.cat([p.labels for p in parts]).numpy()
     ref = load_split(real, real_split, expressions=names, input_size=size, limit=limit)
@@ -168,8 +192,8 @@ def quality(
     real_recall = _recalls(rm, names)
     kid, kid_std = kernel_distance(syn_f, real_f, kid_subsets, kid_subset_size, seed)
     result: dict[str, Any] = {
-        "data": str(data), "real": f"{real}:{real_split}", "judge": str(judge),
-        "judge_sha256": files_sha256(resolve_classifier_path(judge)), "faces": len(syn_labels),
+        "data": [str(p) for p in data], "real": f"{real}:{real_split}", "judge": str(judge),
+        "judge_sha256": judge_sha, "faces": len(syn_labels),
         "real_faces": len(ref.labels),
         "expression_accuracy": round(100 * m["accuracy"], 2),
         "expression_recall": _recalls(m, names),
@@ -182,28 +206,39 @@ def quality(
         "diversity": {"synthetic": diversity(syn_f, syn_labels, names, seed=seed),
                       "real": diversity(real_f, ref.labels.numpy(), names, seed=seed)},
     }
-    if au_estimator and folder.header.aus is not None:
-        result["au_control"] = au_control(folder, splits, au_estimator, au_model, limit)
+    if au_estimator and all(f.header.aus is not None for f in folders):
+        result["au_control"] = au_control(folders, split, au_estimator, au_model, limit)
+    if train is not None:
+        from .privacy import privacy_audit
+
+        train_faces = load_split(train, train_split, expressions=names, input_size=size)
+        train_f, _ = judge_features(model, train_faces.images)
+        result["privacy"] = privacy_audit(syn_images, syn_labels, train_faces.images, ref.images, names,
+                                          {"synthetic": syn_f, "train": train_f, "test": real_f},
+                                          near_copy_quantile, gallery)
+        result["privacy"]["train"] = f"{train}:{train_split}"
     if out is not None:
         atomic_write_json(Path(out), result)
-    print(json.dumps({k: v for k, v in result.items() if k not in ("diversity", "au_control")}, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("diversity", "au_control", "privacy")}, indent=1))
     return result
 
 
-def au_control(folder: DatasetFolder, splits: list[str], estimator: str, au_model: Path | None = None,
+def au_control(folders: list[DatasetFolder], split: str | None, estimator: str, au_model: Path | None = None,
                limit: int | None = None) -> dict[str, Any]:
     """Pearson r per AU between the records' target AUs and what ``estimator`` measures on their images."""
     from ..data.au import create_estimator
     from ..data.au.distill import au_agreement
-    recs = [r for s in splits for r in folder.records(s) if r.aus is not None][:limit]
+    recs = [(f, r) for f in folders for r in f.records(split) if r.aus is not None][:limit]
     if not recs:
         return {"note": "no record has target AUs"}
-    names = tuple(folder.au_names)
+    names = tuple(folders[0].au_names)
+    for f in folders[1:]:
+        check_same_order("AU", list(names), list(f.au_names), str(folders[0].path), str(f.path))
     est = create_estimator(estimator, au_model)
     measured, targets = [], []
     for i in range(0, len(recs), 256):
-        chunk = recs[i:i + 256]
-        res = est.estimate([folder.load_image(r.image) for r in chunk])
+        chunk = [r for _, r in recs[i:i + 256]]
+        res = est.estimate([f.load_image(r.image) for f, r in recs[i:i + 256]])
         cols = [list(est.au_set.names).index(n) for n in names if n in est.au_set.names]
         measured.append(np.asarray(res.aus)[:, cols])
         targets.append(np.asarray([[r.aus[j] for j, n in enumerate(names) if n in est.au_set.names] for r in chunk]))

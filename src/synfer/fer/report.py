@@ -1,14 +1,13 @@
 """The study's report: ``report.md`` (tables) and ``report.html`` (tables and figures) from ``results.json``.
 
 Figures (``WORK/figures/``): the scaling curve (test accuracy against the synthetic set's size, real-only as a line),
-per-class test recall of real / largest synthetic / real + largest synthetic, their confusion matrices, and a sample
-grid per generator variant (each set's preview: rows are expressions).
+per-class test recall and confusion matrices of real / synthetic / real + synthetic (from the kept test
+predictions), the AU sweeps, a sample grid per generated set and its closest pairs to training faces.
 """
 
 from __future__ import annotations
 
 import html
-import json
 import re
 import shutil
 from pathlib import Path
@@ -18,8 +17,8 @@ import numpy as np
 
 #: The paper's figures next to which ours are shown (AffectNet / RAF-DB; SynFER §5; ours are on FER+).
 PAPER = {
-    "real+synthetic": "POSTER++ 91.59 -> 91.95 (RAF-DB), 67.49 -> 69.04 (AffectNet)",
-    "synthetic only": "AffectNet: 67.23% at 1x the real train size, 69.84% at 5x",
+    "real+synthetic": "POSTER++ 91.59 -> 91.95 (RAF-DB, +0.36), 67.49 -> 69.04 (AffectNet, +1.55)",
+    "synthetic only": "AffectNet: 67.23% at 1x the real train size (99.6% of real only), 69.84% at 5x",
     "ablations": "generated-face expression accuracy: SD 20.06 -> +FEText 34.62 -> +AUs 48.74 -> +guidance 55.14",
     "probes": "MoCo v3 ResNet-50 linear probe, AffectNet: 51.03 (real) -> 55.56 (synthetic) -> 57.84 (both)",
 }
@@ -35,19 +34,63 @@ def _by_scale(rows: dict[str, Any], prefix: str) -> dict[float, float]:
     return {float(m.group(1)): _mean(r["accuracy"]) for k, r in rows.items() if (m := re.fullmatch(pattern, k))}
 
 
-def _au_table(quality: dict[str, Any]) -> list[str]:
-    """Per-AU Pearson r (target vs measured) of every variant with target AUs."""
-    with_aus = {v: q["au_control"] for v, q in quality.items() if q.get("au_control", {}).get("per_au")}
-    if not with_aus:
+def _ci(r: dict[str, Any]) -> str:
+    v = r.get("vs_real")
+    return "-" if not v else f"{v['difference']:+.2f} [{v['ci95'][0]:+.2f}, {v['ci95'][1]:+.2f}]"
+
+
+def _rows_table(results: dict[str, Any]) -> list[str]:
+    lines = ["| row | test accuracy (%) | vs real: difference [95% CI] | macro-F1 (%) | val accuracy (%) | "
+             "training (min) |", "|---|---|---|---|---|---|"]
+    for row, r in results["rows"].items():
+        accs = ", ".join(f"{a:.2f}" for a in r["accuracy"])
+        mean = f"{_mean(r['accuracy']):.2f}" + (f" (seeds {r['seeds']}: {accs})" if len(r["accuracy"]) > 1 else "")
+        minutes = _mean(r.get("train_seconds", [])) / 60
+        lines.append(f"| {row} | {mean} | {_ci(r)} | {_mean(r['macro_f1']):.2f} | {_mean(r.get('val_accuracy', [])):.2f}"
+                     f" | {minutes:.0f} |")
+    return lines
+
+
+def _per_class_table(results: dict[str, Any]) -> list[str]:
+    rows = {k: r["per_class_recall"][0] for k, r in results["rows"].items() if r.get("per_class_recall")}
+    if not rows:
         return []
-    first = next(iter(with_aus.values()))
-    aus = list(first.get("varying") or first["per_au"])
-    lines = ["", f"AU control per AU (Pearson r, targets vs the {first.get('estimator', 'AU')} estimator on the "
-             "generated faces; AUs whose targets vary):", "",
-             "| variant | " + " | ".join(aus) + " |", "|---|" + "---|" * len(aus)]
-    for v, a in with_aus.items():
-        cells = [a["per_au"].get(n, {}).get("r") for n in aus]
-        lines.append(f"| {v} | " + " | ".join("-" if c is None else f"{c:.2f}" for c in cells) + " |")
+    names = list(next(iter(rows.values())))
+    lines = ["", "Per-class test recall (%), first seed:", "", "| row | " + " | ".join(names) + " |",
+             "|---|" + "---|" * len(names)]
+    for row, rec in rows.items():
+        lines.append(f"| {row} | " + " | ".join("-" if rec[n] is None else f"{rec[n]:.1f}" for n in names) + " |")
+    return lines
+
+
+def _quality_table(quality: dict[str, Any]) -> list[str]:
+    if not quality:
+        return []
+    lines = ["", "Every synthetic set, judged by an independent classifier, and how close it comes to the generator's "
+             "training faces (near-copies: nearer than 99% of real test faces are; pixels / judge features):", "",
+             "| set | faces | judge accuracy (%) | FD-FER | KID-FER | diversity | AU r | near-copies | fewest distinct "
+             "nearest training faces (class) |", "|---|---|---|---|---|---|---|---|---|"]
+    for row, q in quality.items():
+        au = q.get("au_control", {}).get("mean_r")
+        p = q.get("privacy", {})
+        near = f"{p['pixels']['near_copies']} / {p['judge_features']['near_copies']}" if p else "-"
+        fewest = "-"
+        if p:
+            per = p["pixels"]["per_class"]
+            c = min(per, key=lambda n: per[n]["distinct_nearest_training_faces"] / max(1, per[n]["faces"]))
+            fewest = f"{per[c]['distinct_nearest_training_faces']} of {per[c]['faces']} ({c})"
+        lines.append(f"| {row} | {q['faces']} | {q['expression_accuracy']:.1f} | {q['fd_fer']:.3f} | "
+                     f"{q['kid_fer']['mean']:.4f} | {q['diversity']['synthetic']['mean']:.3f} | "
+                     f"{'-' if au is None else f'{au:.3f}'} | {near} | {fewest} |")
+    ref = next((q["real_reference"] for q in quality.values() if q.get("real_reference")), None)
+    if ref:
+        lines += ["", f"The judge on the real test faces: accuracy {ref['expression_accuracy']:.1f}%, mean per-class "
+                  f"recall {ref['mean_recall']:.1f}%."]
+    p = next((q["privacy"] for q in quality.values() if q.get("privacy")), None)
+    if p:
+        lines += [f"Real test faces (without the {p['test_faces_dropped_as_exact_training_copies']} exact copies of "
+                  f"training images): nearest training face in pixels at median {p['pixels']['real_test_distance']['median']}"
+                  f", 1st percentile {p['pixels']['threshold']} (the near-copy threshold)."]
     return lines
 
 
@@ -55,63 +98,45 @@ def _targets(results: dict[str, Any]) -> list[str]:
     """The study's targets, each marked met or missed from this run's numbers."""
     rows, quality, out = results["rows"], results.get("quality", {}), []
     real = _mean(rows["real"]["accuracy"]) if "real" in rows else None
-    syn, mix = _by_scale(rows, "syn-"), _by_scale(rows, "real+syn-")
-    if real is not None and syn:
-        n = max(syn)
-        out.append(f"- synthetic only at {n:g}x >= 95% of real only: {syn[n]:.2f} / {real:.2f} = "
-                   f"{100 * syn[n] / real:.1f}% -> {'met' if syn[n] >= 0.95 * real else 'missed'}")
-    if real is not None and mix:
-        best = max(mix, key=mix.get)
-        out.append(f"- real + synthetic beats real only by >= 1 point: best real+syn-{best:g}x {mix[best]:.2f} vs "
-                   f"{real:.2f} ({mix[best] - real:+.2f}) -> {'met' if mix[best] >= real + 1 else 'missed'}")
-    steps = [v for v in ("text", "aus", "aus+guidance", "aus+guidance+voting") if v in quality]
-    if len(steps) > 1:
-        accs = [quality[v]["expression_accuracy"] for v in steps]
-        chain = " -> ".join(f"{v} {a:.1f}" for v, a in zip(steps, accs, strict=True))
-        rising = all(b > a for a, b in zip(accs, accs[1:], strict=False))
-        out.append(f"- each generator ablation step raises the judge's expression accuracy: {chain} -> "
-                   f"{'met' if rising else 'missed'}")
-    if any(line.endswith("missed") for line in out) and (q := quality.get("aus+guidance")):
-        ref = q.get("real_reference", {})
-        ceiling = f" (its mean per-class recall on real test faces: {ref['mean_recall']:.1f}%)" if ref else ""
-        out.append(f"- what limits the synthetic rows: label fidelity and realism of the generated faces. The judge "
-                   f"recognises the intended expression in {q['expression_accuracy']:.1f}% of the aus+guidance faces"
-                   f"{ceiling}; their FD-FER to the real test faces is {q['fd_fer']:.3f}.")
+    if real is not None and (syn := rows.get("syn-1x")):
+        s = _mean(syn["accuracy"])
+        out.append(f"- synthetic only at 1x >= 90% of real only: {s:.2f} / {real:.2f} = {100 * s / real:.1f}% -> "
+                   f"{'met' if s >= 0.9 * real else 'missed'}")
+    if real is not None and (mix := rows.get("real+syn-1x")) and mix.get("vs_real"):
+        v = mix["vs_real"]
+        ok = v["difference"] >= 1 and v["ci95"][0] > 0
+        out.append(f"- real + synthetic 1x beats real only by >= 1 point, interval excluding 0: {v['difference']:+.2f} "
+                   f"[{v['ci95'][0]:+.2f}, {v['ci95'][1]:+.2f}] -> {'met' if ok else 'missed'}")
+        if (ctrl := rows.get("real-control")) and ctrl.get("vs_real"):
+            out.append(f"- the control (real at the mixed row's steps): {ctrl['vs_real']['difference']:+.2f} "
+                       f"[{ctrl['vs_real']['ci95'][0]:+.2f}, {ctrl['vs_real']['ci95'][1]:+.2f}] vs real")
+    steps = [v for v in ("text", "aus", "aus-class-mean", "aus+guidance", "aus+guidance+voting")
+             if f"ablation-{v}" in rows]
+    for a, b in zip(steps, steps[1:], strict=False):
+        ra, rb = f"ablation-{a}", f"ablation-{b}"
+        acc = (_mean(rows[ra]["accuracy"]), _mean(rows[rb]["accuracy"]))
+        judge = tuple(quality.get(r, {}).get("expression_accuracy") for r in (ra, rb))
+        up = acc[1] > acc[0] or (None not in judge and judge[1] > judge[0])
+        jtxt = "" if None in judge else f", judge {judge[0]:.1f} -> {judge[1]:.1f}"
+        out.append(f"- {a} -> {b}: classifier {acc[0]:.2f} -> {acc[1]:.2f}{jtxt} -> {'met' if up else 'missed'}")
     return ["", "Targets (measured in this run):", "", *out] if out else []
 
 
 def _setup(results: dict[str, Any]) -> list[str]:
-    """One line on what every row was trained with (the training budget is the same for all)."""
-    c = results.get("classifier")
-    if not c:
-        return []
-    per_epoch = f"{c['epoch_size']:,} faces (the same for every row)" if c.get("epoch_size") else "every face once"
-    n = results.get("real_train_faces")
-    return ["", f"Real training faces: {'?' if n is None else f'{n:,}'}; seeds {results['config']['seeds']}. "
-            f"Classifier: {c.get('architecture')}, {c.get('epochs')} epochs of {per_epoch}, batch "
-            f"{c.get('batch_size')}, lr {c.get('lr')}."]
+    c, n = results.get("classifier") or {}, results.get("real_train_faces")
+    cfg = results.get("config", {})
+    return ["", f"Real training faces: {'?' if n is None else f'{n:,}'} ({cfg.get('class_counts', 'real')} class "
+            f"distribution for the synthetic sets). Classifier: {c.get('architecture')}, {c.get('epochs')} epochs "
+            f"over each row's faces, batch {c.get('batch_size')}, lr {c.get('lr')}, precision "
+            f"{c.get('precision', 'auto')}; seeds {cfg.get('seeds')}."]
 
 
 def markdown(results: dict[str, Any]) -> str:
     lines = ["# SynFER study on FER+", "",
-             f"{'Reduced scale (CPU).' if results['reduced'] else 'Full scale.'} Classifiers chosen on the real "
-             "validation split, scored once on the real test split; mean over seeds (every seed in results.json).",
-             *_setup(results), "", "| row | test accuracy (%) | macro-F1 (%) | seeds |", "|---|---|---|---|"]
-    for row, r in results["rows"].items():
-        lines.append(f"| {row} | {_mean(r['accuracy']):.2f} | {_mean(r['macro_f1']):.2f} | {len(r['accuracy'])} |")
-    if results.get("quality"):
-        lines += ["", "Generator ablations, judged by an independent classifier:", "",
-                  "| variant | expression accuracy (%) | FD-FER | KID-FER | diversity | AU control (mean r) |",
-                  "|---|---|---|---|---|---|"]
-        for v, q in results["quality"].items():
-            r = q.get("au_control", {}).get("mean_r")
-            lines.append(f"| {v} | {q['expression_accuracy']:.1f} | {q['fd_fer']:.3f} | {q['kid_fer']['mean']:.4f} | "
-                         f"{q['diversity']['synthetic']['mean']:.3f} | {'-' if r is None else f'{r:.3f}'} |")
-        refs = [q["real_reference"] for q in results["quality"].values() if q.get("real_reference")]
-        if refs:
-            lines += ["", f"The judge on the real test faces: accuracy {refs[0]['expression_accuracy']:.1f}%, mean "
-                      f"per-class recall {refs[0]['mean_recall']:.1f}% (what faces as recognisable as real ones would score on a class-balanced set)."]
-        lines += _au_table(results["quality"])
+             f"{'Reduced scale (smoke mode).' if results['reduced'] else 'Full scale.'} Classifiers chosen on the "
+             "real validation split, scored once on the real test split; intervals: paired bootstrap over the test "
+             "faces (10,000 resamples) of each row's first-seed model against real only's.", *_setup(results), "",
+             *_rows_table(results), *_per_class_table(results), *_quality_table(results.get("quality", {}))]
     if results.get("probes"):
         lines += ["", "Frozen backbones (supervised on real vs on synthetic faces), probed on real FER+ (linear: all "
                   "training faces; 10-shot: mean over 5 draws):", "",
@@ -150,25 +175,20 @@ def _plot_scaling(results: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
-def _plot_per_class(models: dict[str, str], path: Path) -> Path | None:
+def _plot_per_class(results: dict[str, Any], rows: list[str], path: Path) -> Path | None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    recalls = {}
-    for row, model in models.items():
-        m = Path(model) / "test" / "metrics.json"
-        if m.is_file():
-            d = json.loads(m.read_text())
-            recalls[row] = {n: 100 * (c["recall"] or 0.0) for n, c in d["per_class"].items()}
+    recalls = {r: results["rows"][r]["per_class_recall"][0] for r in rows}
     if not recalls:
         return None
     names = list(next(iter(recalls.values())))
     fig, ax = plt.subplots(figsize=(7, 3.2), dpi=110)
     width = 0.8 / len(recalls)
     for i, (row, rec) in enumerate(recalls.items()):
-        ax.bar(np.arange(len(names)) + i * width, [rec[n] for n in names], width, label=row)
+        ax.bar(np.arange(len(names)) + i * width, [rec[n] or 0.0 for n in names], width, label=row)
     ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=30, ha="right")
     ax.set_ylabel("test recall (%)")
     ax.legend(fontsize=8)
@@ -205,6 +225,44 @@ def _html(md: str) -> str:
     return "\n".join(out)
 
 
+def _figures(results: dict[str, Any], figures: Path) -> list[tuple[str, Path]]:
+    """Write the report's figures; (title, path) pairs in display order."""
+    from .evaluate import plot_confusion
+    from .metrics import classification_metrics
+
+    shown: list[tuple[str, Path]] = []
+    rows = results["rows"]
+    key_rows = [k for k in ("real", "syn-1x", "real+syn-1x") if k in rows]
+    if (p := _plot_scaling(results, figures / "scaling.png")) is not None:
+        shown.append(("Scaling: test accuracy against the synthetic set's size", p))
+    if key_rows and (p := _plot_per_class(results, key_rows, figures / "per_class.png")) is not None:
+        shown.append(("Per-class test recall", p))
+    labels = np.asarray(results.get("test_labels", []))
+    for k in key_rows:
+        names = list(rows[k]["per_class_recall"][0])
+        if len(labels) and rows[k].get("predictions"):
+            m = classification_metrics(labels, np.asarray(rows[k]["predictions"]), names)
+            plot_confusion(np.asarray(m["confusion_matrix"]), names, figures / f"confusion-{k}.png", k)
+            shown.append((f"Confusion matrix, {k}", figures / f"confusion-{k}.png"))
+    for au, image in results.get("au_sweeps", {}).items():
+        if Path(image).is_file():
+            shutil.copyfile(image, figures / f"au-sweep-{au}.png")
+            shown.append((f"AU sweep: {au} from 0 to 1 (columns), other AUs at the neutral targets; rows are seeds",
+                          figures / f"au-sweep-{au}.png"))
+    for row, q in results.get("quality", {}).items():
+        slug = re.sub(r"[^A-Za-z0-9]+", "_", row)
+        grid = Path(q["data"][0]) / "preview.png"
+        if grid.is_file():
+            shutil.copyfile(grid, figures / f"samples-{slug}.png")
+            shown.append((f"Samples, {row} (rows: expressions)", figures / f"samples-{slug}.png"))
+        gallery = q.get("privacy", {}).get("gallery")
+        if gallery and Path(gallery).is_file():
+            shutil.copyfile(gallery, figures / f"closest-{slug}.png")
+            shown.append((f"{row}: the generated faces closest to a training face (top) and that face (bottom)",
+                          figures / f"closest-{slug}.png"))
+    return shown
+
+
 def write_report(results: dict[str, Any], work: Path) -> Path:
     """``WORK/report.md`` and ``WORK/report.html`` (with ``WORK/figures/``); returns the Markdown path."""
     work = Path(work)
@@ -212,30 +270,7 @@ def write_report(results: dict[str, Any], work: Path) -> Path:
     (work / "report.md").write_text(md)
     figures = work / "figures"
     figures.mkdir(exist_ok=True)
-    shown: list[tuple[str, Path]] = []
-    rows = results["rows"]
-    largest = f"syn-{max(scales):g}x" if (scales := _by_scale(rows, "syn-")) else None
-    key_rows = [k for k in ("real", largest, f"real+{largest}" if largest else None) if k in rows]
-    if (p := _plot_scaling(results, figures / "scaling.png")) is not None:
-        shown.append(("Scaling: test accuracy against the synthetic set's size", p))
-    if (p := _plot_per_class({k: rows[k]["models"][0] for k in key_rows}, figures / "per_class.png")) is not None:
-        shown.append(("Per-class test recall", p))
-    for k in key_rows:
-        cm = Path(rows[k]["models"][0]) / "test" / "confusion_matrix.png"
-        if cm.is_file():
-            shutil.copyfile(cm, figures / f"confusion-{k}.png")
-            shown.append((f"Confusion matrix, {k}", figures / f"confusion-{k}.png"))
-    for au, image in results.get("au_sweeps", {}).items():
-        if Path(image).is_file():
-            shutil.copyfile(image, figures / f"au-sweep-{au}.png")
-            shown.append((f"AU sweep: {au} from 0 to 1 (columns), other AUs at the neutral targets; rows are seeds",
-                          figures / f"au-sweep-{au}.png"))
-    for v, q in results.get("quality", {}).items():
-        grid = Path(q["data"]) / "preview.png"
-        if grid.is_file():
-            target = figures / f"samples-{re.sub(r'[^A-Za-z0-9]+', '_', v)}.png"
-            shutil.copyfile(grid, target)
-            shown.append((f"Samples, generator variant {v} (rows: expressions)", target))
+    shown = _figures(results, figures)
     body = [_html(md)]
     body += [f"<h3>{html.escape(t)}</h3><img src=\"figures/{p.name}\" alt=\"{html.escape(t)}\">" for t, p in shown]
     (work / "report.html").write_text("<!doctype html><html><head><meta charset=\"utf-8\"><title>SynFER study on "

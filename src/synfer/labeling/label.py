@@ -8,6 +8,11 @@ ensemble mean as soft label, optionally drop when unsure). The output is a new d
 faces voted in this run goes to the header's ``stats.label`` and is printed. Resumable with ``--resume`` (dropped
 faces are voted again, with the same result).
 
+With ``--near-copies-of TRAIN --near-copy-distance D`` faces closer than D (Euclidean distance of [0, 1] pixels at
+the training faces' size) to any face of TRAIN's train split are dropped too, as near-copies of training faces
+(``synfer quality --train`` reports the distance below which real test faces almost never come: its
+``privacy.pixels.threshold``); their count goes to ``stats.label.near_copies``.
+
     synfer label runs/syn runs/syn-labelled --annotators runs/feranno,ferplus-resnet-s --threshold 0.5
 """
 
@@ -42,6 +47,8 @@ def label(
     annotators: list[str],
     threshold: float | None = None,
     split: str | None = None,
+    near_copies_of: Path | None = None,
+    near_copy_distance: float | None = None,
     batch_size: int = 256,
     device: str = "auto",
     resume: bool = False,
@@ -56,6 +63,8 @@ def label(
             data's expression order. Keep the judge you will evaluate with out of this list.
         threshold: drop faces the annotators disagree on whose ensemble confidence is below this (None: keep all).
         split: label only this split (default all records).
+        near_copies_of: a dataset folder of the generator's training faces (its ``train`` split).
+        near_copy_distance: with ``near_copies_of``, drop faces nearer than this to a training face (pixels).
         batch_size: faces per annotator call.
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda:1`` ...
         resume, overwrite: continue an interrupted run / replace ``out``.
@@ -67,6 +76,10 @@ def label(
 
     if not annotators:
         raise ValueError("Give at least one annotator (--annotators FERANNO_DIR,ferplus-resnet-s).")
+    if (near_copies_of is None) != (near_copy_distance is None):
+        raise ValueError("Give --near-copies-of and --near-copy-distance together (or neither).")
+    if near_copy_distance is not None and near_copy_distance <= 0:
+        raise ValueError(f"near_copy_distance must be > 0; got {near_copy_distance}.")
     folder = DatasetFolder(data)
     names = list(folder.expressions)
     dev = resolve_device(device)
@@ -79,9 +92,15 @@ def label(
         raise ValueError(f"{data} has no records" + (f" in split {split!r}" if split else "") + ".")
     config = {"data": str(Path(data).resolve()), "annotators": list(annotators), "threshold": threshold,
               "split": split, "annotator_sha256": {s: annotator_sha256(s) for s in annotators}}
+    train_faces = None
+    if near_copies_of is not None:
+        from ..fer.data import load_split
+
+        train_faces = load_split(near_copies_of, "train", expressions=names)
+        config["near_copies"] = {"of": str(Path(near_copies_of).resolve()), "distance": near_copy_distance}
     writer = open_output(out, names, "label", config, aus=folder.header.aus, overwrite=overwrite, resume=resume,
                          licence=folder.header.licence)
-    targets_all, results = [], []
+    targets_all, results, near_total = [], [], 0
     try:
         todo = [r for r in records if not writer.has(r.id)]
         for start in tqdm(range(0, len(todo), batch_size), desc="label", unit="batch"):
@@ -92,8 +111,12 @@ def label(
             res = vote(probs, targets, threshold)
             targets_all.append(targets)
             results.append(res)
+            near = np.zeros(len(batch), dtype=bool)
+            if train_faces is not None:
+                near = _near_copies(images, train_faces.images, near_copy_distance)
+                near_total += int(near.sum())
             for j, r in enumerate(batch):
-                if res.status[j] == "drop":
+                if res.status[j] == "drop" or near[j]:
                     continue
                 meta = {**(r.meta or {}), "target": r.expression, "vote": str(res.status[j]),
                         "votes": {s: [round(float(p), 5) for p in probs[a, j]] for a, s in enumerate(annotators)}}
@@ -108,7 +131,24 @@ def label(
         merged = type(results[0])(np.concatenate([r.label for r in results]), np.concatenate([r.soft for r in results]),
                                   np.concatenate([r.status for r in results]))
         summary = summarise(merged, np.concatenate(targets_all), names)
+        if train_faces is not None:
+            summary["near_copies"] = near_total
         writer.header.stats["label"] = summary
         print(json.dumps({k: v for k, v in summary.items() if k != "per_class"}))
     writer.close(complete=True)
     return out
+
+
+def _near_copies(images: list, train_images, distance: float) -> np.ndarray:
+    """(B,) bool: which PIL faces lie within ``distance`` of a training face (uint8 (M, C, H, W)), in pixels."""
+    import torch
+
+    from ..batching import stack_nchw
+    from ..fer.privacy import near_copy_mask
+
+    c, h, w = train_images.shape[1:]
+    mode = "L" if c == 1 else "RGB"
+    arrays = [np.asarray(im.convert(mode).resize((w, h)), dtype=np.uint8) for im in images]
+    arrays = [a[..., None] if a.ndim == 2 else a for a in arrays]
+    batch = stack_nchw(arrays) if arrays else torch.zeros(0, c, h, w, dtype=torch.uint8)
+    return near_copy_mask(batch, train_images, distance)[0]
