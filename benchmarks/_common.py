@@ -31,6 +31,6 @@ def write_result(path: Path, result: dict[str, Any]) -> None:
 
 def is_complete(folder: Path) -> bool:
     """True when ``folder`` is a dataset folder whose writer finished (its header says ``complete``)."""
-    from synfer.dataset import HEADER_FILE, read_header
+    from synfer.core.dataset import HEADER_FILE, read_header
 
     return (Path(folder) / HEADER_FILE).is_file() and read_header(folder).complete

@@ -18,8 +18,8 @@ import numpy as np
 from _common import machine_info, write_result
 from PIL import Image
 
-from synfer.data.au import MEDIAPIPE_AUS_ALL, blendshapes_to_aus
-from synfer.data.au.mediapipe_estimator import MediaPipeAUEstimator
+from synfer.annotate.au import MEDIAPIPE_AUS_ALL, blendshapes_to_aus
+from synfer.annotate.au.mediapipe_estimator import MediaPipeAUEstimator
 
 
 def main() -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from _common import machine_info, write_result
 
-from synfer.data.au.distill import au_agreement, load_au_split, pearson_per_column
-from synfer.data.au.distilled import DistilledAUEstimator
+from synfer.annotate.au.distill import au_agreement, load_au_split, pearson_per_column
+from synfer.annotate.au.distilled import DistilledAUEstimator
 
 
 def main() -> None:

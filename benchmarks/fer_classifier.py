@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from _common import machine_info, write_result
 
-from synfer.fer.data import load_split
-from synfer.fer.evaluate import evaluate
+from synfer.classifiers.evaluate import evaluate
+from synfer.core.splits import load_split
 from synfer.models.classifiers import ExpressionClassifier
 
 

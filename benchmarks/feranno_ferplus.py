@@ -17,8 +17,8 @@ import numpy as np
 from _common import machine_info, write_result
 from tqdm.auto import tqdm
 
-from synfer.dataset import DatasetFolder
-from synfer.fer.metrics import classification_metrics
+from synfer.core.dataset import DatasetFolder
+from synfer.core.metrics import classification_metrics
 from synfer.labeling.annotators import load_annotator
 from synfer.models.classifiers import DEFAULT_CLASSIFIER, resolve_classifier_path
 from synfer.models.feranno import resolve_feranno_path

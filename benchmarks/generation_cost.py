@@ -30,13 +30,13 @@ from pathlib import Path
 import torch
 from _common import machine_info, write_result
 
-from synfer.data.au.distilled import DistilledAUEstimator
-from synfer.data.prompts import enrich_prompt
-from synfer.diffusion.generate import files_sha256, plan_faces
-from synfer.diffusion.guidance import SemanticGuidance
-from synfer.diffusion.sample import load_generator
+from synfer.annotate.au.distilled import DistilledAUEstimator
+from synfer.annotate.prompts import enrich_prompt
+from synfer.generator.guidance import SemanticGuidance
 from synfer.models.classifiers import DEFAULT_CLASSIFIER, ExpressionClassifier
 from synfer.schema import FERPLUS8, AUSet
+from synfer.synthesize.generate import files_sha256, plan_faces
+from synfer.synthesize.sample import load_generator
 
 
 def stock_pipeline(pipe):

@@ -42,10 +42,10 @@ from _common import machine_info, write_result
 from generator_quality import conditions, measure_aus
 from vae_au_ceiling import DEFAULT_AU_MODEL
 
-from synfer.data.au.distill import au_agreement
-from synfer.diffusion.loop import save_grid
-from synfer.diffusion.pipeline import load_pipeline
-from synfer.fer.evaluate import predict
+from synfer.annotate.au.distill import au_agreement
+from synfer.classifiers.evaluate import predict
+from synfer.core.training import save_grid
+from synfer.generator.pipeline import load_pipeline
 from synfer.models.classifiers import ExpressionClassifier
 
 JUDGE = "ferplus-vgg13s-judge"
@@ -206,7 +206,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "generation_speed.json")
     args = ap.parse_args()
 
-    from synfer.data.au import create_estimator
+    from synfer.annotate.au import create_estimator
 
     chosen = {n: SETTINGS[n] for n in filter(None, args.settings.split(","))}
     chosen.update(dict(parse_setting(s) for s in args.setting))

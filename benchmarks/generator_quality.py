@@ -40,12 +40,12 @@ import torch
 from _common import machine_info, write_result
 from vae_au_ceiling import DEFAULT_AU_MODEL, au_reference
 
-from synfer.data.au.distill import au_agreement
-from synfer.data.prompts import enrich_prompt
-from synfer.dataset import DatasetFolder
-from synfer.diffusion.loop import save_grid
-from synfer.fer.data import load_split
-from synfer.fer.evaluate import predict
+from synfer.annotate.au.distill import au_agreement
+from synfer.annotate.prompts import enrich_prompt
+from synfer.classifiers.evaluate import predict
+from synfer.core.dataset import DatasetFolder
+from synfer.core.splits import load_split
+from synfer.core.training import save_grid
 from synfer.models.classifiers import DEFAULT_CLASSIFIER, ExpressionClassifier
 
 #: the expression bar's run: every face at its class's mean AU vector (au_targets.json, generate's default)
@@ -138,8 +138,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "generator_quality.json")
     args = ap.parse_args()
 
-    from synfer.data.au import create_estimator
-    from synfer.diffusion.pipeline import load_pipeline
+    from synfer.annotate.au import create_estimator
+    from synfer.generator.pipeline import load_pipeline
 
     pipe = load_pipeline(args.pipeline)
     pipe.set_progress_bar_config(disable=True)

@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 from _common import is_complete, machine_info, write_result
 
-from synfer.diffusion.generate import files_sha256, generate, refuse_own_guidance_model
-from synfer.fer.data import load_split
-from synfer.fer.evaluate import predict
+from synfer.classifiers.evaluate import predict
+from synfer.core.splits import load_split
 from synfer.models.classifiers import DEFAULT_CLASSIFIER, ExpressionClassifier, resolve_classifier_path
 from synfer.schema import FERPLUS8
+from synfer.synthesize.generate import files_sha256, generate, refuse_own_guidance_model
 
 
 def per_class_match(model: ExpressionClassifier, folder: Path, names: list[str]) -> dict[str, float]:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from _common import machine_info, write_result
 
-from synfer.data.ferplus import import_ferplus
-from synfer.dataset import DatasetFolder
+from synfer.core.dataset import DatasetFolder
+from synfer.importers.ferplus import import_ferplus
 
 
 def main() -> None:

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from _common import machine_info, write_result
 
-from synfer.fer.data import load_split
-from synfer.fer.evaluate import predict
+from synfer.classifiers.evaluate import predict
+from synfer.core.splits import load_split
 from synfer.models.classifiers import DEFAULT_CLASSIFIER, ExpressionClassifier
 
 BINS = ((0.0, 0.5, "< 0.5"), (0.5, 0.7, "0.5-0.7"), (0.7, 1.01, ">= 0.7"))

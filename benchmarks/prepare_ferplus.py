@@ -19,9 +19,9 @@ from pathlib import Path
 
 from _common import machine_info, write_result
 
-from synfer.data.ferplus import import_ferplus
-from synfer.data.prepare import prepare
-from synfer.dataset import DatasetFolder
+from synfer.annotate.prepare import prepare
+from synfer.core.dataset import DatasetFolder
+from synfer.importers.ferplus import import_ferplus
 
 ALL_FERPLUS_RECORDS = 31373  # majority mode, all three splits (benchmarks/results/import_ferplus.json)
 

@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from synfer.diffusion.pipeline import load_pipeline
-from synfer.diffusion.train_unet import build_unet
+from synfer.generator.pipeline import load_pipeline
+from synfer.generator.train_unet import build_unet
 from synfer.models.au_adapter import AUAdapter
 
 

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from _common import machine_info, write_result
 
-from synfer.data.au.distill import au_agreement
-from synfer.dataset import DatasetFolder
+from synfer.annotate.au.distill import au_agreement
+from synfer.core.dataset import DatasetFolder
 
 DEFAULT_AU_MODEL = Path("../shared/data/mediapipe_face_landmarker/face_landmarker.task")
 
@@ -33,7 +33,7 @@ def au_reference(vae: Any, prepared: Path, estimator: Any, n: int) -> dict[str, 
     """MediaPipe on altered real val faces against their stored AUs, ``{variant: {au_mean_r, faces,
     faces_seen_by_mediapipe, au_r (per AU)}}``, and the reconstructions' PSNR (``reconstruction_psnr_db``, images
     in [0, 1])."""
-    from synfer.diffusion.train_vae import reconstruct
+    from synfer.generator.train_vae import reconstruct
 
     folder = DatasetFolder(prepared)
     recs = [r for r in folder.records("val") if r.aus is not None][:n]
@@ -64,7 +64,7 @@ def load_vae(spec: str) -> Any:
     path = Path(spec)
     if (path / "config.json").is_file() and not (path / "model_index.json").is_file():
         return AutoencoderKL.from_pretrained(path).eval()
-    from synfer.diffusion.pipeline import load_pipeline
+    from synfer.generator.pipeline import load_pipeline
 
     return load_pipeline(spec).vae.eval()
 
@@ -79,7 +79,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="default: results/vae_au_ceiling-<vae folder name>.json")
     args = ap.parse_args()
 
-    from synfer.data.au import create_estimator
+    from synfer.annotate.au import create_estimator
 
     vae = load_vae(args.vae)
     estimator = create_estimator("mediapipe", args.au_model)

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from _common import is_complete, machine_info, write_result
 
-from synfer.dataset import DatasetFolder
-from synfer.diffusion.generate import files_sha256
-from synfer.fer.data import load_split
-from synfer.fer.evaluate import predict
+from synfer.classifiers.evaluate import predict
+from synfer.core.dataset import DatasetFolder
+from synfer.core.splits import load_split
 from synfer.labeling.label import annotator_sha256, label
 from synfer.models.classifiers import ExpressionClassifier, resolve_classifier_path
+from synfer.synthesize.generate import files_sha256
 
 
 def _rate(hit: np.ndarray) -> float | None:

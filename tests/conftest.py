@@ -70,7 +70,7 @@ def pattern_face(label: int, rng: np.random.Generator, size: int = 16) -> Image.
 def write_pattern_dataset(path: Path, per_class: dict[str, int] | None = None, size: int = 16, seed: int = 0,
                           expressions: tuple[str, ...] = PATTERN_CLASSES) -> Path:
     """A small labelled dataset folder of :func:`pattern_face` images (train / val / test)."""
-    from synfer.dataset import DatasetWriter, Record
+    from synfer.core.dataset import DatasetWriter, Record
 
     per_class = per_class or {"train": 40, "val": 12, "test": 12}
     rng = np.random.default_rng(seed)

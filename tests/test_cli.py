@@ -5,7 +5,7 @@ import pytest
 
 from conftest import write_ferplus_fixture
 from synfer.cli import COMMANDS, main
-from synfer.dataset import DatasetFolder
+from synfer.core.dataset import DatasetFolder
 
 ROWS = {"FER2013Train": [[10, 0, 0, 0, 0, 0, 0, 0, 0, 0], [0, 10, 0, 0, 0, 0, 0, 0, 0, 0]],
         "FER2013Test": [[0, 0, 10, 0, 0, 0, 0, 0, 0, 0]]}
@@ -44,7 +44,7 @@ def test_import_and_info_through_console_script(tmp_path):
 
 def test_list_options_take_commas(tmp_path):
     from synfer._cli_util import normalise_args
-    from synfer.dataset_ops import merge_datasets
+    from synfer.core.ops import merge_datasets
 
     assert normalise_args(["--srcs", "a,b", "--prefix-ids"], merge_datasets) == ["--srcs=[a,b]", "--prefix_ids=true"]
     assert normalise_args(["--no-prefix-ids", "--out", "x"], merge_datasets) == ["--prefix_ids=false", "--out=x"]

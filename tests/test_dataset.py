@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import gray_face
-from synfer.dataset import RECORD_SCHEMA, DatasetError, DatasetFolder, DatasetWriter, Record, shard_files
+from synfer.core.dataset import RECORD_SCHEMA, DatasetError, DatasetFolder, DatasetWriter, Record, shard_files
 from synfer.schema import AUSet, OrderMismatchError
 
 EXPR = ("neutral", "happiness", "sadness")
@@ -142,7 +142,7 @@ KILL_SCRIPT = """
 import sys, time
 sys.path.insert(0, {tests!r})
 from conftest import gray_face
-from synfer.dataset import DatasetWriter, Record
+from synfer.core.dataset import DatasetWriter, Record
 with DatasetWriter({path!r}, ("neutral", "happiness"), mode="resume", flush_every=7) as w:
     for i in range({n}):
         rid = f"r{{i:05d}}"

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from synfer.dataset import (
+from synfer.core.dataset import (
     RECORD_SCHEMA,
     DatasetError,
     DatasetFolder,
@@ -22,12 +22,8 @@ from synfer.dataset import (
     Record,
     provenance_entry,
 )
-from synfer.dataset_ops import (
-    filter_dataset,
-    merge_datasets,
-    split_dataset,
-)
-from synfer.dataset_report import (
+from synfer.core.ops import filter_dataset, merge_datasets, split_dataset
+from synfer.core.report import (
     check_dataset,
     dataset_summary,
     dataset_summary_dict,

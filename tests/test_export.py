@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-import synfer.export as export
-from synfer.dataset import DatasetError, DatasetFolder, DatasetWriter, Record, provenance_entry
-from synfer.export import export_imagefolder, export_parquet, export_webdataset, flat_record, json_row
+import synfer.core.export as export
+from synfer.core.dataset import DatasetError, DatasetFolder, DatasetWriter, Record, provenance_entry
+from synfer.core.export import export_imagefolder, export_parquet, export_webdataset, flat_record, json_row
 from synfer.schema import AUSet
 
 EXPR = ("neutral", "happiness", "surprise")

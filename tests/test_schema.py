@@ -22,7 +22,7 @@ def test_schema_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, synfer.schema, synfer.dataset; print('torch' in sys.modules)"
+    code = "import sys, synfer.schema, synfer.core.dataset; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from synfer.train_state import load_state, rng_state, save_state, set_rng_state
+from synfer.core.train_state import load_state, rng_state, save_state, set_rng_state
 
 
 def test_optimizer_model_round_trip_is_exact(tmp_path):

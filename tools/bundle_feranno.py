@@ -16,7 +16,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from synfer.diffusion.pipeline import bundled_generators_dir
+from synfer.generator.pipeline import bundled_generators_dir
 from synfer.models.feranno import bundled_annotators_dir, read_weights_sha256
 
 

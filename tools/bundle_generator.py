@@ -16,9 +16,9 @@ import json
 import shutil
 from pathlib import Path
 
-from synfer.diffusion.loop import atomic_save_dir
-from synfer.diffusion.pipeline import SynferPipeline, bundled_generators_dir
-from synfer.diffusion.sample import write_au_targets
+from synfer.core.training import atomic_save_dir
+from synfer.generator.pipeline import SynferPipeline, bundled_generators_dir
+from synfer.synthesize.sample import write_au_targets
 
 
 def main() -> None:

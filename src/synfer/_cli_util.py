@@ -128,7 +128,7 @@ def run(commands: dict[str, str], argv: list[str] | None = None) -> int:
     from jsonargparse import auto_cli
 
     from . import __version__
-    from .dataset import DatasetError
+    from .core.dataset import DatasetError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):

@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from conftest import gray_face, tree_state
-from synfer.data import affectnet
-from synfer.data.affectnet import AFFECTNET_LICENCE, import_affectnet
-from synfer.data.common import BadInputError
-from synfer.dataset import DatasetError, DatasetFolder
+from synfer.core.dataset import DatasetError, DatasetFolder
+from synfer.importers import affectnet
+from synfer.importers.affectnet import AFFECTNET_LICENCE, import_affectnet
+from synfer.importers.common import BadInputError
 from synfer.schema import AFFECTNET7, AFFECTNET8
 
 HEADER = ("subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression,valence,"

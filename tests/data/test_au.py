@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import FERPLUS_DIR, SHARED_DATA
-from synfer.data.au import (
+from synfer.annotate.au import (
     AU_RULES,
     BLENDSHAPE_NAMES,
     MEDIAPIPE_AUS,
@@ -17,8 +17,8 @@ from synfer.data.au import (
     create_estimator,
     head_pose_from_landmarks,
 )
-from synfer.data.au.base import PITCH_OFFSET_DEG, AUEstimator
-from synfer.data.au.mapping import AURule, check_rules, mirror_rule, rule_blendshapes
+from synfer.annotate.au.base import PITCH_OFFSET_DEG, AUEstimator
+from synfer.annotate.au.mapping import AURule, check_rules, mirror_rule, rule_blendshapes
 from synfer.schema import AU_CATALOGUE, EMFACS_PROTOTYPES, AUSet, au_code
 
 MODEL = SHARED_DATA / "mediapipe_face_landmarker" / "face_landmarker.task"
@@ -156,7 +156,7 @@ def test_head_pose_signs(yaw, pitch, roll):
 
 
 def test_missing_model_says_how_to_get_it(tmp_path):
-    from synfer.data.au.mediapipe_estimator import MediaPipeAUEstimator
+    from synfer.annotate.au.mediapipe_estimator import MediaPipeAUEstimator
 
     for fast in (True, False):
         with pytest.raises(FileNotFoundError, match=r"face_landmarker\.task.*--au-model"):
@@ -171,7 +171,7 @@ def test_missing_model_says_how_to_get_it(tmp_path):
 
 
 def test_pad_and_resize_geometry():
-    from synfer.data.au.mediapipe_estimator import pad_and_resize
+    from synfer.annotate.au.mediapipe_estimator import pad_and_resize
 
     x, scale, left, top = pad_and_resize(np.zeros((48, 48), np.uint8))
     assert x.shape == (256, 256, 3) and x.dtype == np.float32
@@ -185,7 +185,7 @@ def fast_estimator():
     if not MODEL.is_file():
         pytest.skip(f"MediaPipe model not found at {MODEL}")
     pytest.importorskip("ai_edge_litert")
-    from synfer.data.au.mediapipe_estimator import MediaPipeAUEstimator
+    from synfer.annotate.au.mediapipe_estimator import MediaPipeAUEstimator
 
     return MediaPipeAUEstimator(MODEL, fast=True, num_threads=1)
 
@@ -220,7 +220,7 @@ def test_fast_path_matches_reference(fast_estimator):
 @needs_model
 def test_left_is_the_subjects_left(fast_estimator):
     """Closing the eye / raising the brow on the image's right (the subject's left) lights the _L side."""
-    from synfer.data.au.mediapipe_estimator import pad_and_resize
+    from synfer.annotate.au.mediapipe_estimator import pad_and_resize
 
     name = _test_images(20)[3]
     x, *_ = pad_and_resize(np.asarray(Image.open(FERPLUS_DIR / "FER2013Test" / name)))
@@ -257,7 +257,7 @@ def test_faceless_images_do_not_crash(fast_estimator):
 @pytest.mark.data
 @needs_model
 def test_full_path_finds_faces_and_reports_none():
-    from synfer.data.au.mediapipe_estimator import MediaPipeAUEstimator, pad_and_resize
+    from synfer.annotate.au.mediapipe_estimator import MediaPipeAUEstimator, pad_and_resize
 
     with MediaPipeAUEstimator(MODEL, fast=False) as est:
         faces = []

@@ -13,16 +13,16 @@ import torch
 from PIL import Image
 
 from conftest import FERPLUS_DIR, SHARED_DATA
-from synfer.data.au import create_estimator
-from synfer.data.au.distill import (
+from synfer.annotate.au import create_estimator
+from synfer.annotate.au.distill import (
     _augment,
     _flip_permutation,
     au_agreement,
     pearson_per_column,
     train_au_estimator,
 )
-from synfer.data.au.distilled import DistilledAUEstimator, resolve_au_estimator_path
-from synfer.dataset import DatasetError, DatasetWriter, Record
+from synfer.annotate.au.distilled import DistilledAUEstimator, resolve_au_estimator_path
+from synfer.core.dataset import DatasetError, DatasetWriter, Record
 from synfer.models.classifiers import ClassifierConfig, ExpressionClassifier
 from synfer.schema import AUSet, OrderMismatchError
 
@@ -178,8 +178,8 @@ def test_bundled_estimator_tracks_mediapipe_on_real_val_faces() -> None:
 def test_prepare_with_the_bundled_distilled_estimator(tmp_path: Path) -> None:
     """`synfer prepare --estimator distilled` needs no MediaPipe and records which weights wrote the AUs."""
     from conftest import gray_face
-    from synfer.data.prepare import prepare
-    from synfer.dataset import DatasetFolder
+    from synfer.annotate.prepare import prepare
+    from synfer.core.dataset import DatasetFolder
 
     with DatasetWriter(tmp_path / "src", ("neutral", "happiness")) as w:
         for i in range(6):

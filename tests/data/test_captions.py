@@ -3,7 +3,7 @@
 
 import pytest
 
-from synfer.data.captions import (
+from synfer.annotate.captions import (
     ADJECTIVES,
     Captioner,
     LLMCaptioner,
@@ -12,7 +12,7 @@ from synfer.data.captions import (
     create_captioner,
     pose_phrase,
 )
-from synfer.data.prompts import PromptEnricher, TemplatePromptEnricher, enrich_prompt, subject_from_coarse
+from synfer.annotate.prompts import PromptEnricher, TemplatePromptEnricher, enrich_prompt, subject_from_coarse
 from synfer.schema import EMFACS_PROTOTYPES, FERPLUS8, au_description
 
 CAP = TemplateCaptioner()
@@ -142,7 +142,7 @@ def tiny_gpt2(tmp_path_factory):
 
 
 def test_llm_captioner_and_enricher_on_tiny_gpt2(tiny_gpt2):
-    from synfer.data.prompts import LLMPromptEnricher
+    from synfer.annotate.prompts import LLMPromptEnricher
 
     cap = LLMCaptioner(tiny_gpt2, max_new_tokens=8)
     a = cap.caption("happiness", {"AU12": 0.8}, seed=1)

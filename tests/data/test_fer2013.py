@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from conftest import gray_face, tree_state
-from synfer.data import fer2013
-from synfer.data.common import FER2013_LICENCE, BadInputError
-from synfer.data.fer2013 import import_fer2013_csv
-from synfer.data.ferplus import ferplus_target
-from synfer.dataset import DatasetError, DatasetFolder
+from synfer.core.dataset import DatasetError, DatasetFolder
+from synfer.importers import fer2013
+from synfer.importers.common import FER2013_LICENCE, BadInputError
+from synfer.importers.fer2013 import import_fer2013_csv
+from synfer.importers.ferplus import ferplus_target
 from synfer.schema import BASIC7, FERPLUS8
 
 # (emotion, Usage) per row; pixels come from gray_face(row)

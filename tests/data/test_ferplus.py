@@ -3,9 +3,9 @@ import time
 import pytest
 
 from conftest import FERPLUS_DIR, needs_ferplus, tree_state, write_ferplus_fixture
-from synfer.data.common import BadInputError
-from synfer.data.ferplus import ferplus_target, import_ferplus
-from synfer.dataset import DatasetError, DatasetFolder
+from synfer.core.dataset import DatasetError, DatasetFolder
+from synfer.importers.common import BadInputError
+from synfer.importers.ferplus import ferplus_target, import_ferplus
 from synfer.schema import FERPLUS8
 
 V = [0.0] * 8

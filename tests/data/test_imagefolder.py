@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from conftest import gray_face, tree_state
-from synfer.data import imagefolder
-from synfer.data.common import BadInputError, UniqueIds
-from synfer.data.imagefolder import import_imagefolder
-from synfer.dataset import DatasetError, DatasetFolder
+from synfer.core.dataset import DatasetError, DatasetFolder
+from synfer.importers import imagefolder
+from synfer.importers.common import BadInputError, UniqueIds
+from synfer.importers.imagefolder import import_imagefolder
 from synfer.schema import BASIC7, FERPLUS8
 
 

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import synfer.data.prepare as prepare_mod
+import synfer.annotate.prepare as prepare_mod
 from conftest import FERPLUS_DIR, SHARED_DATA, needs_ferplus, tree_state, write_ferplus_fixture
+from synfer.annotate.au import ESTIMATORS, AUResult
+from synfer.annotate.prepare import au_table, prepare
 from synfer.cli import main
-from synfer.data.au import ESTIMATORS, AUResult
-from synfer.data.ferplus import import_ferplus
-from synfer.data.prepare import au_table, prepare
-from synfer.dataset import DatasetError, DatasetFolder, DatasetWriter, Record
-from synfer.dataset_report import au_means, validate_dataset
+from synfer.core.dataset import DatasetError, DatasetFolder, DatasetWriter, Record
+from synfer.core.report import au_means, validate_dataset
+from synfer.importers.ferplus import import_ferplus
 from synfer.schema import FERPLUS8, AUSet
 
 MODEL = SHARED_DATA / "mediapipe_face_landmarker" / "face_landmarker.task"
@@ -161,7 +161,7 @@ def test_prepare_with_mediapipe_on_noise(src, tmp_path):
 
 def _real_source(path, per_class):
     """A dataset folder of the first majority-labelled FER+ train faces of each class (images hard-linked)."""
-    from synfer.data.ferplus import ferplus_target, parse_label_csv
+    from synfer.importers.ferplus import ferplus_target, parse_label_csv
 
     rows, _ = parse_label_csv(FERPLUS_DIR / "FER2013Train" / "label.csv")
     taken = dict.fromkeys(per_class, 0)

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from conftest import gray_face, tree_state
-from synfer.data import rafdb
-from synfer.data.common import FER2013_LICENCE, BadInputError
-from synfer.data.rafdb import RAFDB_LICENCE, import_rafdb
-from synfer.dataset import DatasetError, DatasetFolder
+from synfer.core.dataset import DatasetError, DatasetFolder
+from synfer.importers import rafdb
+from synfer.importers.common import FER2013_LICENCE, BadInputError
+from synfer.importers.rafdb import RAFDB_LICENCE, import_rafdb
 from synfer.schema import RAFDB7
 
 LABELS = [("train_00001.jpg", 5), ("train_00002.jpg", 4), ("train_00003.jpg", 4), ("test_0001.jpg", 1),

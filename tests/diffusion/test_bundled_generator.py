@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from synfer.diffusion.pipeline import DEFAULT_GENERATOR, bundled_generators_dir, load_pipeline
-from synfer.diffusion.sample import AU_TARGETS_FILE
+from synfer.generator.pipeline import DEFAULT_GENERATOR, bundled_generators_dir, load_pipeline
 from synfer.schema import FERPLUS8
+from synfer.synthesize.sample import AU_TARGETS_FILE
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +41,7 @@ def test_bundled_generator_draws_faces() -> None:
 def test_bundled_inversion_reconstructs_a_face_that_noising_loses() -> None:
     """Layout initialisation on real weights: a face DDIM-inverted to half the schedule and sampled back under the
     same (class-agnostic) condition comes back close; the same entry point reached by fresh noise does not."""
-    from synfer.diffusion.layout import encode_images, invert
+    from synfer.generator.layout import encode_images, invert
 
     pipe = load_pipeline("bundled")
     pipe.set_progress_bar_config(disable=True)

@@ -13,10 +13,10 @@ from PIL import Image
 from test_pipeline import make_pipe, parts  # noqa: F401  (the fixture)
 from test_sample import pipe_dir  # noqa: F401  (the fixture)
 
-from synfer.dataset import DatasetFolder, DatasetWriter, Record
-from synfer.diffusion.edit import edit
-from synfer.diffusion.layout import encode_images, invert, read_faces, to_pipeline_images
+from synfer.core.dataset import DatasetFolder, DatasetWriter, Record
+from synfer.generator.layout import encode_images, invert, read_faces, to_pipeline_images
 from synfer.schema import AUSet
+from synfer.synthesize.edit import edit
 
 
 def faces(n: int = 2, size: int = 16) -> torch.Tensor:
@@ -117,7 +117,7 @@ def test_edit_writes_a_dataset_of_edits(pipe_dir: Path, tmp_path: Path) -> None:
 
 
 def make_pipe_from(folder: Path):
-    from synfer.diffusion.pipeline import load_pipeline
+    from synfer.generator.pipeline import load_pipeline
 
     return load_pipeline(folder)
 

@@ -19,11 +19,11 @@ from PIL import Image
 from test_pipeline import make_pipe, parts  # noqa: F401  (the fixture)
 from test_sample import pipe_dir  # noqa: F401  (the fixture)
 
-from synfer.dataset import DatasetFolder, DatasetWriter, Record
-from synfer.diffusion.generate import generate, plan_faces, refuse_own_guidance_model
-from synfer.diffusion.guidance import SemanticGuidance, predict_x0
+from synfer.core.dataset import DatasetFolder, DatasetWriter, Record
+from synfer.generator.guidance import SemanticGuidance, predict_x0
 from synfer.models.classifiers import ClassifierConfig, ExpressionClassifier
 from synfer.schema import AUSet
+from synfer.synthesize.generate import generate, plan_faces, refuse_own_guidance_model
 
 EXPR = ["neutral", "happiness"]
 
@@ -187,7 +187,7 @@ def test_guidance_model_never_judges_its_own_set(pipe_dir: Path, tmp_path: Path)
     with pytest.raises(ValueError, match="guided the generation"):
         refuse_own_guidance_model(out, guide)
     refuse_own_guidance_model(out, judge)  # an independent classifier may judge
-    from synfer.fer.evaluate import evaluate
+    from synfer.classifiers.evaluate import evaluate
 
     with pytest.raises(ValueError, match="cannot judge"):
         evaluate(str(guide), out, split="train")
@@ -197,7 +197,7 @@ def test_guidance_model_never_judges_its_own_set(pipe_dir: Path, tmp_path: Path)
 
 
 def test_au_only_guidance_lowers_the_au_loss(parts: dict, tmp_path: Path) -> None:  # noqa: F811
-    from synfer.data.au.distilled import DistilledAUEstimator
+    from synfer.annotate.au.distilled import DistilledAUEstimator
 
     pipe = make_pipe(parts)
     torch.manual_seed(0)

@@ -17,7 +17,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler,
 from PIL import Image
 
 from conftest import tiny_clip_encoder
-from synfer.diffusion.pipeline import SynferPipeline, guidance_weights
+from synfer.generator.pipeline import SynferPipeline, guidance_weights
 from synfer.models.au_adapter import AUAdapter
 from synfer.models.text_encoders import CLIPTextEncoderWrapper, TextEncoder
 
@@ -175,7 +175,7 @@ def test_save_load_round_trip(parts: dict, tmp_path: Path) -> None:
 
 
 def test_generation_defaults_travel_with_the_model(parts: dict, tmp_path: Path) -> None:
-    from synfer.diffusion.pipeline import load_pipeline
+    from synfer.generator.pipeline import load_pipeline
 
     pipe = make_pipe(parts)
     assert pipe.generation_defaults() == {"num_inference_steps": 25, "guidance_scale_text": 5.0,

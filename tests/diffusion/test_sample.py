@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from test_pipeline import make_pipe, parts  # noqa: F401  (the fixture)
 
-from synfer.dataset import DatasetWriter, Record
-from synfer.diffusion.sample import au_sweep, expression_au_targets, sample_grid, write_au_targets
+from synfer.core.dataset import DatasetWriter, Record
 from synfer.schema import AUSet, OrderMismatchError
+from synfer.synthesize.sample import au_sweep, expression_au_targets, sample_grid, write_au_targets
 
 
 @pytest.fixture()

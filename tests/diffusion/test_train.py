@@ -20,14 +20,14 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import tiny_clip_encoder
-from synfer.dataset import DatasetError, DatasetWriter, Record
-from synfer.diffusion.pipeline import SynferPipeline
-from synfer.diffusion.train_adapter import train_adapter
-from synfer.diffusion.train_unet import train_generator
-from synfer.diffusion.train_vae import build_vae, reconstruct, train_vae
+from synfer.core.dataset import DatasetError, DatasetWriter, Record
+from synfer.core.train_state import load_state
+from synfer.generator.pipeline import SynferPipeline
+from synfer.generator.train_adapter import train_adapter
+from synfer.generator.train_unet import train_generator
+from synfer.generator.train_vae import build_vae, reconstruct, train_vae
 from synfer.models.au_adapter import AUAdapter
 from synfer.schema import AUSet, OrderMismatchError
-from synfer.train_state import load_state
 
 VAE = dict(block_out_channels=(8, 16), epochs=3, batch_size=8, lr=2e-3, seed=0)
 GEN = dict(block_out_channels=(16, 32), layers_per_block=1, attention_head_dim=2, epochs=2, batch_size=8, lr=1e-3,
@@ -97,7 +97,7 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 @contextmanager
 def stopped_after_first_save(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The training run inside stops right after its first saved state (epoch 1), as a killed job would."""
-    import synfer.diffusion.loop as loop
+    import synfer.core.training as loop
 
     real = loop.save_state
 
@@ -114,7 +114,7 @@ def stopped_after_first_save(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def test_class_balanced_loader_draws_rare_expressions_more_often(tmp_path: Path) -> None:
-    from synfer.diffusion.loop import index_loader, load_faces
+    from synfer.core.training import index_loader, load_faces
 
     train = load_faces([write_faces(tmp_path / "ds", n_train=24)], "train")
     assert train.expressions == ["happiness", "sadness"] * 12
@@ -250,8 +250,8 @@ def test_adapter_can_fine_tune_the_unet_with_it_and_resume(gen_run: Path, faces:
 
 def test_adapter_with_standardized_aus_continues_the_same_function_and_resumes(
         gen_run: Path, faces: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from synfer.diffusion.loop import load_faces
-    from synfer.diffusion.train_adapter import MIN_AU_STD, au_statistics
+    from synfer.core.training import load_faces
+    from synfer.generator.train_adapter import MIN_AU_STD, au_statistics
 
     plain = train_adapter([faces], tmp_path / "plain", pipeline=gen_run / "pipeline", **{**ADAPTER, "epochs": 1})
     opts = {**ADAPTER, "standardize_aus": True}
@@ -322,7 +322,7 @@ def test_fine_tune_a_stable_diffusion_checkpoint(gen_run: Path, faces: Path, tmp
 
 
 def test_caption_states_are_cached_on_disk_and_keyed_by_weights_and_captions(tmp_path: Path, monkeypatch) -> None:
-    from synfer.diffusion.train_unet import CaptionEmbedder
+    from synfer.generator.train_unet import CaptionEmbedder
 
     encoder = tiny_clip_encoder(tmp_path / "clip")
     captions, cache, cpu = ["a smiling face", "a frowning face"], tmp_path / "cache", torch.device("cpu")
@@ -350,9 +350,9 @@ def test_caption_states_are_cached_on_disk_and_keyed_by_weights_and_captions(tmp
 
 def test_adapter_can_train_on_class_level_prompts_instead_of_captions(gen_run: Path, faces: Path, tmp_path: Path,
                                                                       monkeypatch) -> None:
-    from synfer.data.prompts import enrich_prompt
-    from synfer.diffusion import train_adapter as module
-    from synfer.diffusion.loop import load_faces
+    from synfer.annotate.prompts import enrich_prompt
+    from synfer.core.training import load_faces
+    from synfer.generator import train_adapter as module
 
     loaded = load_faces([faces], "train", need_captions=True)
     prompts = module.class_level_prompts(loaded)
@@ -379,9 +379,9 @@ def test_adapter_can_train_on_class_level_prompts_instead_of_captions(gen_run: P
 
 
 def test_class_level_prompts_word_soft_labels_as_the_captions_do() -> None:
-    from synfer.data.prompts import enrich_prompt
-    from synfer.diffusion.loop import Faces
-    from synfer.diffusion.train_adapter import class_level_prompts
+    from synfer.annotate.prompts import enrich_prompt
+    from synfer.core.training import Faces
+    from synfer.generator.train_adapter import class_level_prompts
 
     soft = {"neutral": 0.25, "contempt": 0.75}
     faces = Faces(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), ["c0", "c1", "c2", "c3"], None,
@@ -409,8 +409,8 @@ def tiny_au_estimator(path: Path, au_names: tuple[str, ...] = ("AU01", "AU12"), 
 def test_au_consistency_reads_the_clean_estimate_of_low_noise_faces_only(gen_run: Path, tmp_path: Path) -> None:
     from diffusers import DDPMScheduler
 
-    from synfer.data.au.distilled import DistilledAUEstimator
-    from synfer.diffusion.au_consistency import AUConsistency
+    from synfer.annotate.au.distilled import DistilledAUEstimator
+    from synfer.generator.au_consistency import AUConsistency
 
     pipe = SynferPipeline.from_pretrained(gen_run / "pipeline")
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -475,7 +475,7 @@ def test_adapter_trains_with_the_au_consistency_term(gen_run: Path, faces: Path,
 def test_predict_x0_takes_one_timestep_or_one_per_face(prediction_type: str) -> None:
     from diffusers import DDPMScheduler
 
-    from synfer.diffusion.guidance import predict_x0
+    from synfer.generator.guidance import predict_x0
 
     sched = DDPMScheduler(prediction_type=prediction_type)
     torch.manual_seed(0)
@@ -503,7 +503,7 @@ def test_distill_writes_a_few_step_student_and_leaves_the_teacher(adapter_run: P
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from diffusers import LCMScheduler
 
-    from synfer.diffusion.distill import distill
+    from synfer.generator.distill import distill
 
     teacher_dir = adapter_run / "pipeline"
     before = {name: weights(teacher_dir / name) for name in ("unet", "au_adapter")}
@@ -536,7 +536,7 @@ def test_distill_writes_a_few_step_student_and_leaves_the_teacher(adapter_run: P
 
 
 def test_distill_refuses_a_teacher_without_an_adapter(gen_run: Path, faces: Path, tmp_path: Path) -> None:
-    from synfer.diffusion.distill import distill
+    from synfer.generator.distill import distill
 
     with pytest.raises(ValueError, match="AU adapter"):
         distill([faces], tmp_path / "out", pipeline=str(gen_run / "pipeline"), **DISTILL)

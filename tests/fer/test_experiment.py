@@ -13,10 +13,10 @@ from diffusers import DDIMScheduler
 
 from conftest import PATTERN_CLASSES, tiny_clip_encoder, write_pattern_dataset
 from diffusion.test_pipeline import tiny_vae_unet
-from synfer.diffusion.pipeline import SynferPipeline
-from synfer.fer.experiment import experiment
+from synfer.generator.pipeline import SynferPipeline
 from synfer.models.au_adapter import AUAdapter
 from synfer.models.classifiers import ClassifierConfig, ExpressionClassifier
+from synfer.study.experiment import experiment
 
 TINY = {"architecture": "fer_resnet_xs", "model_kwargs": {"widths": [8, 16, 16, 32], "depths": [1, 1, 1, 1]},
         "epochs": 1, "batch_size": 8, "lr": 0.05, "augment": "none"}
@@ -66,7 +66,7 @@ def test_experiment_runs_every_row_and_reuses_cells(tmp_path: Path) -> None:
     assert configs["real-control"]["epochs"] == 2 * configs["real"]["epochs"]  # the mixed row's steps
     assert configs["real+syn-1x"]["train"][0] == configs["real"]["train"][0]
     # synthetic sets follow the real class distribution: 1x = 8 faces per class, the 0.5x ablations 4
-    from synfer.dataset import DatasetFolder
+    from synfer.core.dataset import DatasetFolder
 
     syn = DatasetFolder(configs["syn-1x"]["train"][0])
     assert len(syn.select_split("train")) <= 24 and len(DatasetFolder(configs["ablation-text"]["train"][0])) == 12
@@ -104,7 +104,7 @@ def test_experiment_runs_every_row_and_reuses_cells(tmp_path: Path) -> None:
 
 
 def test_a_recorded_cell_is_recomputed_where_its_files_are_needed(tmp_path: Path) -> None:
-    from synfer.fer.cells import Cells
+    from synfer.study.cells import Cells
 
     calls: list[str] = []
 
@@ -125,7 +125,7 @@ def test_a_recorded_cell_is_recomputed_where_its_files_are_needed(tmp_path: Path
 
 
 def test_cells_reuse_identical_work_under_another_name(tmp_path: Path) -> None:
-    from synfer.fer.cells import Cells
+    from synfer.study.cells import Cells
 
     calls: list[str] = []
 
@@ -153,7 +153,7 @@ def test_reduced_run_trains_on_a_subset_of_the_real_faces(tmp_path: Path) -> Non
 
 
 def test_paired_bootstrap_interval_covers_the_difference() -> None:
-    from synfer.fer.stats import paired_bootstrap
+    from synfer.study.stats import paired_bootstrap
 
     rng = np.random.default_rng(0)
     a = rng.random(3000) < 0.80
@@ -169,7 +169,7 @@ def test_paired_bootstrap_interval_covers_the_difference() -> None:
 
 
 def test_report_says_which_targets_are_met() -> None:
-    from synfer.fer.report import markdown
+    from synfer.study.report import markdown
 
     def row(acc: float, diff: float, lo: float, hi: float) -> dict:
         return {"accuracy": [acc], "macro_f1": [20.0], "seeds": [0],

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import PATTERN_CLASSES, write_pattern_dataset
-from synfer.fer.quality import diversity, frechet_distance, kernel_distance, quality
 from synfer.labeling.label import label
 from synfer.models.classifiers import ClassifierConfig, ExpressionClassifier
+from synfer.study.quality import diversity, frechet_distance, kernel_distance, quality
 
 
 def test_frechet_distance_matches_gaussians() -> None:
@@ -66,7 +66,7 @@ def test_quality_reports_and_refuses_an_annotator_as_judge(tmp_path: Path) -> No
 def copy_records(src: Path, dest: Path, picks: list[tuple[str, list[str] | None, str]]) -> None:
     """A dataset folder holding the images of some of ``src``'s records (same labels): per (split, ids or None for
     all, new split), e.g. copies of training faces posing as generated ones."""
-    from synfer.dataset import DatasetFolder, DatasetWriter, Record
+    from synfer.core.dataset import DatasetFolder, DatasetWriter, Record
 
     folder = DatasetFolder(src)
     with DatasetWriter(dest, folder.expressions) as w:
@@ -78,7 +78,7 @@ def copy_records(src: Path, dest: Path, picks: list[tuple[str, list[str] | None,
 
 
 def test_privacy_audit_flags_copies_of_training_faces(tmp_path: Path) -> None:
-    from synfer.fer.privacy import exact_copies, nearest
+    from synfer.study.privacy import exact_copies, nearest
 
     real = write_pattern_dataset(tmp_path / "real", {"train": 30, "test": 20}, seed=3)
     judge = tiny_judge(tmp_path / "judge", 0)
@@ -99,7 +99,7 @@ def test_privacy_audit_flags_copies_of_training_faces(tmp_path: Path) -> None:
     judges = [str(judge), str(tiny_judge(tmp_path / "other", 1))]
     kept = label(copies, tmp_path / "l1", judges, near_copies_of=real,
                  near_copy_distance=p["pixels"]["threshold"])
-    from synfer.dataset import DatasetFolder, read_header
+    from synfer.core.dataset import DatasetFolder, read_header
 
     assert len(DatasetFolder(kept).select_split("train")) == 0
     assert read_header(kept).stats["label"]["near_copies"] == 9

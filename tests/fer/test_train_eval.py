@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from conftest import PATTERN_CLASSES, write_pattern_dataset
-from synfer.fer.data import MixSampler, load_split
-from synfer.fer.evaluate import evaluate
-from synfer.fer.probe import _few_shot_indices, probe
-from synfer.fer.train import train_fer
+from synfer.classifiers.evaluate import evaluate
+from synfer.classifiers.probe import _few_shot_indices, probe
+from synfer.classifiers.train import train_fer
+from synfer.core.splits import MixSampler, load_split
 from synfer.models.classifiers import ClassifierConfig, ExpressionClassifier
 from synfer.schema import OrderMismatchError
 
@@ -55,7 +55,7 @@ def test_resume_replays_the_same_run(pattern_data, tmp_path):
     kw = dict(TINY, augment="standard", ema_decay=0.9, seed=3)
     train_fer([pattern_data], tmp_path / "straight", epochs=3, **kw)
     # simulate an interruption after epoch 2: a 3-epoch run whose third epoch never ran
-    import synfer.fer.train as t
+    import synfer.classifiers.train as t
 
     calls = {"n": 0}
     real = t.save_state
@@ -127,7 +127,7 @@ def test_probe_and_few_shot(trained, pattern_data, tmp_path):
 def test_one_channel_batches_get_plain_nchw_strides_and_train_with_threads() -> None:
     """A 1-channel permute().contiguous() keeps channels-last strides; with them torch 2.14's oneDNN convolution
     backward corrupted the heap on the CPU (the reduced experiment test crashed). stack_nchw gives NCHW strides."""
-    from synfer.batching import stack_nchw
+    from synfer.core.batching import stack_nchw
 
     arrays = [np.full((16, 16, 1), i, np.uint8) for i in range(5)]
     x = stack_nchw(arrays)

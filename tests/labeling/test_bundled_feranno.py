@@ -34,8 +34,8 @@ def test_bundled_feranno_loads_with_its_generator():
 @needs_ferplus
 def test_bundled_feranno_on_real_validation_faces(tmp_path):
     """A regression check on the validation split (the test split is kept for reporting)."""
-    from synfer.data.ferplus import import_ferplus
-    from synfer.dataset import DatasetFolder
+    from synfer.core.dataset import DatasetFolder
+    from synfer.importers.ferplus import import_ferplus
 
     data = import_ferplus(FERPLUS_DIR, tmp_path / "ferplus", splits=["val"])
     folder = DatasetFolder(data)

@@ -13,8 +13,8 @@ from diffusers import DDIMScheduler
 
 from conftest import PATTERN_CLASSES, tiny_clip_encoder, write_pattern_dataset
 from diffusion.test_pipeline import tiny_vae_unet
-from synfer.dataset import DatasetFolder
-from synfer.diffusion.pipeline import SynferPipeline
+from synfer.core.dataset import DatasetFolder
+from synfer.generator.pipeline import SynferPipeline
 from synfer.labeling.annotators import FERAnnotator, load_annotator
 from synfer.labeling.label import label
 from synfer.labeling.train_annotator import train_annotator
@@ -143,7 +143,7 @@ def test_feranno_refuses_a_changed_generator(pipe_dir: Path, patterns: Path, tmp
 
     from safetensors.torch import load_file, save_file
 
-    from synfer.diffusion.generate import files_sha256
+    from synfer.synthesize.generate import files_sha256
 
     gen = tmp_path / "gen"
     shutil.copytree(pipe_dir, gen)

@@ -27,9 +27,9 @@ def test_bundled_classifier_loads_by_name():
 @needs_ferplus
 def test_bundled_classifier_on_real_validation_faces(tmp_path):
     """A regression check on the validation split (the test split is kept for reporting)."""
-    from synfer.data.ferplus import import_ferplus
-    from synfer.fer.data import load_split
-    from synfer.fer.evaluate import predict
+    from synfer.classifiers.evaluate import predict
+    from synfer.core.splits import load_split
+    from synfer.importers.ferplus import import_ferplus
 
     data = import_ferplus(FERPLUS_DIR, tmp_path / "ferplus", splits=["val"])
     val = load_split(data, "val", expressions=FERPLUS8.names, limit=800)
@@ -41,7 +41,7 @@ def test_bundled_classifier_on_real_validation_faces(tmp_path):
 def test_bundled_judge_is_independent_of_the_guidance_model():
     """The second bundled classifier (the judge) differs from the default guidance model in architecture, seed and
     weights, so `synfer quality` / `evaluate` accept it on sets the default guided."""
-    from synfer.diffusion.generate import files_sha256
+    from synfer.synthesize.generate import files_sha256
 
     judge = "ferplus-vgg13s-judge"
     assert judge in bundled_classifiers()

@@ -33,9 +33,9 @@ def _hashes(images: torch.Tensor) -> list[str]:
 
 def faces() -> dict[str, list[str]]:
     """The bundled generator's faces at the pinned settings."""
-    from synfer.diffusion.guidance import SemanticGuidance
-    from synfer.diffusion.layout import invert
-    from synfer.diffusion.pipeline import load_pipeline
+    from synfer.generator.guidance import SemanticGuidance
+    from synfer.generator.layout import invert
+    from synfer.generator.pipeline import load_pipeline
     from synfer.models.classifiers import DEFAULT_CLASSIFIER, ExpressionClassifier
     from synfer.schema import FERPLUS8
 
@@ -60,16 +60,16 @@ def faces() -> dict[str, list[str]]:
 
 
 def _bundled_dir() -> Path:
-    from synfer.diffusion.pipeline import DEFAULT_GENERATOR, bundled_generators_dir
+    from synfer.generator.pipeline import DEFAULT_GENERATOR, bundled_generators_dir
 
     return bundled_generators_dir() / DEFAULT_GENERATOR
 
 
 def classifier_predictions(ferplus: Path, work: Path) -> str | None:
     """The bundled classifier's argmax on FER+ test (majority), as one digit per face; None without the data."""
-    from synfer.data.ferplus import import_ferplus
-    from synfer.fer.data import load_split
-    from synfer.fer.evaluate import predict
+    from synfer.classifiers.evaluate import predict
+    from synfer.core.splits import load_split
+    from synfer.importers.ferplus import import_ferplus
     from synfer.models.classifiers import DEFAULT_CLASSIFIER, ExpressionClassifier
 
     if not (ferplus / "FER2013Test" / "label.csv").is_file():

@@ -52,7 +52,7 @@ class FERAnnotator:
     def read(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Faces (B, C, H, W) in [0, 1] at the VAE's size -> (feature maps per up block, attention maps per
         cross-attention layer), see :class:`UNetFeatureHooks`."""
-        from ..diffusion.layout import encode_images
+        from ..generator.layout import encode_images
 
         pipe = self.pipe
         z0 = encode_images(pipe, images)
@@ -70,7 +70,7 @@ class FERAnnotator:
     @torch.no_grad()
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """PIL faces -> probabilities (B, K) (resized to the VAE's size and channels)."""
-        from ..diffusion.layout import to_pipeline_images
+        from ..generator.layout import to_pipeline_images
 
         features, attention = self.read(to_pipeline_images(self.pipe, images))
         return self.head.to(features[0].device)(features, attention).float().softmax(-1).cpu()
@@ -107,8 +107,8 @@ def load_annotator(spec: str | Path, device: str | torch.device = "cpu", pipelin
     from ..models.classifiers import ExpressionClassifier
 
     if is_feranno(spec):
-        from ..diffusion.generate import files_sha256
-        from ..diffusion.sample import load_generator
+        from ..synthesize.generate import files_sha256
+        from ..synthesize.sample import load_generator
 
         head = FERAnnoHead.from_pretrained(spec)
         if pipeline is None:

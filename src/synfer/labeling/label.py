@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data.common import open_output
-from ..dataset import DatasetFolder, Record
+from ..core.dataset import DatasetFolder, Record
+from ..importers.common import open_output
 from ..schema import check_same_order
 from .annotators import load_annotator
 from .vote import summarise, vote
@@ -33,9 +33,9 @@ from .vote import summarise, vote
 
 def annotator_sha256(spec: str) -> str:
     """SHA-256 of an annotator's weight files (FERAnno head or classifier, by folder or bundled name)."""
-    from ..diffusion.generate import files_sha256
     from ..models.classifiers import resolve_classifier_path
     from ..models.feranno import is_feranno, resolve_feranno_path
+    from ..synthesize.generate import files_sha256
 
     path = resolve_feranno_path(spec) if is_feranno(spec) else resolve_classifier_path(spec)
     return files_sha256(path)
@@ -72,7 +72,7 @@ def label(
     Returns:
         ``out``.
     """
-    from ..runtime import resolve_device
+    from ..core.runtime import resolve_device
 
     if not annotators:
         raise ValueError("Give at least one annotator (--annotators FERANNO_DIR,ferplus-resnet-s).")
@@ -94,7 +94,7 @@ def label(
               "split": split, "annotator_sha256": {s: annotator_sha256(s) for s in annotators}}
     train_faces = None
     if near_copies_of is not None:
-        from ..fer.data import load_split
+        from ..core.splits import load_split
 
         train_faces = load_split(near_copies_of, "train", expressions=names)
         config["near_copies"] = {"of": str(Path(near_copies_of).resolve()), "distance": near_copy_distance}
@@ -143,8 +143,8 @@ def _near_copies(images: list, train_images, distance: float) -> np.ndarray:
     """(B,) bool: which PIL faces lie within ``distance`` of a training face (uint8 (M, C, H, W)), in pixels."""
     import torch
 
-    from ..batching import stack_nchw
-    from ..fer.privacy import near_copy_mask
+    from ..core.batching import stack_nchw
+    from ..study.privacy import near_copy_mask
 
     c, h, w = train_images.shape[1:]
     mode = "L" if c == 1 else "RGB"

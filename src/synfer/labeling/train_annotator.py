@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..dataset import DatasetError, atomic_write_json, provenance_entry
-from ..fer.data import load_split
-from ..fer.metrics import classification_metrics
+from ..core.dataset import DatasetError, atomic_write_json, provenance_entry
+from ..core.metrics import classification_metrics
+from ..core.splits import load_split
+from ..core.train_state import cached_tensors, warmup_cosine
 from ..models.feranno import FERAnnoConfig, FERAnnoHead, read_weights_sha256
-from ..train_state import cached_tensors, warmup_cosine
 from .annotators import FERAnnotator
 
 
@@ -128,7 +128,7 @@ def train_annotator(
     Returns:
         ``out``.
     """
-    from ..diffusion.sample import load_generator
+    from ..synthesize.sample import load_generator
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:

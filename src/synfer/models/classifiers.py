@@ -278,7 +278,7 @@ class ExpressionClassifier(nn.Module):
         """Write ``config.json`` + ``model.safetensors`` (atomically) to ``path``."""
         from safetensors.torch import save_file
 
-        from ..dataset import atomic_write_json
+        from ..core.dataset import atomic_write_json
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ READ_COMPONENTS = ("vae", "unet", "text_encoder")
 
 def read_weights_sha256(generator_dir: str | Path) -> str:
     """Hash of the weights a FERAnno head depends on: those of ``READ_COMPONENTS`` in a SynferPipeline folder."""
-    from ..diffusion.generate import files_sha256
+    from ..synthesize.generate import files_sha256
 
     return files_sha256(Path(generator_dir), only=READ_COMPONENTS)
 
@@ -220,7 +220,7 @@ class FERAnnoHead(nn.Module):
         """``config.json`` + ``model.safetensors``, each written under a temporary name and renamed."""
         from safetensors.torch import save_file
 
-        from ..dataset import atomic_write_json
+        from ..core.dataset import atomic_write_json
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,305 @@
+"""``synfer train-au-estimator``: distil an AU estimator (MediaPipe through synfer's table) into a small CNN.
+
+The teacher's outputs are already in a prepared dataset folder (``synfer prepare``): ``aus`` per record (None
+where the teacher saw no face) and ``meta.face_presence``. The student is a synfer backbone with one logit per
+AU plus one for face presence, trained with binary cross-entropy to the teacher's intensities (the AU loss only
+on records that have AUs), and selected on the validation split by the mean Pearson r over the AUs that vary.
+Optionally it starts from a trained expression classifier's backbone (``--init-from ferplus-resnet-s``): the
+same faces, and expression features are close to AU features, so it converges in a few epochs.
+
+Run folder::
+
+    OUT/config.json, model.safetensors   the exported estimator (best epoch on validation)
+    OUT/train_config.json                arguments, versions, data sizes
+    OUT/metrics.jsonl                    per epoch: losses, val mean r, per-AU r, images/s
+    OUT/state/                           resume state of the last finished epoch
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ...core.batching import decode_image, stack_nchw
+from ...core.dataset import DatasetError, DatasetFolder, atomic_write_json, provenance_entry
+from ...core.train_state import (
+    check_same_options,
+    load_state,
+    open_run_dir,
+    rng_state,
+    save_state,
+    set_rng_state,
+    warmup_cosine,
+)
+from ...models.classifiers import ClassifierConfig, ExpressionClassifier
+from .distilled import FACE_COLUMN, KIND
+
+#: An AU "varies" on a split when the teacher's standard deviation there is at least this (AU09 from MediaPipe
+#: stays near 0 on FER+: a correlation with noise says nothing).
+VARYING_STD = 0.02
+
+
+@dataclass
+class AUSplit:
+    """One split decoded: images (N, C, H, W) uint8, aus (N, A) float32 (0 where missing), has_aus (N,) bool,
+    face (N,) float32 teacher face presence, AU names."""
+
+    images: torch.Tensor
+    aus: torch.Tensor
+    has_aus: torch.Tensor
+    face: torch.Tensor
+    au_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def load_au_split(path: Path, split: str, input_size: tuple[int, int, int] | None = None,
+                  limit: int | None = None) -> AUSplit:
+    """Decode a prepared folder's split with its teacher AUs and face presence."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    folder = DatasetFolder(path)
+    if folder.header.aus is None:
+        raise DatasetError(f"{path} has no AU values; run `synfer prepare {path} OUT` first and train on OUT.")
+    rows = folder.select_split(split).select(["image", "aus", "meta"]).to_pylist()[:limit]
+    if not rows:
+        raise DatasetError(f"{path}: split {split!r} is empty.")
+    if input_size is None:
+        first = folder.load_image(rows[0]["image"])
+        input_size = (1 if first.mode == "L" else 3, first.height, first.width)
+    mode = "L" if input_size[0] == 1 else "RGB"
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        arrays = list(pool.map(lambda r: decode_image(folder.image_path(r["image"]), mode, input_size[1:]), rows))
+    images = stack_nchw(arrays)
+    a = len(folder.au_names)
+    aus = torch.tensor([r["aus"] if r["aus"] is not None else [0.0] * a for r in rows], dtype=torch.float32)
+    has = torch.tensor([r["aus"] is not None for r in rows])
+    face = []
+    for r in rows:
+        meta = json.loads(r["meta"]) if r["meta"] else {}
+        # without a recorded score, trust the AU column: prepare writes AUs only where it saw a face
+        face.append(float(meta.get("face_presence", 1.0 if r["aus"] is not None else 0.0)))
+    if not has.any():
+        raise DatasetError(f"{path}: no record of split {split!r} has AU values.")
+    return AUSplit(images, aus, has, torch.tensor(face), tuple(folder.au_names))
+
+
+def pearson_per_column(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Pearson r of each column of (N, A) predictions with (N, A) targets; NaN where either is constant."""
+    p = pred - pred.mean(0)
+    t = target - target.mean(0)
+    den = np.sqrt((p ** 2).sum(0) * (t ** 2).sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (p * t).sum(0) / den, np.nan)
+
+
+def au_agreement(pred: np.ndarray, target: np.ndarray, names: tuple[str, ...],
+                 varying_std: float = VARYING_STD) -> dict[str, Any]:
+    """Per-AU Pearson r, MAE and teacher std, and the mean r over the AUs whose teacher std >= ``varying_std``."""
+    r = pearson_per_column(pred, target)
+    std = target.std(0)
+    mae = np.abs(pred - target).mean(0)
+    varying = [i for i in range(len(names)) if std[i] >= varying_std and np.isfinite(r[i])]
+    return {
+        "mean_r": float(np.mean(r[varying])) if varying else float("nan"),
+        "varying": [names[i] for i in varying],
+        "per_au": {n: {"r": None if not np.isfinite(r[i]) else round(float(r[i]), 4),
+                       "mae": round(float(mae[i]), 4), "teacher_std": round(float(std[i]), 4)}
+                   for i, n in enumerate(names)},
+        "n": int(len(pred)),
+    }
+
+
+def _flip_permutation(names: tuple[str, ...]) -> list[int]:
+    """Column order after a horizontal flip: lateral columns swap sides (AU12_L <-> AU12_R)."""
+    idx = {n: i for i, n in enumerate(names)}
+    swap = {"_L": "_R", "_R": "_L"}
+    return [idx.get(n[:-2] + swap[n[-2:]], i) if n[-2:] in swap else i for i, n in enumerate(names)]
+
+
+def _augment(x: torch.Tensor, aus: torch.Tensor, perm: list[int], gen: torch.Generator
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip half the faces (swapping lateral AU columns) and jitter brightness/contrast a little.
+
+    Only transforms under which the teacher's answer stays (nearly) the same: crops and rotations move the face
+    in the teacher's padded input and change its output.
+    """
+    b = len(x)
+    flip = torch.rand(b, generator=gen) < 0.5
+    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    aus = torch.where(flip.view(-1, 1), aus[:, perm], aus)
+    contrast = 1 + (torch.rand(b, 1, 1, 1, generator=gen) - 0.5) * 0.3
+    bright = (torch.rand(b, 1, 1, 1, generator=gen) - 0.5) * 0.15
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return ((x - mean) * contrast + mean + bright).clamp(0, 1), aus
+
+
+@torch.no_grad()
+def predict_aus(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 512
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (N, C, H, W) -> (AU intensities (N, A), face presence (N,)) from a network with A + 1 logits."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = [torch.sigmoid(model(chunk.to(device).float() / 255.0).float()).cpu() for chunk in images.split(batch_size)]
+    p = torch.cat(out).numpy()
+    return p[:, :-1], p[:, -1]
+
+
+def train_au_estimator(
+    data: Path,
+    out: Path,
+    architecture: str = "fer_resnet_s",
+    model_kwargs: dict[str, Any] | None = None,
+    init_from: str | None = None,
+    train_split: str = "train",
+    val_split: str = "val",
+    epochs: int = 12,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    weight_decay: float = 0.05,
+    warmup_epochs: float = 0.5,
+    face_weight: float = 0.5,
+    seed: int = 0,
+    limit: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Distil the AU estimator whose outputs a prepared dataset folder holds into a small CNN.
+
+    Args:
+        data: a folder written by ``synfer prepare`` (AUs + ``meta.face_presence`` per record).
+        out: run folder (see module docs); its config.json + model.safetensors are the estimator.
+        architecture: synfer backbone or timm model name (ignored with ``init_from``: the classifier's is used).
+        model_kwargs: extra backbone arguments, e.g. {"stem_stride": 2}.
+        init_from: start from this expression classifier's backbone (folder or bundled name); its head is
+            replaced. None: random initialisation.
+        train_split, val_split: splits to fit and to select on (the test split is never read here).
+        epochs, batch_size, lr, weight_decay, warmup_epochs: AdamW with a cosine schedule after a linear warm-up.
+        face_weight: weight of the face-presence loss next to the AU loss.
+        seed: seeds weights, order and augmentation.
+        limit: at most this many faces per split (quick runs and tests).
+        resume / overwrite: continue the run in ``out`` / start it again.
+
+    Returns:
+        the run folder.
+    """
+    out = Path(out)
+    state_dir = out / "state"
+    resume = open_run_dir(out, resume, overwrite)
+    torch.manual_seed(seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    init = ExpressionClassifier.from_pretrained(init_from) if init_from else None
+    size = tuple(init.config.input_size) if init is not None else None
+    train = load_au_split(data, train_split, size, limit)
+    val = load_au_split(data, val_split, tuple(train.images.shape[1:]), limit)
+    names = train.au_names
+    c, h, w = train.images.shape[1:]
+    if init is not None:
+        config = ClassifierConfig(architecture=init.config.architecture, label_names=[*names, FACE_COLUMN],
+                                  input_size=(c, h, w), mean=init.config.mean, std=init.config.std,
+                                  model_kwargs=dict(init.config.model_kwargs))
+    else:
+        config = ClassifierConfig(architecture=architecture, label_names=[*names, FACE_COLUMN], input_size=(c, h, w),
+                                  mean=(0.5,) * c, std=(0.25,) * c, model_kwargs=dict(model_kwargs or {}))
+    model = ExpressionClassifier(config)
+    if init is not None:  # everything but the classification head
+        own = model.backbone.state_dict()
+        keep = {k: v for k, v in init.backbone.state_dict().items() if k in own and own[k].shape == v.shape}
+        model.backbone.load_state_dict(keep, strict=False)
+    model.to(device)
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    steps_per_epoch = len(train) // batch_size
+    if steps_per_epoch == 0:
+        raise DatasetError(f"{len(train)} training faces is less than one batch of {batch_size}.")
+    total, warm = epochs * steps_per_epoch, max(1, int(warmup_epochs * steps_per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warm, total))
+    gen = torch.Generator().manual_seed(seed)
+    start, best = 0, {"val_mean_r": -2.0, "epoch": -1}
+    if resume:
+        st = load_state(state_dir)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        gen.set_state(st["gen"])
+        set_rng_state(st["rng"])
+        start, best = st["epoch"] + 1, st["best"]
+        print(f"resuming {out} at epoch {start + 1} (best so far {best})")
+    run_config = provenance_entry("train-au-estimator", {
+        "data": str(data), "architecture": config.architecture, "model_kwargs": config.model_kwargs,
+        "init_from": init_from, "train_split": train_split, "val_split": val_split, "epochs": epochs,
+        "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "warmup_epochs": warmup_epochs,
+        "face_weight": face_weight, "seed": seed, "limit": limit,
+    }, data={"train": len(train), "train_with_aus": int(train.has_aus.sum()), "val": len(val),
+             "val_with_aus": int(val.has_aus.sum())})
+    if resume:
+        check_same_options(out, run_config)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "train_config.json", run_config)
+    perm = _flip_permutation(names)
+    val_mask = val.has_aus.numpy()
+
+    for epoch in range(start, epochs):
+        model.train()
+        order = torch.randperm(len(train), generator=gen)[: steps_per_epoch * batch_size].view(steps_per_epoch, -1)
+        t0, sums = time.perf_counter(), {"au": 0.0, "face": 0.0}
+        bar = tqdm(order, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False, mininterval=2.0)
+        for idx in bar:
+            x, aus = _augment(train.images[idx].float() / 255.0, train.aus[idx], perm, gen)
+            has, face = train.has_aus[idx].to(device), train.face[idx].to(device)
+            logits = model(x.to(device)).float()
+            au_loss = F.binary_cross_entropy_with_logits(logits[:, :-1], aus.to(device), reduction="none").mean(1)
+            au_loss = (au_loss * has).sum() / has.sum().clamp(min=1)
+            face_loss = F.binary_cross_entropy_with_logits(logits[:, -1], face)
+            loss = au_loss + face_weight * face_loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            sums["au"] += au_loss.item()
+            sums["face"] += face_loss.item()
+            bar.set_postfix(au=f"{au_loss.item():.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+        train_s = time.perf_counter() - t0
+        pred, face_pred = predict_aus(model, val.images)
+        agree = au_agreement(pred[val_mask], val.aus.numpy()[val_mask], names)
+        face_r = float(pearson_per_column(face_pred[:, None], val.face.numpy()[:, None])[0])
+        row = {"epoch": epoch + 1, "train_au_bce": sums["au"] / steps_per_epoch,
+               "train_face_bce": sums["face"] / steps_per_epoch, "val_mean_r": agree["mean_r"], "val_face_r": face_r,
+               "val_r": {n: v["r"] for n, v in agree["per_au"].items()}, "lr": sched.get_last_lr()[0],
+               "images_per_s": steps_per_epoch * batch_size / train_s, "epoch_s": time.perf_counter() - t0}
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"epoch {epoch + 1}: AU BCE {row['train_au_bce']:.4f}  val mean r {agree['mean_r']:.4f} "
+              f"(face r {face_r:.3f})  {row['images_per_s']:.0f} img/s", flush=True)
+        if agree["mean_r"] > best["val_mean_r"]:
+            best = {"val_mean_r": agree["mean_r"], "val_face_r": face_r, "epoch": epoch + 1}
+            model.config.extra = {"kind": KIND, "selected_on": f"{Path(data).name}:{val_split} mean Pearson r over varying AUs",
+                                  **best, "teacher": _teacher(data), "init_from": init_from, "seed": seed,
+                                  "au_scale": "0-1"}
+            model.save_pretrained(out)
+        save_state(state_dir, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                               "scheduler": sched.state_dict(), "gen": gen.get_state(), "rng": rng_state(),
+                               "epoch": epoch, "best": best})
+    print(f"best epoch {best['epoch']}: val mean r {best['val_mean_r']:.4f}; exported to {out}")
+    return out
+
+
+def _teacher(data: Path) -> dict[str, Any]:
+    """The AU estimator that wrote the folder's AUs (from its provenance)."""
+    for entry in reversed(DatasetFolder(data).header.provenance):
+        if entry.get("stage") == "prepare":
+            est = entry.get("config", {}).get("estimator", {})
+            return {k: est.get(k) for k in ("estimator", "model_sha256", "pad_fraction") if k in est}
+    return {}

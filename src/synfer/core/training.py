@@ -1,0 +1,400 @@
+"""What the three generator trainers share: run folders, faces in memory, EMA, the training loop, atomic outputs.
+
+``train-vae``, ``train-generator`` and ``train-adapter`` differ only in their modules and loss; :class:`Trainer`
+runs the rest: AdamW on the modules' trainable parameters (linear warm-up, cosine decay), accelerate for devices
+and mixed precision (bf16 on CUDA), gradient clipping, an EMA with warm-up, a progress bar, one ``metrics.jsonl``
+line per epoch and pickle-free resume state (:mod:`synfer.core.train_state`) in ``OUT/state``.
+
+Exact resume: weights, optimizer, schedule, EMA and every RNG are restored, and the loader is told its epoch
+(accelerate's loader overrides the sampler's epoch otherwise). Validation and sample grids draw from their own
+seeded generators, so judging a run never shifts its training randomness.
+
+Modules are moved to the device but not wrapped in DistributedDataParallel: the AU adapter's weights are used
+inside the UNet's attention processors, not through a ``forward`` of their own, which DDP cannot follow. With
+several processes the gradients are averaged by one all-reduce per step instead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..schema import check_same_order
+from .batching import IndexDataset, decode_image, stack_nchw
+from .dataset import DatasetError, DatasetFolder, replace_path
+from .runtime import make_accelerator, resolve_device, resolve_precision
+from .train_state import load_state, open_run_dir, rng_state, save_state, set_rng_state, warmup_cosine
+
+
+# -- run folder and accelerator ----------------------------------------------------------------------------------
+def start_run(out: Path, resume: bool, overwrite: bool, precision: str, seed: int) -> tuple[Any, bool]:
+    """Check the run folder, make the Accelerator (``precision``: see :mod:`synfer.core.runtime`) and seed everything;
+    returns ``(accelerator, resume)``.
+
+    ``resume`` comes back False where the folder holds no finished epoch yet (start from scratch in it).
+    """
+    from accelerate.utils import set_seed
+
+    resolve_precision(precision, resolve_device("auto"))  # checked before the run folder is touched
+    resume = open_run_dir(out, resume, overwrite)
+    accel = make_accelerator(precision)
+    set_seed(seed, device_specific=True)  # each process its own noise draws
+    return accel, resume
+
+
+def append_metrics(out: Path, row: dict[str, Any]) -> None:
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def atomic_save_dir(dest: Path, write: Callable[[Path], Any]) -> Path:
+    """Let ``write(folder)`` fill a temporary folder beside ``dest``, then swap it in: never a half-written folder."""
+    tmp = dest.with_name(f".tmp-{dest.name}")
+    if tmp.exists():  # left by a killed run
+        shutil.rmtree(tmp)
+    write(tmp)
+    replace_path(tmp, dest)
+    return dest
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> Path:
+    """Images (B, C, H, W) in [0, 1] -> one PNG grid (gray for C = 1), written atomically."""
+    from torchvision.utils import make_grid
+
+    grid = make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=1, pad_value=1.0)
+    pixels = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    image = Image.fromarray(pixels[..., 0] if images.shape[1] == 1 else pixels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def group_norm_groups(widths: Sequence[int]) -> int:
+    """The largest GroupNorm group count <= 32 that divides every block width (32 for SD's widths)."""
+    g = math.gcd(*widths)
+    return max(d for d in range(1, min(32, g) + 1) if g % d == 0)
+
+
+# -- faces in memory -----------------------------------------------------------------------------------------------
+@dataclass
+class Faces:
+    """One split of one or more dataset folders, decoded.
+
+    Attributes:
+        images: (N, C, H, W) uint8.
+        captions: N captions ("" where a record has none and captions were not required).
+        aus: (N, A) float32 in ``au_names`` order (zeros where a record has none), or None.
+        has_aus: (N,) bool, which rows have AU values.
+        au_names: the header's AU order (empty without AUs).
+        expressions: N expression labels (None where a record has none), for class-balanced sampling.
+        skipped: records left out (no caption where one is required).
+        label_probs: N soft labels ``{expression: probability}`` (None where a record has none).
+    """
+
+    images: torch.Tensor
+    captions: list[str]
+    aus: torch.Tensor | None
+    has_aus: torch.Tensor
+    au_names: tuple[str, ...]
+    expressions: list[str | None]
+    skipped: int
+    label_probs: list[dict[str, float] | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
+def load_faces(paths: Sequence[Path], split: str, size: tuple[int, int, int] | None = None,
+               need_captions: bool = False, need_aus: bool = False, limit: int | None = None) -> Faces:
+    """Decode every record of ``split`` in ``paths`` (labels not needed), resized to ``size`` = (C, H, W).
+
+    ``size`` defaults to the first image's. With ``need_captions`` records without a caption are skipped (and
+    counted); a split without any caption is refused. With ``need_aus`` every folder must have AUs in the first
+    one's order. A split with no record gives an empty result (callers decide whether that is an error).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows, au_names, skipped = [], (), 0
+    for path in paths:
+        folder = DatasetFolder(path)
+        if need_aus:
+            if folder.header.aus is None:
+                raise DatasetError(f"{path} has no AU values; run `synfer prepare {path} OUT` first and train on OUT.")
+            if au_names:
+                check_same_order("AU", au_names, folder.au_names, str(paths[0]), str(path))
+            au_names = folder.au_names
+        table = folder.select_split(split).select(["image", "caption", "aus", "expression", "label_probs"]
+                                                  ).to_pylist()
+        for r in table:  # soft labels as {name: p}: each folder's own expression order
+            r["label_probs"] = (None if r["label_probs"] is None
+                                else dict(zip(folder.expressions, r["label_probs"], strict=True)))
+        if need_captions:
+            if table and all(r["caption"] is None for r in table):
+                raise DatasetError(f"{path}: no record of split {split!r} has a caption; run `synfer prepare "
+                                   f"{path} OUT` first (it writes captions and AUs) and train on OUT.")
+            skipped += sum(r["caption"] is None for r in table)
+            table = [r for r in table if r["caption"] is not None]
+        table = table[:limit] if limit is not None else table
+        if need_aus and table and all(r["aus"] is None for r in table):
+            raise DatasetError(f"{path}: no record of split {split!r} has AU values; run `synfer prepare {path} "
+                               "OUT` first and train on OUT.")
+        rows += [(folder, r) for r in table]
+    if not rows:
+        return Faces(torch.zeros(0, *(size or (1, 1, 1)), dtype=torch.uint8), [], None, torch.zeros(0, dtype=bool),
+                     tuple(au_names), [], skipped)
+    if size is None:
+        first = rows[0][0].load_image(rows[0][1]["image"])
+        size = (1 if first.mode in ("L", "I", "I;16") else 3, first.height, first.width)
+    mode = "L" if size[0] == 1 else "RGB"
+    with ThreadPoolExecutor(max_workers=4) as pool:  # PNG decoding releases the GIL
+        arrays = list(pool.map(lambda fr: decode_image(fr[0].image_path(fr[1]["image"]), mode, size[1:]), rows))
+    images = stack_nchw(arrays)
+    has_aus = torch.tensor([r["aus"] is not None for _, r in rows])
+    aus = None
+    if need_aus:
+        aus = torch.tensor([r["aus"] if r["aus"] is not None else [0.0] * len(au_names) for _, r in rows],
+                           dtype=torch.float32)
+    return Faces(images, [r["caption"] or "" for _, r in rows], aus, has_aus, tuple(au_names),
+                 [r["expression"] for _, r in rows], skipped, [r["label_probs"] for _, r in rows])
+
+
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float in [-1, 1] (what the VAE reads and the pipeline's decode undoes)."""
+    return images.float() / 127.5 - 1.0
+
+
+def index_loader(n: int, batch_size: int, seed: int, collate: Callable[[list[int]], Any],
+                 classes: Sequence[str | None] | None = None, class_balance: float = 0.0) -> torch.utils.data.DataLoader:
+    """Shuffled index batches (epoch ``e`` uses ``seed + e``, so a resumed run replays the same plan).
+
+    With ``class_balance`` > 0 an epoch (still ``n`` faces) draws face i with probability proportional to
+    ``count(class_i) ** -class_balance`` (``classes``: one label per face; unlabelled faces form one class), with
+    replacement: 1 sees each class equally often, 0.5 is square-root balancing, 0 every face once.
+    """
+    from .splits import MixSampler
+
+    if n < batch_size:
+        raise DatasetError(f"{n} training images is less than one batch of {batch_size}; lower --batch-size.")
+    if class_balance and classes is None:
+        raise ValueError("class_balance needs the faces' classes.")
+    labels = torch.zeros(n, dtype=torch.long)
+    if class_balance:
+        names = sorted({str(c) for c in classes})
+        labels = torch.tensor([names.index(str(c)) for c in classes], dtype=torch.long)
+    sampler = MixSampler([n], [labels], seed=seed, balanced=class_balance > 0, balance_power=class_balance or 1.0)
+    return torch.utils.data.DataLoader(IndexDataset(n), batch_size=batch_size, sampler=sampler, drop_last=True,
+                                       collate_fn=collate)
+
+
+# -- EMA -----------------------------------------------------------------------------------------------------------
+class EMA:
+    """Exponential moving average of parameters, with warm-up: decay_k = min(decay, (1 + k) / (10 + k)).
+
+    Without the warm-up the average of a short run is mostly the random initialisation (0.999 ** 1000 = 0.37).
+    """
+
+    def __init__(self, params: Sequence[nn.Parameter], decay: float) -> None:
+        self.params, self.decay, self.updates = list(params), float(decay), 0
+        self.shadow = [p.detach().float().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for s, p in zip(self.shadow, self.params, strict=True):
+            s.lerp_(p.detach().float(), 1.0 - d)
+
+    @contextmanager
+    def swapped(self) -> Iterator[None]:
+        """The parameters hold the average inside the block and their exact training values after it."""
+        backup = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for p, s in zip(self.params, self.shadow, strict=True):
+                p.copy_(s)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, b in zip(self.params, backup, strict=True):
+                    p.copy_(b)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"shadow": self.shadow, "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.shadow = [s.to(p.device, torch.float32) for s, p in zip(state["shadow"], self.params, strict=True)]
+        self.updates = int(state["updates"])
+
+
+# -- the loop ------------------------------------------------------------------------------------------------------
+def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that train (a frozen backbone, a LoRA's base weights are left out of the resume state)."""
+    return {n: p.detach() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def canonical_fingerprint(value: Any) -> Any:
+    """``value`` without the keys that start with ``_``, at any depth. diffusers configs carry bookkeeping such as
+    ``_use_default_values``, a list built from a set: its order changes from one Python process to the next, so
+    a run resumed in a new process would otherwise look as if it had been started with other options."""
+    if isinstance(value, dict):
+        return {k: canonical_fingerprint(v) for k, v in value.items() if not str(k).startswith("_")}
+    if isinstance(value, list):
+        return [canonical_fingerprint(v) for v in value]
+    return value
+
+
+class Trainer:
+    """AdamW + warm-up/cosine schedule + EMA over the trainable parameters of ``modules``; see the module docs.
+
+    Args:
+        accel: the Accelerator of :func:`start_run`.
+        out: run folder (``metrics.jsonl``, ``state/``).
+        modules: name -> module (already on ``accel.device``); their ``requires_grad`` parameters train.
+        epochs, steps_per_epoch: for the schedule (steps per process).
+        lr, weight_decay, warmup_steps, max_grad_norm, ema_decay: the optimisation (ema_decay 0 = no EMA).
+        fingerprint: the options that shape the run (architecture, data); a resume with other values is refused.
+        extra_state: more objects with ``state_dict`` / ``load_state_dict`` (e.g. a distillation's target
+            network, an :class:`EMA` of its own) saved in and restored from the resume state.
+    """
+
+    def __init__(self, accel: Any, out: Path, modules: dict[str, nn.Module], epochs: int, steps_per_epoch: int,
+                 lr: float, weight_decay: float = 1e-2, warmup_steps: int = 500, max_grad_norm: float = 1.0,
+                 ema_decay: float = 0.0, fingerprint: dict[str, Any] | None = None,
+                 extra_state: dict[str, Any] | None = None) -> None:
+        self.accel, self.out, self.modules, self.epochs = accel, out, modules, epochs
+        self.extra_state = dict(extra_state or {})
+        self.fingerprint = canonical_fingerprint(json.loads(json.dumps(fingerprint or {})))  # as read from JSON
+        self.params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("Nothing to train: every parameter is frozen.")
+        self.max_grad_norm = max_grad_norm
+        opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
+        # warm-up: warmup_steps, but at most a tenth of the run (short runs still get their cosine decay)
+        total = max(1, epochs * steps_per_epoch)
+        warm = max(1, min(warmup_steps, total // 10))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warm, total))
+        self.opt = accel.prepare(opt)  # fp16's grad scaler lives in the prepared optimizer
+        self.ema = EMA(self.params, ema_decay) if ema_decay > 0 else None
+        self.step, self.start_epoch = 0, 0
+
+    def load(self) -> None:
+        """Restore ``OUT/state`` (weights, optimizer, schedule, EMA, RNG, epoch). Call it right before :meth:`fit`
+        (anything drawing random numbers in between would make the resumed run differ from an uninterrupted one)."""
+        st = load_state(self.out / "state")
+        saved_fp = canonical_fingerprint(st["fingerprint"])  # states saved before the keys were dropped too
+        if saved_fp != self.fingerprint:
+            diff = {k: (saved_fp.get(k), self.fingerprint.get(k)) for k in set(saved_fp) | set(self.fingerprint)
+                    if saved_fp.get(k) != self.fingerprint.get(k)}
+            raise DatasetError(f"{self.out} was started with other options, (then, now): {diff}; resume with the "
+                               "same options or pass --overwrite to restart.")
+        for name, module in self.modules.items():
+            saved, want = st["modules"][name], trainable_state(module)
+            if set(saved) != set(want) or any(saved[k].shape != want[k].shape for k in want):
+                raise DatasetError(f"{self.out / 'state'}: the saved {name} weights do not match this run's model "
+                                   "(other options?); resume with the run's own options or pass --overwrite.")
+            with torch.no_grad():
+                params = dict(module.named_parameters())
+                for k, v in saved.items():
+                    params[k].copy_(v)
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(st["ema"])
+        for name, obj in self.extra_state.items():
+            obj.load_state_dict(st["extra"][name])
+        set_rng_state(st["rng"])
+        self.step, self.start_epoch = st["step"], st["epoch"] + 1
+        metrics = self.out / "metrics.jsonl"
+        if metrics.exists() and self.accel.is_main_process:  # lines of an epoch whose state was never saved go
+            lines = [x for x in metrics.read_text().splitlines() if x and json.loads(x)["epoch"] <= self.start_epoch]
+            tmp = metrics.with_name(".tmp-metrics.jsonl")
+            tmp.write_text("".join(x + "\n" for x in lines))
+            os.replace(tmp, metrics)
+        self.accel.print(f"resuming {self.out} at epoch {self.start_epoch + 1}")
+
+    def _average_gradients(self) -> None:
+        if self.accel.num_processes == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = self.accel.reduce(torch.cat([g.flatten() for g in grads]), reduction="mean")
+        for p, g in zip(self.params, flat.split([g.numel() for g in grads]), strict=True):
+            p.grad = g.view_as(p)
+
+    def fit(self, loader: Any, loss_fn: Callable[[Any], torch.Tensor],
+            end_epoch: Callable[[int], dict[str, Any]], after_step: Callable[[], None] | None = None) -> None:
+        """Train from ``start_epoch`` to ``epochs``.
+
+        ``loss_fn(batch)`` returns the scalar loss (run under autocast); a batch's first element gives its size.
+        ``after_step()`` runs after every optimiser step (and the EMA's update), e.g. to move a target network.
+        ``end_epoch(epoch)`` runs on the main process after each epoch (validation, grids, export) and returns
+        metrics for that epoch's line; the resume state is saved after it.
+        """
+        accel = self.accel
+        for epoch in range(self.start_epoch, self.epochs):
+            for m in self.modules.values():
+                m.train()
+            loader.set_epoch(epoch)  # accelerate's loader passes its own epoch count to the sampler otherwise
+            t0, seen, loss_sum = time.perf_counter(), 0, 0.0
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch", leave=False,
+                       disable=not accel.is_local_main_process, mininterval=2.0)
+            for batch in bar:
+                with accel.autocast():
+                    loss = loss_fn(batch)
+                self.opt.zero_grad(set_to_none=True)
+                accel.backward(loss)
+                self._average_gradients()
+                if self.max_grad_norm:
+                    accel.clip_grad_norm_(self.params, self.max_grad_norm)
+                self.opt.step()
+                self.sched.step()
+                if self.ema is not None:
+                    self.ema.update()
+                if after_step is not None:
+                    after_step()
+                self.step += 1
+                n = len(batch[0])
+                seen, loss_sum = seen + n, loss_sum + loss.item() * n
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{self.sched.get_last_lr()[0]:.2e}")
+            train_s = time.perf_counter() - t0
+            if accel.is_main_process:
+                for m in self.modules.values():
+                    m.eval()
+                row = {"epoch": epoch + 1, "step": self.step, "train_loss": loss_sum / max(1, seen),
+                       "lr": self.sched.get_last_lr()[0], "images_per_s": seen * accel.num_processes / train_s}
+                row.update(end_epoch(epoch))
+                row["epoch_s"] = time.perf_counter() - t0
+                append_metrics(self.out, row)
+                accel.print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+                save_state(self.out / "state", {
+                    "modules": {k: trainable_state(m) for k, m in self.modules.items()},
+                    "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                    "ema": self.ema.state_dict() if self.ema is not None else None, "rng": rng_state(),
+                    "extra": {k: v.state_dict() for k, v in self.extra_state.items()},
+                    "epoch": epoch, "step": self.step, "fingerprint": self.fingerprint,
+                })
+            accel.wait_for_everyone()
+
+    @contextmanager
+    def weights(self, which: str) -> Iterator[None]:
+        """``"raw"`` (as trained) or ``"ema"`` weights inside the block."""
+        if which == "ema" and self.ema is not None:
+            with self.ema.swapped():
+                yield
+        else:
+            yield

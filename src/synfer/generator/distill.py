@@ -1,0 +1,341 @@
+"""``synfer distill``: a few-step student of a synfer generator, by latent consistency distillation.
+
+Latent consistency distillation (LCD; Luo et al. 2023, "Latent Consistency Models", after Song et al. 2023,
+"Consistency Models"): the student ``f(z_t, t, c)`` learns to map any point of the teacher's guided sampling
+trajectory straight to its end. On the grid of ``num_ddim_steps`` DDIM timesteps ``t_n = n k - 1``
+(``k = 1000 / num_ddim_steps``), for a real face's latent ``z_0`` noised to ``t_{n+1}``:
+
+* the **teacher** (the generator at its saved guidance defaults, text and AU classifier-free guidance, frozen)
+  takes one DDIM step ``z_{t_{n+1}} -> z_{t_n}`` with its guided noise prediction;
+* the **target network** (an EMA of the student, decay ``target_decay``) reads ``z_{t_n}``:
+  ``y = f_target(z_{t_n}, t_n, c)``;
+* the **student** reads ``z_{t_{n+1}}`` and is pulled to ``y`` by a pseudo-Huber loss (Song & Dhariwal 2023:
+  ``sqrt(d^2 + c^2) - c``, ``c = 0.00054 sqrt(dim)``).
+
+``f(z, t) = c_skip(t) z + c_out(t) x0(z, eps(z, t))`` with LCM's boundary scalings (diffusers' ``LCMScheduler``,
+which samples the student: a step predicts ``f``, then noises it to the next timestep of a 2-8 step schedule).
+The guidance is folded in: the student samples with the fully conditional row alone (text + AU tokens, guidance
+scales 1), one UNet evaluation per step, so 4 steps cost a fifth of the teacher's 10 steps x 2 rows.
+
+The student is the teacher's UNet and AU adapter, copied and trained together; the VAE and text encoder are the
+teacher's, frozen. Conditions are those of ``train-adapter``: each face's caption (or, with ``class_prompts``, a
+class-level prompt for its expression, as ``generate`` sends) and its AU vector (the adapter's null tokens with
+probability ``au_dropout`` and where a face has none; the teacher then guides on text alone).
+
+Each epoch the raw and the EMA student sample the same fixed validation conditions and noise in
+``sample_steps`` steps, and the one whose final latents lie closer (MSE) to the teacher's own samples of them is
+exported. The run folder::
+
+    OUT/pipeline/             the student SynferPipeline (LCMScheduler, ``sample_steps`` steps, guidance 1/1)
+    OUT/samples/epoch_NNN.png teacher (top row) and student faces for the same conditions and seeds
+    OUT/metrics.jsonl         train loss, val MSE to the teacher (raw, EMA), images/s per epoch
+    OUT/train_config.json, OUT/state/
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..core.dataset import DatasetError, atomic_write_json, provenance_entry
+from ..core.runtime import autocast, resolve_precision
+from ..core.training import EMA, Trainer, atomic_save_dir, index_loader, load_faces, save_grid, start_run
+from .guidance import predict_x0
+from .train_adapter import class_level_prompts
+from .train_unet import CaptionEmbedder
+from .train_vae import encode_latents
+
+#: Validation conditions sampled by teacher and student each epoch.
+VAL_FACES = 256
+
+
+class ConsistencyDistiller:
+    """The teacher, the student (UNet + AU adapter, installed), its target network and the loss of one batch.
+
+    Args:
+        pipe: the teacher SynferPipeline (frozen; its adapter is installed on its UNet while this object lives).
+        num_ddim_steps: N, the DDIM grid the teacher steps on.
+        target_decay: EMA decay of the target network.
+        precision: a resolved precision (autocast of every UNet call; the loss in fp32).
+    """
+
+    def __init__(self, pipe: Any, num_ddim_steps: int, target_decay: float, precision: str) -> None:
+        from diffusers import LCMScheduler
+
+        if pipe.au_adapter is None:
+            raise ValueError("distill needs a generator with an AU adapter (the student learns the AU condition).")
+        if not 1 < num_ddim_steps <= pipe.scheduler.config.num_train_timesteps // 2:
+            raise ValueError(f"num_ddim_steps must be in 2..{pipe.scheduler.config.num_train_timesteps // 2}; got "
+                             f"{num_ddim_steps}.")
+        self.pipe, self.precision = pipe, precision
+        defaults = pipe.generation_defaults()
+        self.w_text, self.w_au = defaults["guidance_scale_text"], defaults["guidance_scale_au"]
+        self.teacher_unet, self.teacher_adapter = pipe.unet, pipe.au_adapter
+        self.unet = copy.deepcopy(pipe.unet).requires_grad_(True)
+        self.adapter = copy.deepcopy(pipe.au_adapter).requires_grad_(True)
+        self.teacher_unet.requires_grad_(False).eval()
+        self.teacher_adapter.requires_grad_(False).eval()
+        self.teacher_adapter.install(self.teacher_unet)
+        self.adapter.install(self.unet)
+        self.scheduler = LCMScheduler.from_config(pipe.scheduler.config, original_inference_steps=num_ddim_steps,
+                                                  timestep_spacing="leading", set_alpha_to_one=True)
+        self.alphas = self.scheduler.alphas_cumprod.float()
+        n_train = self.scheduler.config.num_train_timesteps
+        self.k = n_train // num_ddim_steps
+        self.grid = torch.arange(1, num_ddim_steps + 1) * self.k - 1  # t_1 .. t_N = k-1 .. n_train-1
+        self.params = [p for m in (self.unet, self.adapter) for p in m.parameters()]
+        self.target = EMA(self.params, target_decay)
+        dim = math.prod((pipe.unet.config.in_channels, *(_size(pipe.unet.config.sample_size))))
+        self.huber_c = 0.00054 * math.sqrt(dim)
+
+    def close(self) -> None:
+        """Take the adapters off the UNets (the teacher pipeline is as it was)."""
+        self.teacher_adapter.remove(self.teacher_unet)
+        self.adapter.remove(self.unet)
+
+    def boundary(self, t: torch.Tensor, z: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """``f = c_skip(t) z + c_out(t) x0(z, eps)`` per face (the scalings of the LCMScheduler that samples the
+        student); t (B,), z and eps (B, c, h, w) fp32."""
+        c_skip, c_out = self.scheduler.get_scalings_for_boundary_condition_discrete(t.float().view(-1, 1, 1, 1))
+        return c_skip * z + c_out * predict_x0(self.scheduler, z, eps, t)
+
+    @torch.no_grad()
+    def teacher_step(self, z: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor, text: torch.Tensor,
+                     empty: torch.Tensor, aus: torch.Tensor, use_aus: torch.Tensor) -> torch.Tensor:
+        """One guided DDIM step of the teacher from ``t`` to ``t_prev`` (both (B,)) under the pipeline's rows:
+        "" + null tokens, text + null tokens, text + AU tokens (null tokens where ``use_aus`` is False)."""
+        null = self.teacher_adapter.encode(None, batch_size=len(z)).to(text.dtype)
+        cond = self.teacher_adapter.condition(text, aus, ~use_aus)
+        w_t, w_a = self.w_text, self.w_au
+        # per face: (uncond, text, text + AUs) weights of the pipeline's rule; text only where AUs are dropped
+        weights = torch.stack([torch.full_like(t, 1 - w_t, dtype=torch.float32),
+                               torch.where(use_aus, w_t - w_a, w_t).float(),
+                               torch.where(use_aus, w_a, 0.0).float()])  # (3, B)
+        rows = [r for r in range(3) if bool(weights[r].ne(0).any())]
+        conds = {0: torch.cat([empty, null], 1), 1: torch.cat([text, null], 1), 2: cond}
+        with autocast(z.device, self.precision):
+            out = self.teacher_unet(torch.cat([z] * len(rows)), torch.cat([t] * len(rows)),
+                                    encoder_hidden_states=torch.cat([conds[r] for r in rows]),
+                                    return_dict=False)[0].float()
+        eps = sum(weights[r].view(-1, 1, 1, 1) * part for r, part in zip(rows, out.chunk(len(rows)), strict=True))
+        a_prev = self.alphas.to(z.device)[t_prev].view(-1, 1, 1, 1)
+        x0 = predict_x0(self.scheduler, z, eps, t)
+        return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+
+    def student(self, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """``f_student(z, t, cond)`` (B, c, h, w) in fp32, with gradients."""
+        with autocast(z.device, self.precision):
+            eps = self.unet(z, t, encoder_hidden_states=cond, return_dict=False)[0]
+        return self.boundary(t, z, eps.float())
+
+    def loss(self, z0: torch.Tensor, text: torch.Tensor, empty: torch.Tensor, aus: torch.Tensor,
+             use_aus: torch.Tensor) -> torch.Tensor:
+        """The consistency-distillation loss of one batch of clean latents (B, c, h, w) under its conditions:
+        text (B, L, D), the "" text, AU vectors (B, A) and which faces use them (B,) bool."""
+        n = torch.randint(0, len(self.grid), (len(z0),))
+        t = self.grid[n].to(z0.device)
+        t_prev = (t - self.k).clamp(min=0)
+        z_t = self.scheduler.add_noise(z0, torch.randn_like(z0), t)
+        z_prev = self.teacher_step(z_t, t, t_prev, text, empty, aus, use_aus)
+        with torch.no_grad(), self.target.swapped():  # before the student's forward: its graph keeps the weights
+            target = self.student(z_prev, t_prev, self.adapter.condition(text, aus, ~use_aus))
+        pred = self.student(z_t, t, self.adapter.condition(text, aus, ~use_aus))
+        d2 = (pred - target).pow(2).flatten(1).mean(1)
+        return (torch.sqrt(d2 + self.huber_c**2) - self.huber_c).mean()
+
+    @torch.no_grad()
+    def sample(self, unet: Any, cond: torch.Tensor, noise: torch.Tensor, steps: int,
+               generator_seeds: list[int]) -> torch.Tensor:
+        """The student's ``steps``-step LCM sample (B, c, h, w) from ``noise`` under ``cond``."""
+        sched = copy.deepcopy(self.scheduler)
+        sched.set_timesteps(steps, device=noise.device)
+        gens = [torch.Generator().manual_seed(s) for s in generator_seeds]
+        z = noise.clone()
+        for t in sched.timesteps:
+            with autocast(z.device, self.precision):
+                eps = unet(z, t, encoder_hidden_states=cond, return_dict=False)[0].float()
+            z = sched.step(eps, t, z, generator=gens, return_dict=False)[0]
+        return z
+
+
+def _size(sample_size: Any) -> tuple[int, int]:
+    return (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
+
+
+def distill(
+    data: list[Path],
+    out: Path,
+    pipeline: str = "bundled",
+    split: str = "train",
+    val_split: str = "val",
+    num_ddim_steps: int = 50,
+    sample_steps: int = 4,
+    class_prompts: float = 0.5,
+    au_dropout: float = 0.1,
+    epochs: int = 6,
+    batch_size: int = 64,
+    lr: float = 5e-5,
+    target_decay: float = 0.95,
+    ema_decay: float = 0.999,
+    precision: str = "auto",
+    seed: int = 0,
+    limit: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    text_cache: Path | None = None,
+) -> Path:
+    """Distil a generator into a few-step student (latent consistency distillation; see the module docs).
+
+    Args:
+        data: prepared dataset folders (captions and AUs, from ``synfer prepare``), in the adapter's AU order.
+        out: run folder (see the module docs).
+        pipeline: the teacher: a SynferPipeline folder or bundled name; sampled at its saved guidance defaults.
+        split, val_split: trained on / validated on (without a val split: a fixed set of training faces).
+        num_ddim_steps: the teacher's DDIM grid (LCM's 50); the student's schedules are subsets of it.
+        sample_steps: the student's default number of steps (saved with it; 2-8 work).
+        class_prompts: probability of a class-level prompt instead of the face's caption (as ``train-adapter``).
+        au_dropout: probability of sampling a face without its AUs (text-only guidance for the teacher).
+        epochs, batch_size, lr: AdamW with warm-up and cosine decay over the student's UNet and adapter.
+        target_decay: EMA decay of the target network (LCM's 0.95).
+        ema_decay: EMA of the student for export (the better of raw and EMA on validation is exported).
+        precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` (every UNet call; losses in fp32).
+        seed, limit, resume, overwrite: as in ``train-generator``.
+        text_cache: a folder for the frozen caption states (as ``train-generator``).
+
+    Returns:
+        ``OUT/pipeline``, the student.
+    """
+    from ..synthesize.sample import AU_TARGETS_FILE
+    from .pipeline import load_pipeline, resolve_pipeline_dir
+
+    out = Path(out)
+    for name, p in (("class_prompts", class_prompts), ("au_dropout", au_dropout)):
+        if not 0 <= p <= 1:
+            raise ValueError(f"{name} must be in [0, 1]; got {p}.")
+    if not 1 <= sample_steps <= num_ddim_steps:
+        raise ValueError(f"sample_steps must be in 1..num_ddim_steps ({num_ddim_steps}); got {sample_steps}.")
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1; got {epochs}.")
+    teacher_dir = resolve_pipeline_dir(pipeline)
+    probe = load_faces(data, split, need_captions=True, need_aus=True, limit=1)
+    teacher = load_pipeline(teacher_dir)
+    if teacher.au_adapter is None:
+        raise ValueError(f"{pipeline} has no AU adapter; distill needs one (train it with `synfer train-adapter`).")
+    teacher.au_adapter.check_aus(probe.au_names, str(data[0]))
+    accel, resume = start_run(out, resume, overwrite, "fp32", seed)  # autocast is applied per call here
+    device = accel.device
+    precision = resolve_precision(precision, device)
+    teacher.to(device)
+    teacher.text_encoder.requires_grad_(False).eval()
+    teacher.vae.requires_grad_(False).eval()
+    dist = ConsistencyDistiller(teacher, num_ddim_steps, target_decay, precision)
+
+    # 1. data: latents once, captions once (class-level prompts beside them), AU vectors
+    cfg = teacher.vae.config
+    size = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
+    train = load_faces(data, split, size, need_captions=True, need_aus=True, limit=limit)
+    val = load_faces(data, val_split, size, need_captions=True, need_aus=True, limit=limit)
+    val = val if len(val) else train
+    if len(train) < batch_size:
+        raise DatasetError(f"{len(train)} captioned training faces is less than one batch of {batch_size}.")
+    latents = encode_latents(teacher.vae, train.images).cpu()
+    alt = class_level_prompts(train) if class_prompts > 0 else train.captions
+    val_alt = class_level_prompts(val)
+    embed = CaptionEmbedder(teacher.text_encoder, train.captions + alt + val_alt, device, cache=text_cache)
+    ids, alt_ids = embed.ids_of(train.captions), embed.ids_of(alt)
+    aus, has_aus = train.aus, train.has_aus
+    loader = accel.prepare(index_loader(len(latents), batch_size, seed,
+                                        lambda idx: (latents[idx], ids[idx], aus[idx], has_aus[idx], alt_ids[idx])))
+
+    def loss_fn(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        z0, rows, vectors, has, alt_rows = batch
+        rows = torch.where(torch.rand(len(rows)) < class_prompts, alt_rows.cpu(), rows.cpu())
+        use = (torch.rand(len(rows)) >= au_dropout) & has.cpu()
+        return dist.loss(z0.to(device), embed(rows), embed(torch.full_like(rows, embed.empty)),
+                         vectors.to(device), use.to(device))
+
+    # 2. the fixed validation draw (faces with AUs): class-level prompts, their AUs, noise, the teacher's samples
+    g = torch.Generator().manual_seed(seed)
+    with_aus = torch.nonzero(val.has_aus).flatten()
+    keep = with_aus[torch.randperm(len(with_aus), generator=g)[:VAL_FACES]]
+    val_prompts = [val_alt[i] for i in keep.tolist()]
+    val_text = embed(embed.ids_of(val_prompts))
+    val_aus = val.aus[keep].to(device)
+    val_noise = torch.randn(len(keep), cfg.latent_channels, *_size(teacher.unet.config.sample_size), generator=g)
+    val_seeds = [seed * 1_000_003 + i for i in range(len(keep))]
+    teacher_latents = _teacher_samples(teacher, val_prompts, val_aus, val_noise, precision)
+
+    options = {"data": [str(Path(p).resolve()) for p in data], "split": split, "size": list(size),
+               "pipeline": str(teacher_dir.resolve()), "num_ddim_steps": num_ddim_steps,
+               "class_prompts": class_prompts, "au_dropout": au_dropout, "batch_size": batch_size, "lr": lr,
+               "target_decay": target_decay, "ema_decay": ema_decay, "precision": precision, "seed": seed,
+               "limit": limit, "teacher_guidance": [dist.w_text, dist.w_au]}
+    trainer = Trainer(accel, out, {"unet": dist.unet, "adapter": dist.adapter}, epochs, len(loader), lr,
+                      ema_decay=ema_decay, fingerprint=options, extra_state={"target": dist.target})
+    if resume:
+        trainer.load()
+    if accel.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "train_config.json", provenance_entry(
+            "distill", {**options, "epochs": epochs, "sample_steps": sample_steps},
+            data={"train_faces": len(train), "with_aus": int(has_aus.sum()), "val_faces": len(keep)},
+            processes=accel.num_processes))
+
+    def end_epoch(epoch: int) -> dict[str, Any]:
+        scores, samples = {}, {}
+        for which in ("raw", "ema") if trainer.ema is not None else ("raw",):
+            with trainer.weights(which), torch.no_grad():
+                cond = dist.adapter.condition(val_text, val_aus)
+                samples[which] = dist.sample(dist.unet, cond, val_noise.to(device), sample_steps, val_seeds)
+            scores[which] = float(F.mse_loss(samples[which].cpu(), teacher_latents))
+        pick = min(scores, key=scores.get)
+        with trainer.weights(pick):
+            _export(out / "pipeline", teacher, dist, sample_steps, teacher_dir / AU_TARGETS_FILE)
+        with torch.no_grad():
+            grid = torch.cat([teacher.decode_latents(teacher_latents[:8].to(device)),
+                              teacher.decode_latents(samples[pick][:8])])
+        save_grid(grid, out / "samples" / f"epoch_{epoch + 1:03d}.png", nrow=8)
+        return {"val_mse_to_teacher": scores[pick], **{f"val_mse_{k}": v for k, v in scores.items()}, "weights": pick}
+
+    try:
+        trainer.fit(loader, loss_fn, end_epoch, after_step=dist.target.update)
+    finally:
+        dist.close()
+    accel.print(f"student exported to {out / 'pipeline'} ({sample_steps} steps; SynferPipeline.from_pretrained)")
+    return out / "pipeline"
+
+
+@torch.no_grad()
+def _teacher_samples(teacher: Any, prompts: list[str], aus: torch.Tensor, noise: torch.Tensor, precision: str,
+                     batch: int = 64) -> torch.Tensor:
+    """The teacher's final latents (N, c, h, w) for the validation conditions, at its saved defaults."""
+    return torch.cat([teacher(prompts[s:s + batch], aus=aus[s:s + batch], latents=noise[s:s + batch].to(teacher.device),
+                              output_type="latent", precision=precision).images.float().cpu()
+                      for s in range(0, len(prompts), batch)])
+
+
+def _export(dest: Path, teacher: Any, dist: ConsistencyDistiller, sample_steps: int, au_targets: Path) -> None:
+    """The student as a SynferPipeline folder (the teacher's VAE and text encoder, the LCM scheduler)."""
+    from .pipeline import SynferPipeline
+
+    dist.adapter.remove(dist.unet)  # saved unattached: the pipeline installs it per call
+    try:
+        student = SynferPipeline(vae=teacher.vae, unet=dist.unet, text_encoder=teacher.text_encoder,
+                                 scheduler=dist.scheduler, au_adapter=dist.adapter,
+                                 default_num_inference_steps=sample_steps, default_guidance_scale_text=1.0,
+                                 default_guidance_scale_au=1.0)
+
+        def write(folder: Path) -> None:
+            student.save_pretrained(folder)
+            if au_targets.is_file():
+                shutil.copy2(au_targets, folder / au_targets.name)
+
+        atomic_save_dir(dest, write)
+    finally:
+        dist.adapter.install(dist.unet)

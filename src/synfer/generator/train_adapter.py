@@ -1,0 +1,306 @@
+"""``synfer train-adapter``: the AU adapter (SynFER §2) trained on a frozen generator.
+
+Everything of the pipeline stays frozen (UNet, VAE, text encoder with its projection); only
+``AUAdapter.trainable_parameters()`` train (with ``train_unet``, the UNet with them), with the generator's own
+denoising loss and the adapter installed on the UNet (``applied_to``). The AU vector of a face is replaced by the
+adapter's learned null tokens with probability ``au_dropout``, and always where the record has no AUs; its caption
+by "" with probability ``caption_dropout`` (drawn independently, so both are dropped together 0.5% of the time at
+the defaults). That gives the three rows of the pipeline's two-condition guidance.
+
+Captions from ``synfer prepare`` spell out the face's AUs ("jaw dropped strongly, outer brows raised"), so with its
+caption in view the adapter has little left to add and learns little. At sampling time the prompt is often only
+class-level (an enriched prompt without target AUs names the expression's prototype AUs, the same for every face).
+``class_prompts`` trains that case: with this probability a face's caption is replaced by such a class-level
+prompt for its expression (:func:`synfer.annotate.prompts.enrich_prompt`, seeded per face), and the face's own AUs
+must come from the adapter. AU order is data: the adapter takes the folders' header order, every
+folder must share it, and an adapter given to continue is checked against it.
+
+``au_loss`` > 0 adds an AU-consistency term (:mod:`.au_consistency`): the differentiable AU estimator reads the
+decoded one-step clean estimate of the low-noise faces, and its binary cross-entropy to the faces' AUs is added to
+the denoising loss; the epoch's mean of that term is logged as ``train_au_term``.
+
+The run folder::
+
+    OUT/adapter/              the AUAdapter (config.json + safetensors)
+    OUT/pipeline/             the input pipeline with the adapter attached (and its fine-tuned UNet with train_unet)
+    OUT/samples/epoch_NNN.png sample prompts with their faces' AUs (AU guidance 2), fixed seeds
+    OUT/metrics.jsonl, OUT/train_config.json, OUT/state/
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..annotate.au.distill import VARYING_STD
+from ..annotate.prompts import enrich_prompt
+from ..core.dataset import DatasetError, atomic_write_json, provenance_entry, read_header
+from ..core.training import Faces, Trainer, atomic_save_dir, index_loader, load_faces, start_run
+from ..models.au_adapter import AUAdapter
+from .train_unet import CaptionEmbedder, ValDraw, denoise_step, noise_loss, sample_grid, sample_prompts_from
+from .train_vae import encode_latents
+
+
+def train_adapter(
+    data: list[Path],
+    out: Path,
+    pipeline: Path,
+    adapter: Path | None = None,
+    split: str = "train",
+    val_split: str = "val",
+    num_tokens: int = 4,
+    hidden_dim: int = 256,
+    au_dropout: float = 0.1,
+    caption_dropout: float = 0.05,
+    class_balance: float = 0.0,
+    class_prompts: float = 0.0,
+    epochs: int = 10,
+    batch_size: int = 64,
+    lr: float = 1e-4,
+    ema_decay: float = 0.999,
+    snr_gamma: float | None = None,
+    sample_every_epochs: int = 1,
+    sample_steps: int = 25,
+    seed: int = 0,
+    limit: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    precision: str = "auto",
+    text_cache: Path | None = None,
+    au_loss: float = 0.0,
+    au_loss_max_timestep: int = 400,
+    au_estimator: str | Path | None = None,
+    train_unet: bool = False,
+    standardize_aus: bool = False,
+) -> Path:
+    """Train an AU adapter for a frozen SynferPipeline; save it and the pipeline with it attached.
+
+    Args:
+        data: dataset folders with captions and AUs (from ``synfer prepare``), all in one AU order.
+        out: run folder (see the module docs).
+        pipeline: a SynferPipeline folder (``train-generator``'s ``OUT/pipeline``); never modified.
+        adapter: an AUAdapter folder to continue training (its AU order must equal the data's); default a new
+            one built for the pipeline's UNet (AU key/values initialised from the text ones).
+        split, val_split: trained on / scored on (without a val split: a fixed set of training faces).
+        num_tokens, hidden_dim: AU tokens per face and the MLP's hidden width (new adapters only).
+        au_dropout: probability of training on the null AU tokens (classifier-free guidance on AUs).
+        caption_dropout: probability of training on "" instead of the caption.
+        class_balance: class-balanced sampling as in ``train-generator`` (0 = every face once per epoch).
+        class_prompts: probability of training on a class-level prompt for the face's expression instead of its
+            AU-describing caption (see the module docs); faces without an expression keep their caption. The
+            validation draw uses class-level prompts for the same share of its faces (fixed).
+        epochs, batch_size, lr, ema_decay, snr_gamma: as in ``train-generator``.
+        sample_every_epochs, sample_steps: sample grids (validation captions with their AUs).
+        seed, limit, resume, overwrite, precision: as in ``train-vae``.
+        text_cache: as in ``train-generator`` (one folder can serve both; an entry is reused for the same caption
+            set, which differs here with class_prompts or faces without AUs).
+        au_loss: weight of the AU-consistency term (:mod:`.au_consistency`; 0 = denoising loss only): BCE between
+            the AU estimator's reading of the decoded one-step clean estimate and the face's AUs, for the faces
+            whose AU tokens are in use and whose timestep is below ``au_loss_max_timestep``.
+        au_loss_max_timestep: faces noised at or above this timestep (of the training schedule's, e.g. 1000) get
+            no AU term: their one-step estimate is too blurred to read.
+        au_estimator: the differentiable AU estimator of that term (a ``train-au-estimator`` folder or a bundled
+            name; default the bundled distilled one); its AU order must equal the data's.
+        train_unet: fine-tune the UNet jointly with the adapter (same lr and EMA), so that every layer can learn
+            to use the AU tokens, not only the adapter's key/values; the frozen base is the default (the SynFER
+            recipe). ``OUT/pipeline`` then holds the fine-tuned UNet: its adapter-removed output is no longer
+            the input pipeline's.
+        standardize_aus: feed the adapter's MLP standardised AU vectors, ``(aus - mean) / std`` with the
+            training faces' per-AU statistics (std floored at 0.02), so that rarely active AUs (std ~0.04)
+            weigh as much as common ones (~0.3); an adapter given to continue is refolded to the same function
+            (:meth:`AUAdapter.with_standardized_inputs`), one that is already standardised keeps its statistics.
+
+    Returns:
+        ``OUT/adapter``.
+    """
+    from ..annotate.au.distilled import DistilledAUEstimator
+    from ..schema import AUSet
+    from .au_consistency import AUConsistency
+    from .pipeline import SynferPipeline
+
+    out = Path(out)
+    if au_loss < 0:
+        raise ValueError(f"au_loss must be >= 0; got {au_loss}.")
+    if au_loss > 0 and au_loss_max_timestep <= 0:
+        raise ValueError(f"au_loss_max_timestep must be > 0; got {au_loss_max_timestep}.")
+    if au_loss == 0 and au_estimator is not None:
+        raise ValueError("au_estimator is only used by the AU-consistency term; pass au_loss > 0 with it (or drop it).")
+    for name, p in (("au_dropout", au_dropout), ("caption_dropout", caption_dropout)):
+        if not 0 <= p < 1:
+            raise ValueError(f"{name} must be in [0, 1); got {p}.")
+    if not 0 <= class_prompts <= 1:
+        raise ValueError(f"class_prompts must be in [0, 1]; got {class_prompts}.")
+    # 1. data first: a folder without AUs or captions is refused before anything is loaded or written
+    probe = load_faces(data, split, need_captions=True, need_aus=True, limit=1)
+    au_names = probe.au_names
+    init = AUAdapter.from_pretrained(str(adapter)) if adapter is not None else None
+    if init is not None:
+        init.check_aus(au_names, str(data[0]))
+    estimator = None  # the AU term's estimator, checked against the data before anything is written
+    if au_loss > 0:
+        estimator = DistilledAUEstimator.from_pretrained(au_estimator, au_set=AUSet(tuple(au_names)))
+        for folder in data:  # BCE targets must be intensities in [0, 1]
+            scale = read_header(folder).aus.scale
+            if scale != "0-1":
+                raise DatasetError(f"{folder}: AUs are on the scale {scale!r}; the AU-consistency term needs "
+                                   "\"0-1\" intensities (as `synfer prepare` writes them). Pass au_loss=0.")
+    accel, resume = start_run(out, resume, overwrite, precision, seed)
+
+    # 2. the frozen pipeline and the adapter
+    pipe = SynferPipeline.from_pretrained(pipeline)
+    vae, unet, encoder = pipe.vae, pipe.unet, pipe.text_encoder
+    for module in (vae, unet, encoder):
+        module.requires_grad_(False).eval().to(accel.device)
+    if train_unet:  # the adapter's weights sit outside unet.parameters() (unregistered processors): no overlap
+        unet.requires_grad_(True)
+    au = init if init is not None else AUAdapter.for_unet(unet, au_names, num_tokens=num_tokens,
+                                                          hidden_dim=hidden_dim)
+    cfg = vae.config
+    size = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
+    train = load_faces(data, split, size, need_captions=True, need_aus=True, limit=limit)
+    if standardize_aus and au.config.get("au_mean") is None:
+        mean, std = au_statistics(train)
+        au = au.with_standardized_inputs(mean, std)
+    au.to(accel.device)
+    val = load_faces(data, val_split, size, need_captions=True, need_aus=True, limit=limit)
+    val = val if len(val) else train
+    if len(train) == 0:
+        raise DatasetError(f"No captioned records in split {split!r} of {[str(p) for p in data]}.")
+    latents = encode_latents(vae, train.images).cpu()
+    val_latents = encode_latents(vae, val.images).cpu()
+    train_alt, val_alt = (class_level_prompts(f) if class_prompts > 0 else f.captions for f in (train, val))
+    embed = CaptionEmbedder(encoder, train.captions + val.captions + train_alt + val_alt, accel.device,
+                            cache=text_cache)
+    ids, val_ids, alt_ids = embed.ids_of(train.captions), embed.ids_of(val.captions), embed.ids_of(train_alt)
+    if class_prompts > 0:  # a fixed share of the validation draw sees class-level prompts, as training does
+        swap = torch.rand(len(val_ids), generator=torch.Generator().manual_seed(seed + 1)) < class_prompts
+        val_ids = torch.where(swap, embed.ids_of(val_alt), val_ids)
+    aus, has_aus = train.aus, train.has_aus
+    draw = ValDraw(val_latents, val_ids, pipe.scheduler, seed)
+    draw_aus, draw_has = val.aus[draw.keep], val.has_aus[draw.keep]
+    rows = sample_prompts_from(val)
+    prompts, prompt_aus = [val.captions[i] for i in rows], val.aus[rows]
+    # pipe.scheduler is the sampler (DDIM); its config carries the training noise schedule
+    from diffusers import DDPMScheduler
+
+    train_sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    consistency = None if estimator is None else AUConsistency(estimator.to(accel.device), pipe.decode_latents,
+                                                                train_sched, au_loss_max_timestep)
+    au_term = {"sum": 0.0, "faces": 0}  # the AU term's running per-face mean this epoch, for the metrics line
+
+    # 3. loss and trainer
+    loader = accel.prepare(index_loader(len(latents), batch_size, seed,
+                                        lambda idx: (latents[idx], ids[idx], aus[idx], has_aus[idx], alt_ids[idx]),
+                                        train.expressions, class_balance))
+
+    def loss_fn(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        z, rows, vectors, has, alt = batch[0].to(accel.device), batch[1], batch[2], batch[3], batch[4]
+        if class_prompts > 0:  # drawn only when used, so runs without it keep their random stream
+            rows = torch.where(torch.rand(len(rows)) < class_prompts, alt, rows)
+        rows = torch.where(torch.rand(len(rows)) < caption_dropout, embed.empty, rows)
+        drop = (torch.rand(len(rows)) < au_dropout) | ~has.cpu()
+        cond = au.condition(embed(rows), vectors.to(accel.device), drop.to(accel.device))
+        if consistency is None:
+            return noise_loss(unet, train_sched, z, cond, snr_gamma)
+        step = denoise_step(unet, train_sched, z, cond)
+        term = consistency(step.noisy, step.pred, step.timesteps, vectors.to(accel.device), ~drop)
+        n = consistency.last_faces
+        au_term["sum"], au_term["faces"] = au_term["sum"] + term.item() * n, au_term["faces"] + n
+        return step.loss(train_sched, snr_gamma) + au_loss * term
+
+    def val_condition(r: torch.Tensor) -> torch.Tensor:
+        return au.condition(embed(draw.ids[r]), draw_aus[r].to(accel.device), (~draw_has[r]).to(accel.device))
+
+    options = {"data": [str(Path(p).resolve()) for p in data], "split": split, "size": list(size),
+               "pipeline": str(Path(pipeline).resolve()), "adapter": None if adapter is None else str(adapter),
+               "au_names": list(au_names), "num_tokens": au.config.num_tokens, "hidden_dim": au.config.hidden_dim,
+               "au_dropout": au_dropout, "caption_dropout": caption_dropout, "class_balance": class_balance,
+               "class_prompts": class_prompts,
+               "batch_size": batch_size, "lr": lr,
+               "ema_decay": ema_decay, "snr_gamma": snr_gamma, "seed": seed, "limit": limit}
+    if train_unet:  # likewise only when set
+        options["train_unet"] = True
+    if standardize_aus:
+        options["standardize_aus"] = True
+    if au_loss > 0:  # only then, so runs started before the option existed keep their fingerprint and resume
+        info = estimator.describe()  # bundled name or path, and the weights' hash: a resume needs the same weights
+        model = str(info.get("model"))
+        model = str(Path(model).resolve()) if Path(model).exists() else model
+        options.update(au_loss=au_loss, au_loss_max_timestep=au_loss_max_timestep,
+                       au_estimator={"model": model, "model_sha256": info.get("model_sha256")})
+    modules: dict[str, torch.nn.Module] = {"adapter": au, **({"unet": unet} if train_unet else {})}
+    trainer = Trainer(accel, out, modules, epochs, len(loader), lr, ema_decay=ema_decay, fingerprint=options)
+    if resume:
+        trainer.load()  # nothing below draws random numbers before fit(): a resumed run replays the same one
+    if accel.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "train_config.json", provenance_entry(
+            "train-adapter", {**options, "epochs": epochs, "sample_prompts": prompts, "sample_steps": sample_steps,
+                              "precision": precision},
+            data={"train_faces": len(train), "with_aus": int(has_aus.sum()), "val_faces": len(draw.ids),
+                  "skipped_without_caption": train.skipped, "text_cache": embed.mode},
+            processes=accel.num_processes))
+
+    # 4. after each epoch: raw vs EMA adapter on the fixed draw; the better one exported and sampled
+    def end_epoch(epoch: int) -> dict[str, Any]:
+        scores = {}
+        for which in ("raw", "ema") if trainer.ema is not None else ("raw",):
+            with trainer.weights(which):
+                scores[which] = draw.loss(accel, unet, train_sched, val_condition)
+        pick = min(scores, key=scores.get)
+        with trainer.weights(pick):
+            pipe.set_au_adapter(au)
+            if (epoch + 1) % sample_every_epochs == 0 or epoch + 1 == epochs:
+                sample_grid(pipe, prompts, out / "samples" / f"epoch_{epoch + 1:03d}.png", seed, sample_steps,
+                            aus=prompt_aus)
+            atomic_save_dir(out / "adapter", au.save_pretrained)
+            atomic_save_dir(out / "pipeline", pipe.save_pretrained)
+        row = {"val_loss": scores[pick], **{f"val_loss_{k}": v for k, v in scores.items()}, "weights": pick}
+        if consistency is not None:
+            row["train_au_term"] = au_term["sum"] / max(1, au_term["faces"])
+            au_term.update(sum=0.0, faces=0)
+        return row
+
+    with au.applied_to(unet):
+        trainer.fit(loader, loss_fn, end_epoch)
+    accel.print(f"adapter exported to {out / 'adapter'}, pipeline with it to {out / 'pipeline'}")
+    return out / "adapter"
+
+
+#: Below this spread an AU counts as constant (AU agreement's threshold): its std is floored here, so a nearly
+#: always-zero AU is not blown up by standardisation.
+MIN_AU_STD = VARYING_STD
+
+
+def au_statistics(faces: Faces) -> tuple[list[float], list[float]]:
+    """Per-AU mean and std (floored at :data:`MIN_AU_STD`) of the faces that have AU values."""
+    if faces.aus is None or not bool(faces.has_aus.any()):
+        raise DatasetError("standardize_aus needs training faces with AU values; none have any.")
+    rows = faces.aus[faces.has_aus].double()
+    std = rows.std(0, unbiased=False).clamp_min(MIN_AU_STD)
+    return [round(float(v), 6) for v in rows.mean(0)], [round(float(v), 6) for v in std]
+
+
+def class_level_prompts(faces: Faces) -> list[str]:
+    """Per face, a class-level prompt for its label (its own caption where it has no expression).
+
+    The prompt enricher's text without target AUs (so naming the expression's prototype AUs), seeded by the face's
+    row: what ``generate`` and the benchmarks send when they give the AUs to the adapter alone. A soft label is
+    worded as the captions word it ("mostly contemptuous, a little neutral"), so the plain class-level prompt
+    stays the one of faces whose annotators agreed, as in the captions; a one-hot label gives the plain prompt.
+    """
+    out = []
+    probs = faces.label_probs or [None] * len(faces.captions)
+    for i, (expression, caption, soft) in enumerate(zip(faces.expressions, faces.captions, probs, strict=True)):
+        if expression is None:
+            out.append(caption)
+            continue
+        label = soft if soft is not None and max(soft.values()) < 1.0 else expression
+        try:
+            out.append(enrich_prompt("", label, None, seed=i))
+        except (ValueError, KeyError) as err:
+            raise DatasetError(f"class_prompts needs expressions the prompt enricher knows; face {i} is labelled "
+                               f"{expression!r} ({err}). Pass class_prompts=0 for this data.") from None
+    return out

@@ -1,0 +1,469 @@
+"""``synfer train-generator``: the text-conditioned latent-diffusion UNet, and what the AU adapter trainer reuses.
+
+Mini path: a ``UNet2DConditionModel`` from scratch on the latents of a VAE from ``train-vae`` (12x12x4 for FER+),
+conditioned on the frozen MiniLM-L6 + its trainable projection. Full path (``pretrained``): a Stable Diffusion
+checkpoint's UNet fine-tuned fully or with LoRA (peft), its CLIP text encoder frozen. The loss is the usual one,
+``|| eps - eps_theta(sqrt(a_t) z + sqrt(1 - a_t) eps, t, c) ||^2`` (v-prediction where the checkpoint uses it),
+optionally min-SNR weighted. Captions are replaced by "" with probability ``caption_dropout``, so one model gives
+both terms of classifier-free guidance.
+
+Costs kept off the training steps: every face is encoded once to its latent (the VAE never runs in the loop), and the
+frozen text work is done once per distinct caption (MiniLM's states before the projection, or a frozen encoder's
+embeddings), kept in fp16. No flips or crops: captions and AUs name sides ("head turned left", ``AU12_L``).
+
+EMA (with warm-up) against raw weights: each epoch both are scored on the same fixed draw of validation latents,
+noise and timesteps, and the lower loss is exported (``weights`` in metrics.jsonl). The run folder::
+
+    OUT/pipeline/             the SynferPipeline (SynferPipeline.from_pretrained(OUT/pipeline) generates)
+    OUT/lora/                 the LoRA weights alone (LoRA runs; OUT/pipeline has them fused)
+    OUT/samples/epoch_NNN.png one face per sample prompt, fixed seeds
+    OUT/metrics.jsonl         train loss, val loss (raw, EMA), images/s per epoch
+    OUT/train_config.json, OUT/state/
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..core.dataset import DatasetError, atomic_write_json, provenance_entry
+from ..core.train_state import cached_tensors
+from ..core.training import (
+    Faces,
+    Trainer,
+    atomic_save_dir,
+    group_norm_groups,
+    index_loader,
+    load_faces,
+    save_grid,
+    start_run,
+)
+from ..models.text_encoders import CLIPTextEncoderWrapper, MiniLMTextEncoder, TextEncoder
+from .train_vae import encode_latents
+
+#: Validation latents scored each epoch (one fixed draw of noise and evenly spread timesteps).
+VAL_FACES = 512
+#: Above this the distinct captions' frozen text states are not cached but computed every batch.
+TEXT_CACHE_BYTES = 4 * 2**30
+
+
+# -- components --------------------------------------------------------------------------------------------------
+def load_vae(path: Path) -> Any:
+    """An AutoencoderKL folder, or a ``train-vae`` run folder holding ``vae/``."""
+    from diffusers import AutoencoderKL
+
+    path = Path(path)
+    folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"No VAE at {path} (config.json missing); train one with `synfer train-vae`.")
+    return AutoencoderKL.from_pretrained(str(folder), use_safetensors=True)
+
+
+def load_text_encoder(spec: str, cross_attention_dim: int) -> TextEncoder:
+    """``minilm`` (a new projection to ``cross_attention_dim``) or a saved text-encoder folder (MiniLM or CLIP)."""
+    if spec == "minilm":
+        return MiniLMTextEncoder(cross_attention_dim=cross_attention_dim)
+    folder = Path(spec)
+    if (folder / "text_model").is_dir():
+        return CLIPTextEncoderWrapper.from_pretrained(folder)
+    if (folder / "projection").is_dir():
+        return MiniLMTextEncoder.from_pretrained(folder)
+    raise ValueError(f"text_encoder must be 'minilm' or a folder saved by a synfer text encoder; got {spec!r}.")
+
+
+def build_unet(sample_size: int, channels: int, block_out_channels: tuple[int, ...], layers_per_block: int,
+               attention_head_dim: int, cross_attention_dim: int, attention_levels: tuple[int, ...] | None) -> Any:
+    """A ``UNet2DConditionModel``; cross-attention at ``attention_levels`` (default all but the first, the widest
+    in pixels and the costliest) and in the middle block."""
+    from diffusers import UNet2DConditionModel
+
+    n = len(block_out_channels)
+    levels = set(range(1, n) if attention_levels is None else attention_levels) or {n - 1}
+    if not levels <= set(range(n)):
+        raise ValueError(f"attention_levels {sorted(levels)} must lie in 0..{n - 1} (one per block).")
+    down = tuple("CrossAttnDownBlock2D" if i in levels else "DownBlock2D" for i in range(n))
+    up = tuple("CrossAttnUpBlock2D" if i in levels else "UpBlock2D" for i in reversed(range(n)))
+    return UNet2DConditionModel(sample_size=sample_size, in_channels=channels, out_channels=channels,
+                                block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
+                                down_block_types=down, up_block_types=up, cross_attention_dim=cross_attention_dim,
+                                attention_head_dim=attention_head_dim,
+                                norm_num_groups=group_norm_groups(block_out_channels))
+
+
+def noise_schedule(kind: str) -> Any:
+    """The training schedule: ``ddpm`` (SD's scaled-linear betas) or ``ddpm-cosine``; latents are never clipped."""
+    from diffusers import DDPMScheduler
+
+    betas = {"ddpm": "scaled_linear", "ddpm-cosine": "squaredcos_cap_v2"}
+    if kind not in betas:
+        raise ValueError(f"scheduler must be one of {sorted(betas)}; got {kind!r}.")
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule=betas[kind], beta_start=0.00085, beta_end=0.012,
+                         clip_sample=False, prediction_type="epsilon")
+
+
+class CaptionEmbedder:
+    """Captions -> UNet text tokens (B, L, D), with the frozen work done once per distinct caption.
+
+    ``ids`` index :attr:`unique` (:attr:`empty` is ""): a MiniLM encoder with a trainable projection caches the
+    backbone's states and projects each batch; a frozen encoder caches its embeddings; anything else (or a cache
+    over ``TEXT_CACHE_BYTES``) encodes every batch. With ``cache`` (a folder) the frozen states are also kept on
+    disk, keyed by the frozen weights and the captions, so a resumed run or an adapter run on the same captions
+    skips the encoding (minutes on a CPU for FER+).
+    """
+
+    def __init__(self, encoder: TextEncoder, captions: list[str], device: torch.device, batch_size: int = 256,
+                 cache: Path | None = None):
+        self.encoder, self.device = encoder, device
+        self.unique = sorted(set(captions) | {""})
+        lookup = {c: i for i, c in enumerate(self.unique)}
+        self.empty = lookup[""]
+        self.ids_of = lambda caps: torch.tensor([lookup[c] for c in caps])
+        trainable = bool(encoder.trainable_parameters())
+        split = isinstance(encoder, MiniLMTextEncoder)
+        width = encoder.hidden_size if split else encoder.output_dim
+        small = len(self.unique) * encoder.max_length * width * 2 <= TEXT_CACHE_BYTES
+        self.mode = ("hidden" if split else "frozen") if small and (split or not trainable) else "live"
+        self.cache = None
+        if self.mode != "live":
+            self.cache = self._encode(batch_size) if cache is None else cached_tensors(
+                cache, _text_cache_key(encoder, self.mode, self.unique), lambda: {"states": self._encode(batch_size)}
+            )["states"]
+
+    def _encode(self, batch_size: int) -> torch.Tensor:
+        """The frozen states of every distinct caption (N, L, width), fp16 on the CPU."""
+        import warnings
+
+        fn = self.encoder.hidden_states if self.mode == "hidden" else self.encoder.encode
+        with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            starts = range(0, len(self.unique), batch_size)
+            states = torch.cat([fn(self.unique[i:i + batch_size], self.device).half().cpu()
+                                for i in tqdm(starts, desc="encoding captions", unit="batch",
+                                              disable=len(starts) < 4)])
+        truncated = [w for w in caught if "truncated" in str(w.message)]
+        for w in caught:  # anything else as it came
+            if w not in truncated:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if truncated:  # one line for the whole caption set instead of one per chunk
+            n = sum(int(str(w.message).split(" of ")[0]) for w in truncated)
+            warnings.warn(f"{n} of {len(self.unique)} distinct captions are longer than the text encoder's "
+                          f"{self.encoder.max_length} tokens and were truncated.", stacklevel=3)
+        return states
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.mode == "live":
+            return self.encoder.encode([self.unique[i] for i in ids.tolist()], self.device)
+        states = self.cache[ids.cpu()].to(self.device).float()
+        return self.encoder.projection(states) if self.mode == "hidden" else states
+
+
+def _text_cache_key(encoder: TextEncoder, mode: str, captions: list[str]) -> str:
+    """Hash of what cached caption states depend on: the encoder's frozen weights and settings, and the captions."""
+    frozen = encoder.frozen_modules() if mode == "hidden" else [encoder]
+    h = hashlib.sha256(json.dumps({"encoder": type(encoder).__name__, "mode": mode, "max_length": encoder.max_length,
+                                   "vocab": getattr(getattr(encoder, "tokenizer", None), "vocab_size", None)}).encode())
+    for module in frozen:
+        for name, t in sorted(module.state_dict().items()):
+            h.update(name.encode() + b"\0" + t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    for c in captions:
+        h.update(c.encode() + b"\0")
+    return "text-" + h.hexdigest()[:24]
+
+
+def noise_loss(unet: nn.Module, scheduler: Any, latents: torch.Tensor, cond: torch.Tensor,
+               snr_gamma: float | None = None, noise: torch.Tensor | None = None,
+               timesteps: torch.Tensor | None = None, reduce: bool = True) -> torch.Tensor:
+    """The denoising loss of latents (B, c, h, w) under ``cond`` (B, L, D); noise and timesteps drawn unless given.
+
+    ``snr_gamma``: min-SNR weighting (Hang et al. 2023), min(SNR, gamma) / SNR (/ (SNR + 1) for v-prediction).
+    """
+    step = denoise_step(unet, scheduler, latents, cond, noise, timesteps)
+    return step.loss(scheduler, snr_gamma, reduce)
+
+
+@dataclass
+class DenoiseStep:
+    """One training forward: noisy latents, the model's output, its regression target and the timesteps (B,)."""
+
+    noisy: torch.Tensor
+    pred: torch.Tensor
+    target: torch.Tensor
+    timesteps: torch.Tensor
+
+    def loss(self, scheduler: Any, snr_gamma: float | None = None, reduce: bool = True) -> torch.Tensor:
+        """MSE of pred to target per face (B,) with optional min-SNR weighting; the mean if ``reduce``."""
+        per_face = F.mse_loss(self.pred.float(), self.target.float(), reduction="none").flatten(1).mean(1)
+        if snr_gamma:
+            alphas = scheduler.alphas_cumprod.to(self.pred.device)[self.timesteps]
+            snr = alphas / (1 - alphas)
+            v_pred = scheduler.config.prediction_type == "v_prediction"
+            per_face = per_face * snr.clamp(max=snr_gamma) / (snr + 1 if v_pred else snr)
+        return per_face.mean() if reduce else per_face
+
+
+def denoise_step(unet: nn.Module, scheduler: Any, latents: torch.Tensor, cond: torch.Tensor,
+                 noise: torch.Tensor | None = None, timesteps: torch.Tensor | None = None) -> DenoiseStep:
+    """Noise latents (B, c, h, w) at random (or given) timesteps and run the UNet under ``cond`` (B, L, D)."""
+    noise = torch.randn_like(latents) if noise is None else noise
+    if timesteps is None:
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), device=latents.device)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    v_pred = scheduler.config.prediction_type == "v_prediction"
+    target = scheduler.get_velocity(latents, noise, timesteps) if v_pred else noise
+    pred = unet(noisy, timesteps, encoder_hidden_states=cond).sample
+    return DenoiseStep(noisy, pred, target, timesteps)
+
+
+class ValDraw:
+    """A fixed draw (seeded, independent of training randomness) for comparable validation losses.
+
+    Timesteps are spread evenly over the schedule, so the mean is a low-variance estimate of the full loss.
+    """
+
+    def __init__(self, latents: torch.Tensor, ids: torch.Tensor, scheduler: Any, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        keep = torch.randperm(len(latents), generator=g)[:VAL_FACES]
+        self.latents, self.ids = latents[keep], ids[keep]
+        self.keep = keep
+        self.noise = torch.randn(self.latents.shape, generator=g)
+        steps = scheduler.config.num_train_timesteps
+        self.timesteps = torch.linspace(0, steps - 1, len(keep)).round().long()[torch.randperm(len(keep), generator=g)]
+
+    @torch.no_grad()
+    def loss(self, accel: Any, unet: nn.Module, scheduler: Any, condition: Callable[[torch.Tensor], torch.Tensor],
+             batch_size: int = 128) -> float:
+        """Mean denoising loss; ``condition(rows)`` gives the cond of those rows of the draw."""
+        total, dev = 0.0, accel.device
+        for rows in torch.arange(len(self.ids)).split(batch_size):
+            with accel.autocast():
+                per = noise_loss(unet, scheduler, self.latents[rows].to(dev), condition(rows),
+                                 noise=self.noise[rows].to(dev), timesteps=self.timesteps[rows].to(dev), reduce=False)
+            total += per.sum().item()
+        return total / max(1, len(self.ids))
+
+
+def sample_prompts_from(faces: Faces, n: int = 8) -> list[int]:
+    """Rows of up to ``n`` distinct captions (the grid's default prompts: in-distribution by construction)."""
+    first: dict[str, int] = {}
+    for i, c in enumerate(faces.captions):
+        first.setdefault(c, i)
+    return list(first.values())[:n]
+
+
+def sample_grid(pipe: Any, prompts: list[str], path: Path, seed: int, steps: int, aus: torch.Tensor | None = None,
+                guidance_scale_text: float = 5.0, guidance_scale_au: float = 2.0) -> Path:
+    """One image per prompt, the i-th seeded with ``seed + i`` (the same faces every epoch), as one PNG row."""
+    pipe.set_progress_bar_config(disable=True)
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
+    images = pipe(prompts, aus=aus, num_inference_steps=steps, guidance_scale_text=guidance_scale_text,
+                  guidance_scale_au=guidance_scale_au, generator=generators, output_type="pt").images
+    return save_grid(images, path, nrow=len(prompts))
+
+
+def _is_synfer_pipeline(folder: Path) -> bool:
+    index = folder / "model_index.json"
+    return index.is_file() and json.loads(index.read_text()).get("_class_name") == "SynferPipeline"
+
+
+def _add_lora(unet: nn.Module, rank: int) -> None:
+    try:
+        from peft import LoraConfig
+    except ImportError as e:
+        raise ImportError("lora_rank needs the peft package: pip install peft (or leave lora_rank unset to "
+                          "fine-tune the whole UNet).") from e
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+
+
+def _export_unet(unet: nn.Module, lora: bool) -> nn.Module:
+    """The UNet to save: itself, or for LoRA a copy with the LoRA fused into its weights and the layers removed."""
+    if not lora:
+        return unet
+    fused = copy.deepcopy(unet)
+    fused.fuse_lora()
+    fused.unload_lora()
+    return fused
+
+
+def train_generator(
+    data: list[Path],
+    out: Path,
+    vae: Path | None = None,
+    text_encoder: str = "minilm",
+    pretrained: str | None = None,
+    split: str = "train",
+    val_split: str = "val",
+    block_out_channels: tuple[int, ...] = (96, 192),
+    layers_per_block: int = 2,
+    attention_head_dim: int = 8,
+    attention_levels: tuple[int, ...] | None = None,
+    cross_attention_dim: int = 256,
+    lora_rank: int | None = None,
+    caption_dropout: float = 0.1,
+    class_balance: float = 0.0,
+    epochs: int = 30,
+    batch_size: int = 64,
+    lr: float = 2e-4,
+    ema_decay: float = 0.999,
+    snr_gamma: float | None = None,
+    scheduler: str = "ddpm",
+    sample_every_epochs: int = 1,
+    sample_prompts: list[str] | None = None,
+    sample_steps: int = 25,
+    seed: int = 0,
+    limit: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    precision: str = "auto",
+    text_cache: Path | None = None,
+) -> Path:
+    """Train the text-to-face latent diffusion model; export a SynferPipeline to ``OUT/pipeline``.
+
+    Args:
+        data: dataset folders with captions (from ``synfer prepare``).
+        out: run folder (see the module docs).
+        vae: a ``train-vae`` run or VAE folder (mini path; faces are resized to its ``sample_size``).
+        text_encoder: ``minilm`` (frozen MiniLM-L6 + a new trainable projection) or a saved text-encoder folder.
+        pretrained: a diffusers SD checkpoint, folder or hub id (its VAE, CLIP, UNet and noise schedule; the UNet
+            is fine-tuned), or a SynferPipeline folder to continue (its AU adapter, trained for the old UNet, is
+            not carried over); replaces vae, text_encoder and the UNet options.
+        split, val_split: trained on / scored on (without a val split: a fixed set of training faces).
+        block_out_channels, layers_per_block, attention_levels, cross_attention_dim: the new UNet (mini path):
+            widths per level, ResNets per block, levels with cross-attention (default all but the first), text width.
+        attention_head_dim: passed to diffusers as is; its legacy meaning there is the number of heads.
+        lora_rank: fine-tune ``pretrained`` with LoRA of this rank on the attention projections (needs peft)
+            instead of every UNet weight.
+        caption_dropout: probability of training on "" instead of the caption (classifier-free guidance).
+        class_balance: 0 = every face once per epoch; > 0 = an epoch of as many faces drawn with probability
+            ~ count(expression) ** -class_balance (1: classes equally often, 0.5: square-root balancing, which
+            lifts rare expressions such as contempt without repeating their few faces as often).
+        epochs, batch_size, lr: AdamW, linear warm-up then cosine decay (for SD fine-tuning use lr ~1e-5).
+        ema_decay: EMA of the trained weights (0 = none); the better on validation is exported.
+        snr_gamma: min-SNR loss weighting (5 is the paper's value); None = plain MSE.
+        scheduler: training noise schedule, ``ddpm`` or ``ddpm-cosine`` (sampling uses DDIM on the same schedule).
+        sample_every_epochs: epochs between sample grids (the last epoch always gets one).
+        sample_prompts: grid prompts (default up to 8 distinct validation captions).
+        sample_steps: DDIM steps for the grids.
+        seed, limit, resume, overwrite, precision: as in ``train-vae``.
+        text_cache: a folder to keep the frozen text states of the captions in and reuse them from (safetensors,
+            keyed by the frozen text weights and the caption set; 0.8 GB for FER+'s 22k distinct captions), so a
+            resumed run skips the encoding; None = encode them at every start.
+
+    Returns:
+        ``OUT/pipeline``.
+    """
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    from .pipeline import SynferPipeline
+
+    out = Path(out)
+    if not 0 <= caption_dropout < 1:
+        raise ValueError(f"caption_dropout must be in [0, 1); got {caption_dropout}.")
+    if pretrained is None and vae is None:
+        raise ValueError("Give vae (a `synfer train-vae` output) for the mini model, or pretrained (an SD checkpoint).")
+    if lora_rank is not None and pretrained is None:
+        raise ValueError("lora_rank fine-tunes a pretrained UNet; pass pretrained=<SD checkpoint> with it.")
+    if pretrained is not None and text_encoder != "minilm":
+        raise ValueError("pretrained brings its own text encoder; leave text_encoder at its default.")
+    accel, resume = start_run(out, resume, overwrite, precision, seed)
+
+    # 1. components
+    if pretrained is not None:
+        local = Path(pretrained)
+        base = (SynferPipeline.from_pretrained(local) if _is_synfer_pipeline(local)
+                else SynferPipeline.from_stable_diffusion(pretrained))
+        vae_model, encoder, unet = base.vae, base.text_encoder, base.unet
+        train_sched = DDPMScheduler.from_config(base.scheduler.config)
+        sample_sched = base.scheduler
+    else:
+        vae_model = load_vae(vae)
+        encoder = load_text_encoder(text_encoder, cross_attention_dim)
+        factor = 2 ** (len(vae_model.config.block_out_channels) - 1)
+        unet = build_unet(vae_model.config.sample_size // factor, vae_model.config.latent_channels,
+                          tuple(block_out_channels), layers_per_block, attention_head_dim, encoder.output_dim,
+                          None if attention_levels is None else tuple(attention_levels))
+        train_sched = noise_schedule(scheduler)
+        sample_sched = DDIMScheduler.from_config(train_sched.config, timestep_spacing="trailing",
+                                                 set_alpha_to_one=False)
+    vae_model.requires_grad_(False).eval().to(accel.device)
+    encoder.to(accel.device)
+    unet.to(accel.device)
+    if lora_rank is not None:
+        _add_lora(unet, lora_rank)
+
+    # 2. data: latents once, captions once
+    cfg = vae_model.config
+    size = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
+    train = load_faces(data, split, size, need_captions=True, limit=limit)
+    if len(train) == 0:
+        raise DatasetError(f"No captioned records in split {split!r} of {[str(p) for p in data]}.")
+    val = load_faces(data, val_split, size, need_captions=True, limit=limit)
+    val = val if len(val) else train
+    latents = encode_latents(vae_model, train.images).cpu()
+    val_latents = encode_latents(vae_model, val.images).cpu()
+    embed = CaptionEmbedder(encoder, train.captions + val.captions, accel.device, cache=text_cache)
+    ids, val_ids = embed.ids_of(train.captions), embed.ids_of(val.captions)
+    draw = ValDraw(val_latents, val_ids, train_sched, seed)
+    prompts = sample_prompts or [val.captions[i] for i in sample_prompts_from(val)]
+
+    # 3. loss and trainer
+    loader = accel.prepare(index_loader(len(latents), batch_size, seed, lambda idx: (latents[idx], ids[idx]),
+                                        train.expressions, class_balance))
+
+    def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        z, rows = batch[0].to(accel.device), batch[1]
+        rows = torch.where(torch.rand(len(rows)) < caption_dropout, embed.empty, rows)
+        return noise_loss(unet, train_sched, z, embed(rows), snr_gamma)
+
+    options = {"data": [str(Path(p).resolve()) for p in data], "split": split, "size": list(size),
+               "vae": None if vae is None else str(Path(vae).resolve()), "text_encoder": text_encoder,
+               "pretrained": pretrained if pretrained is None or not Path(pretrained).exists()
+               else str(Path(pretrained).resolve()),
+               "unet": dict(unet.config) if pretrained is None else None, "lora_rank": lora_rank,
+               "caption_dropout": caption_dropout, "class_balance": class_balance, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
+               "snr_gamma": snr_gamma, "scheduler": dict(train_sched.config), "seed": seed, "limit": limit}
+    trainer = Trainer(accel, out, {"unet": unet, "text_encoder": encoder}, epochs, len(loader), lr,
+                      ema_decay=ema_decay, fingerprint=options)
+    if resume:
+        trainer.load()  # nothing below draws random numbers before fit(): a resumed run replays the same one
+    if accel.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "train_config.json", provenance_entry(
+            "train-generator", {**options, "epochs": epochs, "sample_prompts": prompts, "sample_steps": sample_steps,
+                                "precision": precision},
+            data={"train_faces": len(train), "val_faces": len(draw.ids), "skipped_without_caption": train.skipped,
+                  "distinct_captions": len(embed.unique), "text_cache": embed.mode,
+                  "unet_parameters": sum(p.numel() for p in unet.parameters())},
+            processes=accel.num_processes))
+
+    # 4. after each epoch: raw vs EMA on the fixed draw, the better one exported and sampled
+    def end_epoch(epoch: int) -> dict[str, Any]:
+        scores = {}
+        for which in ("raw", "ema") if trainer.ema is not None else ("raw",):
+            with trainer.weights(which):
+                scores[which] = draw.loss(accel, unet, train_sched, lambda rows: embed(draw.ids[rows]))
+        pick = min(scores, key=scores.get)
+        with trainer.weights(pick):
+            pipe = SynferPipeline(vae=vae_model, unet=_export_unet(unet, lora_rank is not None),
+                                  text_encoder=encoder, scheduler=sample_sched)
+            if (epoch + 1) % sample_every_epochs == 0 or epoch + 1 == epochs:
+                sample_grid(pipe, prompts, out / "samples" / f"epoch_{epoch + 1:03d}.png", seed, sample_steps)
+            atomic_save_dir(out / "pipeline", pipe.save_pretrained)
+            if lora_rank is not None:
+                atomic_save_dir(out / "lora", unet.save_lora_adapter)
+        return {"val_loss": scores[pick], **{f"val_loss_{k}": v for k, v in scores.items()}, "weights": pick}
+
+    trainer.fit(loader, loss_fn, end_epoch)
+    accel.print(f"pipeline exported to {out / 'pipeline'}")
+    return out / "pipeline"

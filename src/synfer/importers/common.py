@@ -1,0 +1,209 @@
+"""What every importer shares: opening the output writer, checked image reading, the bad-input policy.
+
+An importer reads a source in a user's format and writes a dataset folder. It never modifies the source. It
+parses the label files completely before creating the output, so a malformed label file fails before anything
+is written; an image that cannot be read fails (or, with ``skip_bad``, is skipped and counted) as it is reached.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from ..core.dataset import DatasetError, DatasetWriter, provenance_entry
+from ..schema import AUSet
+
+#: Licence note written into headers of FER2013-derived folders.
+FER2013_LICENCE = (
+    "FER2013 images (Goodfellow et al., 2015): released for the ICML 2013 challenge, no explicit licence, "
+    "research use by convention; do not redistribute. FER+ labels: MIT licence, Microsoft."
+)
+
+
+class BadInputError(DatasetError):
+    """An input file or row is unusable; the message names it and says how to fix it (or to pass --skip-bad)."""
+
+
+class BadInputPolicy:
+    """Raise on bad input, or (``skip_bad=True``) count it in the output header and go on.
+
+    Args:
+        writer: the output writer whose header stats receive the counts.
+        skip_bad: skip and count instead of raising.
+    """
+
+    def __init__(self, writer: DatasetWriter, skip_bad: bool) -> None:
+        self.writer = writer
+        self.skip_bad = skip_bad
+
+    def __call__(self, reason: str, message: str) -> None:
+        if not self.skip_bad:
+            raise BadInputError(f"{message} Fix or remove it, or pass --skip-bad to skip such inputs and count them.")
+        self.writer.count_skipped(reason, message)
+
+
+def open_output(
+    out: str | Path,
+    expressions: Sequence[str],
+    stage: str,
+    config: dict[str, Any],
+    aus: AUSet | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    licence: str = "",
+) -> DatasetWriter:
+    """Create (or resume) the output folder of an import and record its provenance.
+
+    Resuming checks that the earlier run of this stage had the same options (a changed label mode would mix two
+    labellings in one folder) and clears the skipped-input counts, which the resumed run counts afresh: bad
+    inputs are never written, so every run meets all of them again.
+    """
+    if overwrite and resume:
+        raise ValueError("Pass either overwrite or resume, not both.")
+    mode = "overwrite" if overwrite else "resume" if resume else "create"
+    writer = DatasetWriter(out, expressions=expressions, aus=aus, mode=mode, licence=licence)
+    earlier = [e for e in writer.header.provenance if e.get("stage") == stage]
+    if earlier:
+        before = {k: v for k, v in earlier[-1].get("config", {}).items() if k != "skip_bad"}
+        now = {k: v for k, v in config.items() if k != "skip_bad"}
+        if before != now:
+            changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+            writer.close(complete=False)
+            raise DatasetError(
+                f"{out} was started by {stage} with other options ({', '.join(f'{k}={before.get(k)!r}' for k in changed)}"
+                f"; now {', '.join(f'{k}={now.get(k)!r}' for k in changed)}). Resume with the same options, or "
+                "pass --overwrite to start again."
+            )
+        writer.header.stats.pop("skipped", None)
+    writer.add_provenance(provenance_entry(stage, config, resumed=bool(earlier)))
+    return writer
+
+
+def start_import(
+    out: str | Path,
+    expressions: Sequence[str],
+    stage: str,
+    config: dict[str, Any],
+    problems: list[tuple[str, str]],
+    skip_bad: bool,
+    overwrite: bool = False,
+    resume: bool = False,
+    licence: str = "",
+    what: str = "malformed row(s)",
+    fix: str = "Fix the file",
+) -> tuple[DatasetWriter, BadInputPolicy]:
+    """The common start of every importer, once its label files are parsed.
+
+    Args:
+        problems: ``(reason, message)`` for each bad row found while parsing. Without ``skip_bad`` the first one
+            is raised here, before the output folder exists; with it, all are counted in the header.
+        what, fix: words for the error ("3 malformed row(s) in all. Fix the file, or pass --skip-bad ...").
+
+    Returns:
+        the open writer (use it as a context manager) and the bad-input policy for what the import meets later.
+    """
+    if problems and not skip_bad:
+        raise BadInputError(f"{problems[0][1]} ({len(problems)} {what} in all.) {fix}, or pass --skip-bad to "
+                            "skip such inputs and count them.")
+    writer = open_output(out, expressions, stage, config, overwrite=overwrite, resume=resume, licence=licence)
+    bad = BadInputPolicy(writer, skip_bad)
+    for reason, message in problems:
+        bad(reason, message)
+    return writer, bad
+
+
+_UNSAFE_ID = re.compile(r"[^A-Za-z0-9._-]+")
+_ID_MAX = 190  # ids may be 200 characters; this leaves room for a de-duplication suffix
+
+
+def sanitise_id(text: str) -> str:
+    """``text`` made a valid record id: runs of other characters become ``_``, leading ``._-`` dropped."""
+    return _UNSAFE_ID.sub("_", text).lstrip("._-")[:_ID_MAX] or "image"
+
+
+class UniqueIds:
+    """Hands out sanitised ids, de-duplicated by a ``-2``, ``-3``, ... suffix in call order.
+
+    Deterministic when the calls are (callers iterate sorted inputs). Ids are compared case-insensitively
+    because they become file names, and some file systems (macOS, Windows) take ``A.png`` for ``a.png``.
+    """
+
+    def __init__(self) -> None:
+        self._used: set[str] = set()
+
+    def __call__(self, text: str) -> str:
+        base = sanitise_id(text)
+        rid, n = base, 2
+        while rid.lower() in self._used:
+            rid, n = f"{base}-{n}", n + 1
+        self._used.add(rid.lower())
+        return rid
+
+
+def read_image_checked(path: Path, mode: str | None = None, size: int | None = None,
+                       box: tuple[int, int, int, int] | None = None) -> Image.Image:
+    """Open and fully decode an image, optionally crop (x, y, w, h), convert and resize.
+
+    Args:
+        path: the file.
+        mode: ``"L"`` or ``"RGB"`` to convert, None to keep the file's mode (palette/alpha become RGB).
+        size: resize to ``size x size`` (bicubic) if given.
+        box: crop box (x, y, w, h) in pixels, clamped to the image, applied before resizing.
+
+    Raises:
+        BadInputError: the file is missing or not a decodable image (message names the file).
+    """
+    if not path.is_file():
+        raise BadInputError(f"{path}: image file not found.")
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise BadInputError(f"{path}: not a readable image ({type(e).__name__}: {e}).") from e
+    if box is not None:
+        x, y, w, h = box
+        x0, y0 = max(0, x), max(0, y)
+        x1, y1 = min(im.width, x + w), min(im.height, y + h)
+        if x1 <= x0 or y1 <= y0:
+            raise BadInputError(f"{path}: face box {box} lies outside the {im.width}x{im.height} image.")
+        im = im.crop((x0, y0, x1, y1))
+    if mode is not None:
+        im = im.convert(mode)
+    elif im.mode not in ("L", "RGB"):
+        im = im.convert("RGB")
+    if size is not None and im.size != (size, size):
+        im = im.resize((size, size), Image.Resampling.BICUBIC)
+    return im
+
+
+def png_bytes_checked(path: Path) -> bytes:
+    """Bytes of a PNG file after checking that it decodes (copied as is: fastest, bit-exact).
+
+    Raises:
+        BadInputError: missing file, not a PNG, or a PNG that does not decode.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as e:
+        raise BadInputError(f"{path}: image file not found.") from e
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise BadInputError(f"{path}: not a PNG file.")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise BadInputError(f"{path}: corrupt PNG ({type(e).__name__}: {e}).") from e
+    return data
+
+
+def image_for_writer(path: Path, mode: str | None, size: int | None) -> Image.Image | bytes:
+    """What to hand the writer for a source image: the PNG's own bytes when no conversion is asked, else a
+    converted image."""
+    if mode is None and size is None and path.suffix.lower() == ".png":
+        return png_bytes_checked(path)
+    return read_image_checked(path, mode=mode, size=size)

@@ -1,0 +1,88 @@
+"""Cached, resumable steps of a long study: a cell is one step with named inputs, done once.
+
+A cell's folder is ``WORK/cells/<name>-<key>``, ``key`` a hash of its inputs (options, and the outputs of the cells
+it reads), and ``cell.json`` (written last) marks it done with its outputs. A rerun reuses every cell whose inputs
+did not change, also one done under another name with the same inputs, and resumes an interrupted one (the steps
+themselves are resumable).
+
+``record``: a folder where every finished cell's ``cell.json`` is also copied (small: options, metrics, test
+predictions), meant to be committed. On a machine where ``WORK`` is gone, a recorded cell counts as done, so a long
+study spreads over many machines; where a later cell needs a recorded cell's *files* (a synthetic set, a model),
+:meth:`Cells.run` with ``files=True`` computes it again (every step is seeded: the same files come back).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..core.dataset import atomic_write_json
+
+CELL_FILE = "cell.json"
+#: Output keys that name files or folders a later cell may read.
+FILE_KEYS = ("data", "model", "image", "gallery")
+
+
+class Cells:
+    """The cache: ``run(name, inputs, produce)`` returns the outputs of a done cell or produces them."""
+
+    def __init__(self, work: Path, record: Path | None = None) -> None:
+        self.root = Path(work) / "cells"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.record = None if record is None else Path(record)
+        self.log: list[dict[str, Any]] = []
+
+    @staticmethod
+    def key(inputs: dict[str, Any]) -> str:
+        return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    def _candidates(self, name: str, key: str) -> list[Path]:
+        """Done-cell files for ``key``: this name first, then any other name, in WORK, then in the record."""
+        own = [self.root / f"{name}-{key}" / CELL_FILE]
+        others = [p for p in sorted(self.root.glob(f"*-{key}/{CELL_FILE}")) if p not in own]
+        recorded = []
+        if self.record is not None and self.record.is_dir():
+            recorded = [self.record / f"{name}-{key}.json"]
+            recorded += [p for p in sorted(self.record.glob(f"*-{key}.json")) if p not in recorded]
+        return own + others + recorded
+
+    def lookup(self, name: str, inputs: dict[str, Any]) -> dict[str, Any] | None:
+        """The done cell with exactly these inputs (under any name, in WORK or the record), or None."""
+        key = self.key(inputs)
+        same = json.loads(json.dumps(inputs, default=str))
+        for path in self._candidates(name, key):
+            if path.is_file() and (cell := json.loads(path.read_text()))["inputs"] == same:
+                return cell
+        return None
+
+    @staticmethod
+    def files_exist(outputs: dict[str, Any]) -> bool:
+        return all(Path(v).exists() for k, v in outputs.items() if k in FILE_KEYS and isinstance(v, str))
+
+    def run(self, name: str, inputs: dict[str, Any], produce: Callable[[Path], dict[str, Any]],
+            files: bool = False) -> dict[str, Any]:
+        """The outputs of cell ``name`` with ``inputs``; ``produce(folder)`` computes them where the cell is not
+        done, or (``files``) where the caller needs its files and they are missing."""
+        key = self.key(inputs)
+        folder = self.root / f"{name}-{key}"
+        cell = self.lookup(name, inputs)
+        if cell is not None and (not files or self.files_exist(cell["outputs"])):
+            self.log.append({"cell": name, "key": key, "cached": True, "from": cell["name"]})
+            return cell["outputs"]
+        folder.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        outputs = produce(folder)
+        seconds = round(time.perf_counter() - t0, 1)
+        done = {"name": name, "key": key, "inputs": inputs, "outputs": outputs, "seconds": seconds}
+        if cell is not None:  # recomputed for its files: the recorded cost stays the first run's
+            done["seconds"], done["recomputed_seconds"] = cell["seconds"], seconds
+        atomic_write_json(folder / CELL_FILE, done)
+        if self.record is not None:
+            self.record.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.record / f"{name}-{key}.json", done)
+        self.log.append({"cell": name, "key": key, "cached": False, "seconds": seconds})
+        return {**outputs}

@@ -1,0 +1,176 @@
+"""``synfer edit``: change given faces' expressions by text and AUs, keeping who they are (layout initialisation).
+
+Each face is DDIM-inverted under a class-agnostic condition to ``strength`` of the schedule
+(:func:`synfer.generator.layout.invert`) and denoised from there under the target prompt and AUs. Low strength keeps
+more of the face (identity, pose, lighting), high strength follows the target more. The result is a dataset folder
+(one record per input face: target expression, target AUs, the prompt, and in ``meta`` the source, strength and
+sampler) and ``OUT/preview.png`` with each source face above its edit.
+
+Example::
+
+    synfer edit face1.png face2.png OUT --expression happiness --aus '{"AU12": 1.0}' --strength 0.6
+    synfer edit runs/ferplus OUT --split test --limit 16 --expression surprise
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..annotate.prompts import enrich_prompt
+from ..core.dataset import Record
+from ..core.runtime import resolve_precision
+from ..generator.layout import invert, read_faces, to_pipeline_images
+from ..importers.common import open_output
+from ..schema import FERPLUS8, AUSet, canonical_expression
+from .generate import files_sha256
+from .sample import expression_au_targets, load_generator
+
+
+def target_aus(expression: str | None, aus: dict[str, float] | None, au_names: tuple[str, ...] | None,
+               au_base: str, pipeline_dir: Path) -> list[float] | None:
+    """The target AU vector: the expression's targets (``au_base``; zeros without an expression or with
+    ``none``), then the values given in ``aus`` on top. None for a pipeline without an AU adapter."""
+    if au_names is None:
+        if aus:
+            raise ValueError("aus were given but the generator has no AU adapter; edit by --expression / --prompt.")
+        return None
+    if expression is not None and au_base != "none":
+        vector = expression_au_targets([expression], au_names, au_base, pipeline_dir)[0].tolist()
+    else:
+        vector = [0.0] * len(au_names)
+    for name, value in (aus or {}).items():
+        if name not in au_names:
+            raise ValueError(f"AU {name!r} is not one of the generator's AUs: {', '.join(au_names)}.")
+        if not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"AU {name}={value}: intensities are in [0, 1].")
+        vector[au_names.index(name)] = float(value)
+    return vector
+
+
+def edit(
+    inputs: list[Path],
+    out: Path,
+    expression: str | None = None,
+    prompt: str | None = None,
+    aus: dict[str, float] | None = None,
+    au_base: str = "auto",
+    strength: float = 0.6,
+    pipeline: str = "bundled",
+    source_prompt: str = "",
+    split: str | None = None,
+    limit: int | None = None,
+    num_inference_steps: int | None = None,
+    guidance_scale_text: float | None = None,
+    guidance_scale_au: float | None = None,
+    seed: int = 0,
+    batch_size: int = 32,
+    expressions: list[str] | None = None,
+    out_split: str = "train",
+    device: str = "auto",
+    precision: str = "auto",
+    compile: bool = False,
+    preview: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Edit faces toward a target expression / AUs; write the edits as a dataset folder.
+
+    Args:
+        inputs: image files, folders of images, or dataset folders (see ``split``, ``limit``).
+        out: the dataset folder to write.
+        expression: the target expression (aliases accepted); gives the prompt and the base AU targets.
+        prompt: the target prompt (default: enriched from ``expression`` and the target AUs).
+        aus: AU intensities to set, e.g. '{"AU12": 1.0, "AU06": 0.8}', on top of the expression's targets.
+        au_base: the expression's AU targets: ``auto`` (the generator's), ``prototype``, a prepared folder, a
+            JSON file, or ``none`` (zeros: only ``aus`` are raised).
+        strength: share of the schedule re-run from the inverted face, in (0, 1]: 0.3 keeps almost everything,
+            0.6 changes the expression, 1.0 keeps only the coarse layout.
+        pipeline: SynferPipeline folder or bundled name.
+        source_prompt: the condition the faces are inverted under ("" = class-agnostic).
+        split, limit: records of dataset-folder inputs (all splits by default), and at most this many faces.
+        num_inference_steps, guidance_scale_text, guidance_scale_au: sampler settings (None: the pipeline's).
+        seed: seeds the prompt enrichment (sampling from an inverted face is deterministic).
+        batch_size: faces per pipeline call.
+        expressions: the output's label set in header order (default FER+'s eight).
+        out_split: the split written on every record.
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda:1`` ...
+        precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` (CUDA) for inversion and sampling (see ``generate``).
+        compile: compile the generator's UNet first (see ``generate``).
+        preview: write ``OUT/preview.png`` (sources above edits, up to 16).
+        overwrite: replace ``out``.
+
+    Returns:
+        the dataset folder.
+    """
+    out = Path(out)
+    if expression is None and prompt is None and not aus:
+        raise ValueError("Say what to edit toward: --expression, --prompt and/or --aus.")
+    exprs = [canonical_expression(e) for e in (expressions or FERPLUS8.names)]
+    target = None if expression is None else canonical_expression(expression)
+    if target is not None and target not in exprs:
+        raise ValueError(f"expression {expression!r} is not in the label set {exprs}.")
+    faces = read_faces(inputs, split, limit)
+    pipe, pipe_dir = load_generator(pipeline, device)
+    pipe.set_progress_bar_config(disable=True)
+    precision = resolve_precision(precision, pipe.device)
+    au_names = tuple(pipe.au_adapter.au_names) if pipe.au_adapter is not None else None
+    vector = target_aus(target, aus, au_names, au_base, pipe_dir)
+    au_map = None if vector is None else dict(zip(au_names, vector, strict=True))
+    text = prompt if prompt is not None else enrich_prompt("", target or "neutral", au_map, seed=seed)
+    defaults = pipe.generation_defaults()
+    sampler = {"scheduler": type(pipe.scheduler).__name__,
+               "num_inference_steps": num_inference_steps or defaults["num_inference_steps"],
+               "guidance_scale_text": defaults["guidance_scale_text"] if guidance_scale_text is None
+               else guidance_scale_text,
+               "guidance_scale_au": defaults["guidance_scale_au"] if guidance_scale_au is None else guidance_scale_au,
+               "precision": precision}
+    pipe.first_step(sampler["num_inference_steps"], strength, torch.zeros(1))  # validates strength early
+    config = {"pipeline": str(pipeline), "generator_sha256": files_sha256(pipe_dir), "inputs": [str(p) for p in inputs],
+              "expression": target, "prompt": text, "aus": vector, "strength": strength,
+              "source_prompt": source_prompt, **sampler}
+    writer = open_output(out, exprs, "edit", config, aus=AUSet(au_names) if au_names else None, overwrite=overwrite)
+    if compile:
+        pipe.compile_denoiser()
+    ids: dict[str, int] = {}
+    pairs: list[torch.Tensor] = []
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(faces), desc="edit", unit="face")
+    try:
+        for start in range(0, len(faces), batch_size):
+            chunk = faces[start:start + batch_size]
+            images = to_pipeline_images(pipe, [im for _, im in chunk])
+            latents = invert(pipe, images, sampler["num_inference_steps"], strength, source_prompt)
+            aus_t = None if vector is None else torch.tensor([vector] * len(chunk))
+            edited = pipe([text] * len(chunk), aus=aus_t, latents=latents, strength=strength,
+                          num_inference_steps=sampler["num_inference_steps"],
+                          guidance_scale_text=sampler["guidance_scale_text"],
+                          guidance_scale_au=sampler["guidance_scale_au"], precision=precision,
+                          output_type="pt").images
+            pil = pipe.postprocess(edited, "pil")
+            for (name, _), image in zip(chunk, pil, strict=True):
+                stem = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:180]  # record ids: letters, digits, ._-
+                n = ids[stem] = ids.get(stem, -1) + 1  # the same name twice (two folders) gets a suffix
+                rid = f"edit-{stem}" if n == 0 else f"edit-{stem}-{n}"
+                writer.add(Record(id=rid, split=out_split, source="synfer-edit", expression=target, aus=vector,
+                                  caption=text, meta={"source": name, "strength": strength, **sampler}), image)
+            if preview and len(pairs) < 16:
+                pairs += [torch.stack([a, b]) for a, b in zip(images.cpu(), edited.cpu(), strict=True)]
+            bar.update(len(chunk))
+    except BaseException:
+        writer.close(complete=False)
+        raise
+    finally:
+        bar.close()
+    writer.header.stats["edit"] = {"faces": len(faces), "seconds": round(time.perf_counter() - t0, 1)}
+    writer.close(complete=True)
+    if preview:
+        from ..core.training import save_grid
+
+        pairs = pairs[:16]
+        grid = torch.cat([torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])])
+        save_grid(grid, out / "preview.png", nrow=len(pairs))
+    return out

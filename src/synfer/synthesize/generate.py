@@ -1,0 +1,385 @@
+"""``synfer generate``: a labelled synthetic dataset folder from a generator, resumable, one seed per face.
+
+The whole plan is fixed before anything is generated: face ``k`` gets id ``syn{k:07d}``, its target expression,
+its own seed ``crc32("{seed}:{k}")``, a prompt enriched from a coarse description and the target, and target AUs.
+A killed run resumes with ``--resume``: faces already listed in the folder are skipped, so the folder ends with
+exactly the planned records and no duplicates (images are written before the shard that lists them).
+
+Target AUs (``au_source``):
+  * a prepared dataset folder: each face draws the AU vector of a random real face of its class from the folder's
+    ``train`` split (the empirical per-class distribution, correlations between AUs kept);
+  * ``auto``: the per-class means shipped with the pipeline (``au_targets.json``), else the EMFACS prototypes;
+  * ``prototype``: the EMFACS prototypes; ``none``: text only (no AU condition).
+``au_jitter`` adds uniform noise of that half-width to each target AU (clipped to [0, 1]).
+
+Layout initialisation (``layout``): each face starts from the DDIM inversion of a real face picked by its seed
+(:mod:`synfer.generator.layout`), at ``layout_strength`` of the schedule, instead of pure noise.
+
+Sharding: run the same command under several processes and each generates its share of the faces still missing,
+into its own record shards (``records-p<rank>-*.parquet``); the main process opens the folder first and completes
+it last. Any process count works, also for ``--resume`` of a run made with another count::
+
+    torchrun --nproc_per_node 4 -m synfer generate OUT ...          # 4 GPUs (or 4 CPU processes on gloo)
+    accelerate launch --multi_gpu --num_processes 4 -m synfer generate OUT ...
+    torchrun --nnodes 2 --node_rank R --nproc_per_node 8 --master_addr HOST --master_port 29500 \
+        -m synfer generate OUT ...                                   # 2 nodes: OUT on a shared filesystem
+
+Every record carries its generation parameters in ``meta`` (seed, coarse description, sampler, scales, semantic
+guidance and the guidance model with its weights' hash, the generator's hash); ``aus`` holds the target AUs and
+``caption`` the prompt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..annotate.prompts import enrich_prompt
+from ..core.dataset import DatasetFolder, DatasetWriter, Record
+from ..core.runtime import resolve_precision
+from ..importers.common import open_output
+from ..models.classifiers import DEFAULT_CLASSIFIER, ExpressionClassifier, resolve_classifier_path
+from ..schema import FERPLUS8, AUSet, canonical_expression, check_same_order
+from .sample import expression_au_targets, load_generator
+
+#: Records per shard flush: a killed run redoes at most this many faces.
+FLUSH_EVERY = 256
+#: The guidance step when only the AU term guides (semantic_guidance 0, au_guidance > 0).
+AU_ONLY_STEP = 0.05
+
+
+@dataclass
+class PlannedFace:
+    """One face of the plan."""
+
+    index: int
+    id: str
+    expression: str
+    seed: int
+    coarse: str
+    aus: list[float] | None
+
+
+def files_sha256(folder: Path, pattern: str = "**/*.safetensors", only: tuple[str, ...] | None = None) -> str:
+    """One hash over every weights file of a folder (names and bytes, in sorted order); ``only``: just the files
+    under these subfolders (e.g. a pipeline's ``("vae", "unet")``)."""
+    h = hashlib.sha256()
+    files = sorted(Path(folder).glob(pattern))
+    if only is not None:
+        files = [p for p in files if p.relative_to(folder).parts[0] in only]
+    for p in files:
+        h.update(str(p.relative_to(folder)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def plan_faces(counts: dict[str, int], au_names: tuple[str, ...] | None, au_source: str, seed: int,
+               coarse: list[str] | None = None, au_jitter: float = 0.0, pipeline_dir: Path | None = None
+               ) -> list[PlannedFace]:
+    """The full, deterministic plan: the same arguments always give the same faces in the same order."""
+    exprs = list(counts)
+    pools: dict[str, list[list[float]]] = {}
+    means = None
+    if au_names is not None and au_source != "none":
+        source = Path(au_source)
+        if source.is_dir() and (source / "dataset.json").is_file():
+            folder = DatasetFolder(source)
+            check_same_order("AU", list(au_names), list(folder.au_names), "the generator's AU adapter", str(source))
+            for rec in folder.records("train"):
+                if rec.aus is not None and rec.expression in counts:
+                    pools.setdefault(rec.expression, []).append(list(rec.aus))
+            empty = [e for e in exprs if counts[e] and e not in pools]
+            if empty:
+                raise ValueError(f"{source} has no training face with AUs for {empty}; lower their counts to 0 or "
+                                 "use --au-source auto / prototype.")
+        else:
+            means = expression_au_targets(exprs, au_names, au_source, pipeline_dir).tolist()
+    plan, k = [], 0
+    for ei, e in enumerate(exprs):
+        for _ in range(counts[e]):
+            s = zlib.crc32(f"{seed}:{k}".encode())
+            rng = random.Random(s)
+            aus = None
+            if pools:
+                aus = list(rng.choice(pools[e]))
+            elif means is not None:
+                aus = list(means[ei])
+            if aus is not None and au_jitter:
+                aus = [min(1.0, max(0.0, a + rng.uniform(-au_jitter, au_jitter))) for a in aus]
+            plan.append(PlannedFace(k, f"syn{k:07d}", e, s, rng.choice(coarse) if coarse else "", aus))
+            k += 1
+    return plan
+
+
+def layout_pick(seed: int, n: int) -> int:
+    """The layout face of a planned face: a function of its seed alone, so resumed and sharded runs agree."""
+    return random.Random(seed ^ 0x5EED).randrange(n)
+
+
+def generate(
+    out: Path,
+    pipeline: str = "bundled",
+    per_class: int | None = 100,
+    counts: dict[str, int] | None = None,
+    expressions: list[str] | None = None,
+    coarse: list[str] | None = None,
+    au_source: str = "auto",
+    au_jitter: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 32,
+    num_inference_steps: int | None = None,
+    guidance_scale_text: float | None = None,
+    guidance_scale_au: float | None = None,
+    semantic_guidance: float = 0.0,
+    guidance_window: tuple[float, float] = (0.6, 1.0),
+    guidance_model: str = DEFAULT_CLASSIFIER,
+    au_guidance: float = 0.0,
+    au_model: str | None = None,
+    layout: Path | None = None,
+    layout_strength: float = 0.7,
+    layout_split: str = "train",
+    split: str = "train",
+    device: str = "auto",
+    precision: str = "auto",
+    compile: bool = False,
+    preview: bool = True,
+    flush_every: int = FLUSH_EVERY,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Generate a labelled synthetic dataset folder.
+
+    Args:
+        out: the dataset folder to write.
+        pipeline: SynferPipeline folder or bundled name (``bundled``: the mini FER+ model).
+        per_class: faces per expression (balanced), unless ``counts`` is given.
+        counts: faces per expression, e.g. {"happiness": 500, "fear": 2000}; expressions left out get 0.
+        expressions: the label set in header order (default: FER+'s eight; aliases accepted).
+        coarse: coarse descriptions drawn per face ("an old man", "a young woman with glasses"); default anyone.
+        au_source: where target AUs come from (module docs): a prepared folder, ``auto``, ``prototype``, ``none``.
+        au_jitter: uniform noise half-width added to each target AU.
+        seed: the run's seed; face k uses crc32("{seed}:{k}") for its noise, prompt, coarse pick and AU draw.
+        batch_size: faces per pipeline call.
+        num_inference_steps, guidance_scale_text, guidance_scale_au: sampler settings (None: the pipeline's).
+        semantic_guidance: lambda of semantic guidance (0 = off; 0.05 is a reasonable start).
+        guidance_window: fractions (start, end) of the steps where semantic guidance acts.
+        guidance_model: the classifier that guides (folder or bundled name); recorded, so it never judges the set.
+        au_guidance: weight of the AU term in the guidance loss (needs the AU adapter's AUs; uses ``au_model``);
+            with semantic_guidance 0 the AU term alone guides, with a step of 0.05.
+        au_model: distilled AU estimator folder or name for AU guidance (default the bundled one).
+        layout: layout initialisation: a dataset folder (or image folder) of real faces; each generated face starts
+            from the DDIM inversion of one of them (picked by its seed) instead of pure noise.
+        layout_strength: share of the schedule run from the inverted face (lower keeps more of its pose and look).
+        layout_split: the split of a dataset folder ``layout`` draws from.
+        split: the split name written on every record.
+        device: ``auto`` (this process's GPU when there are GPUs, else the CPU), ``cpu``, ``cuda``, ``cuda:1`` ...
+        precision: ``auto`` (bf16 on GPUs and on CPUs with native bf16, else fp32), ``fp32``, ``bf16``, ``fp16``
+            (CUDA); recorded per face (it changes pixels, not what the faces show; see :mod:`synfer.core.runtime`).
+        compile: compile the generator's UNet (``torch.compile``) before the first batch: worth it for long runs
+            (on a 2-core CPU about 8% faster for a minute's compilation per batch shape); the compilation time is
+            printed and kept in the header's stats.
+        preview: write ``OUT/preview.png`` (up to 8 faces per expression) at the end.
+        flush_every: faces per record shard; a killed run redoes at most this many.
+        resume: continue an interrupted run (same options).
+        overwrite: replace ``out``.
+
+    Returns:
+        the dataset folder.
+    """
+    out = Path(out)
+    exprs = [canonical_expression(e) for e in (expressions or FERPLUS8.names)]
+    if counts is not None:
+        unknown = [e for e in counts if canonical_expression(e) not in exprs]
+        if unknown:
+            raise ValueError(f"counts name {unknown}, which are not among the expressions {exprs}.")
+        want = {e: int(dict((canonical_expression(k), v) for k, v in counts.items()).get(e, 0)) for e in exprs}
+    elif per_class is not None:
+        want = {e: int(per_class) for e in exprs}
+    else:
+        raise ValueError("Give per_class or counts.")
+    if min(want.values()) < 0 or sum(want.values()) == 0:
+        raise ValueError(f"counts must be >= 0 and not all 0; got {want}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
+
+    # Sharding (``accelerate launch`` / ``torchrun ... -m synfer generate``): the main process opens (or resumes)
+    # the folder, then every process writes its share of the faces still missing into its own shards, and the main
+    # one counts them in. On a machine without GPUs the processes share the CPU (gloo).
+    from accelerate import PartialState
+
+    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+    pipe, pipe_dir = load_generator(pipeline, state.device if device == "auto" else device)
+    precision = resolve_precision(precision, pipe.device)
+    adapter = pipe.au_adapter
+    au_names = tuple(adapter.au_names) if adapter is not None else None
+    if au_source != "none" and au_names is None:
+        au_source = "none"  # a pipeline without an adapter generates from text alone
+    plan = plan_faces(want, au_names, au_source, seed, coarse, au_jitter, pipe_dir)
+    defaults = pipe.generation_defaults()
+    sampler = {
+        "scheduler": type(pipe.scheduler).__name__,
+        "num_inference_steps": num_inference_steps or defaults["num_inference_steps"],
+        "guidance_scale_text": defaults["guidance_scale_text"] if guidance_scale_text is None else guidance_scale_text,
+        "guidance_scale_au": defaults["guidance_scale_au"] if guidance_scale_au is None else guidance_scale_au,
+        "precision": precision,
+    }
+    generator_info = {"pipeline": str(pipeline), "sha256": files_sha256(pipe_dir)}
+    guidance = None
+    classifier = au_est = None
+    if semantic_guidance or au_guidance:
+        classifier = ExpressionClassifier.from_pretrained(guidance_model).to(pipe.device)
+        classifier.check_labels(exprs, "the generated label set")
+        guidance = {"scale": semantic_guidance, "window": list(guidance_window), "model": str(guidance_model),
+                    "model_sha256": files_sha256(resolve_classifier_path(guidance_model)), "au_weight": au_guidance}
+        if au_guidance:
+            if au_names is None:
+                raise ValueError("au_guidance needs a pipeline with an AU adapter (target AUs).")
+            from ..annotate.au.distilled import DistilledAUEstimator
+
+            au_est = DistilledAUEstimator.from_pretrained(au_model, au_set=AUSet(au_names)).to(pipe.device)
+            guidance["au_model"] = str(au_model or "bundled")
+    layout_faces = None
+    if layout is not None:
+        from ..generator.layout import list_faces
+
+        pipe.first_step(sampler["num_inference_steps"], layout_strength, torch.zeros(1))  # validates the strength
+        layout_faces = list_faces([layout], layout_split if (Path(layout) / "dataset.json").is_file() else None)
+    config = {"pipeline": str(pipeline), "generator_sha256": generator_info["sha256"], "counts": want,
+              "coarse": coarse, "au_source": au_source, "au_jitter": au_jitter, "seed": seed, **sampler,
+              "semantic_guidance": guidance, "split": split,
+              "layout": None if layout is None else {"source": str(layout), "strength": layout_strength,
+                                                     "split": layout_split, "faces": len(layout_faces)}}
+    aus_set = AUSet(au_names) if au_names else None
+    writer = None
+    if state.is_main_process:
+        writer = open_output(out, exprs, "generate", config, aus=aus_set, overwrite=overwrite, resume=resume,
+                             licence="Synthetic faces from a synfer generator; see the generator's model card for "
+                                     "the terms of the data it was trained on.")
+    state.wait_for_everyone()
+    if writer is None:
+        writer = DatasetWriter(out, exprs, aus_set, mode="resume", shard_tag=f"p{state.process_index}",
+                               write_header=False)
+    writer.flush_every = flush_every
+    if compile:
+        pipe.compile_denoiser()
+    missing = [f for f in plan if not writer.has(f.id)]
+    todo = missing[state.process_index::state.num_processes]
+    t0, done, first_batch_s = time.perf_counter(), 0, None
+    bar = tqdm(total=len(plan), initial=len(plan) - len(missing), desc="generate", unit="face",
+               disable=not state.is_main_process)
+    try:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            prompts = [enrich_prompt(f.coarse, f.expression,
+                                     None if f.aus is None else dict(zip(au_names, f.aus, strict=True)), seed=f.seed)
+                       for f in batch]
+            aus = None if au_source == "none" else torch.tensor([f.aus for f in batch])
+            callback = None
+            if classifier is not None:
+                from ..generator.guidance import SemanticGuidance
+
+                targets = torch.tensor([exprs.index(f.expression) for f in batch])
+                # AU guidance alone (semantic_guidance 0): the AU term steers with the default step
+                callback = SemanticGuidance(classifier, targets, semantic_guidance or AU_ONLY_STEP,
+                                            tuple(guidance_window), au_est, aus, au_guidance,
+                                            ce_weight=1.0 if semantic_guidance else 0.0)
+            kw = {"callback_on_step_end": callback,
+                  "callback_on_step_end_tensor_inputs": callback.tensor_inputs} if callback is not None else {}
+            starts = [None] * len(batch)
+            if layout_faces is not None:
+                from ..generator.layout import invert, to_pipeline_images
+
+                starts = [layout_pick(f.seed, len(layout_faces)) for f in batch]
+                real = to_pipeline_images(pipe, [layout_faces[j][1]() for j in starts])
+                kw["latents"] = invert(pipe, real, sampler["num_inference_steps"], layout_strength)
+                kw["strength"] = layout_strength
+            t_batch = time.perf_counter()
+            images = pipe(prompts, aus=aus, num_inference_steps=sampler["num_inference_steps"],
+                          guidance_scale_text=sampler["guidance_scale_text"],
+                          guidance_scale_au=sampler["guidance_scale_au"], precision=precision,
+                          generator=[torch.Generator().manual_seed(f.seed) for f in batch], **kw).images
+            if first_batch_s is None:
+                first_batch_s = time.perf_counter() - t_batch
+                if compile and state.is_main_process:
+                    print(f"first batch with compilation: {first_batch_s:.1f} s")
+            for f, prompt, image, j in zip(batch, prompts, images, starts, strict=True):
+                meta = {"seed": f.seed, "index": f.index, "coarse": f.coarse, **sampler, "au_source": au_source,
+                        "generator": generator_info, "guidance": guidance}
+                if j is not None:
+                    meta["layout"] = {"face": layout_faces[j][0], "strength": layout_strength}
+                writer.add(Record(id=f.id, split=split, source="synfer-generate", expression=f.expression,
+                                  aus=f.aus, caption=prompt, meta=meta), image)
+            done += len(batch)
+            bar.update(len(batch) * state.num_processes)  # the other processes keep the same pace
+            bar.set_postfix(faces_per_s=f"{done * state.num_processes / (time.perf_counter() - t0):.2f}")
+    except BaseException:
+        writer.close(complete=False)  # what is listed stays valid; --resume finishes it
+        raise
+    finally:
+        bar.close()
+    if not state.is_main_process:
+        writer.close(complete=False)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        writer.adopt_records()
+        missed = [f.id for f in plan if not writer.has(f.id)]
+        if missed:
+            writer.close(complete=False)
+            raise RuntimeError(f"{len(missed)} planned faces are missing from {out} (e.g. {missed[:3]}); rerun with "
+                               "--resume.")
+        writer.header.stats["generate"] = {"faces": len(plan), "this_run": len(missing),
+                                           "seconds_this_run": round(time.perf_counter() - t0, 1),
+                                           "processes": state.num_processes}
+        if compile and first_batch_s is not None:
+            writer.header.stats["generate"]["first_batch_with_compilation_s"] = round(first_batch_s, 1)
+        writer.close(complete=True)
+        if preview:
+            write_preview(out, exprs)
+    state.wait_for_everyone()
+    return out
+
+
+def write_preview(out: Path, expressions: list[str], per_class: int = 8) -> Path:
+    """``OUT/preview.png``: up to ``per_class`` faces per expression, one row each."""
+    import numpy as np
+
+    from ..core.training import save_grid
+
+    folder = DatasetFolder(out)
+    rows = []
+    for e in expressions:
+        recs = [r for r in folder.records() if r.expression == e][:per_class]
+        if not recs:
+            continue
+        ims = [np.asarray(folder.load_image(r.image).convert("L"), dtype=np.float32) / 255 for r in recs]
+        ims += [np.ones_like(ims[0])] * (per_class - len(ims))
+        rows.append(torch.from_numpy(np.stack(ims))[:, None])
+    return save_grid(torch.cat(rows), out / "preview.png", nrow=per_class)
+
+
+def guidance_models(dataset: Path) -> set[str]:
+    """The weights hashes of every classifier that guided the generation of a dataset folder's records."""
+    folder = DatasetFolder(dataset, allow_incomplete=True)
+    found = set()
+    for raw in folder.column("meta"):
+        meta = json.loads(raw) if isinstance(raw, str) else (raw or {})
+        g = (meta or {}).get("guidance") or {}
+        if g.get("model_sha256"):
+            found.add(g["model_sha256"])
+    return found
+
+
+def refuse_own_guidance_model(dataset: Path, classifier: str | Path) -> None:
+    """Raise if ``classifier`` guided the generation of ``dataset`` (a judge must be independent of guidance)."""
+    path = resolve_classifier_path(classifier)
+    if files_sha256(path) in guidance_models(dataset):
+        raise ValueError(f"{classifier} guided the generation of {dataset} (same weights); it cannot judge that set. "
+                         "Judge with an independent classifier (another backbone or seed: `synfer train-fer`).")
