@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 from _common import machine_info, write_result
 
-from synfer.annotate.au.distill import au_agreement, load_au_split, pearson_per_column
+from synfer.annotate.au.distill import au_agreement, pearson_per_column
 from synfer.annotate.au.distilled import DistilledAUEstimator
+from synfer.core.splits import load_split
 
 
 def main() -> None:
@@ -32,7 +33,8 @@ def main() -> None:
     args = ap.parse_args()
 
     est = DistilledAUEstimator.from_pretrained(args.model, batch_size=args.batch_size)
-    data = load_au_split(args.prepared, args.split, tuple(est.model.config.input_size))
+    data = load_split(args.prepared, args.split, input_size=tuple(est.model.config.input_size), labelled=False,
+                      need_aus=True)
     faces = data.images.permute(0, 2, 3, 1).numpy()
     faces = faces[..., 0] if faces.shape[-1] == 1 else faces
     est.estimate(faces[:256])  # warm-up

@@ -17,11 +17,11 @@ import numpy as np
 from _common import machine_info, write_result
 from tqdm.auto import tqdm
 
+from synfer.core.assets import resolve
 from synfer.core.dataset import DatasetFolder
 from synfer.core.metrics import classification_metrics
 from synfer.labeling.annotators import load_annotator
-from synfer.models.classifiers import DEFAULT_CLASSIFIER, resolve_classifier_path
-from synfer.models.feranno import resolve_feranno_path
+from synfer.models.classifiers import DEFAULT_CLASSIFIER
 
 
 def score(spec: str, real: Path, split: str, batch: int) -> dict:
@@ -56,7 +56,7 @@ def main() -> None:
     results = {}
     for name, spec in models.items():
         results[name] = {"model": str(spec), **score(spec, args.real, args.split, args.batch)}
-        cfg = (resolve_classifier_path(spec) if name == "classifier" else resolve_feranno_path(spec)) / "config.json"
+        cfg = (resolve("classifier", spec) if name == "classifier" else resolve("annotator", spec)) / "config.json"
         if cfg.is_file():
             results[name]["chosen_on_val"] = json.loads(cfg.read_text()).get("extra", {})
     write_result(args.out, {"command": "python benchmarks/feranno_ferplus.py " + " ".join(

@@ -32,11 +32,12 @@ from _common import machine_info, write_result
 
 from synfer.annotate.au.distilled import DistilledAUEstimator
 from synfer.annotate.prompts import enrich_prompt
+from synfer.core.provenance import files_sha256
 from synfer.generator.guidance import SemanticGuidance
+from synfer.generator.pipeline import load_generator
 from synfer.models.classifiers import DEFAULT_CLASSIFIER, ExpressionClassifier
 from synfer.schema import FERPLUS8, AUSet
-from synfer.synthesize.generate import files_sha256, plan_faces
-from synfer.synthesize.sample import load_generator
+from synfer.synthesize.generate import plan_faces
 
 
 def stock_pipeline(pipe):

@@ -246,7 +246,7 @@ def compare_speed(pipe, other, prompts: list[str], aus: np.ndarray, args, steps:
 
 
 def _as_split(images: torch.Tensor):
-    """Generated [0, 1] faces as a LoadedSplit-like object for fer.evaluate.predict (uint8 images)."""
+    """Generated [0, 1] faces as a Split-like object for fer.evaluate.predict (uint8 images)."""
     from types import SimpleNamespace
 
     return SimpleNamespace(images=(images * 255).round().clamp(0, 255).to(torch.uint8))

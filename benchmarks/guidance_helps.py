@@ -23,10 +23,12 @@ import torch
 from _common import is_complete, machine_info, write_result
 
 from synfer.classifiers.evaluate import predict
+from synfer.core.assets import resolve
+from synfer.core.provenance import files_sha256, refuse_judge
 from synfer.core.splits import load_split
-from synfer.models.classifiers import DEFAULT_CLASSIFIER, ExpressionClassifier, resolve_classifier_path
+from synfer.models.classifiers import DEFAULT_CLASSIFIER, ExpressionClassifier
 from synfer.schema import FERPLUS8
-from synfer.synthesize.generate import files_sha256, generate, refuse_own_guidance_model
+from synfer.synthesize.generate import generate
 
 
 def per_class_match(model: ExpressionClassifier, folder: Path, names: list[str]) -> dict[str, float]:
@@ -57,8 +59,8 @@ def main() -> None:
     args = ap.parse_args()
 
     names = list(FERPLUS8.names)
-    if args.judge is not None and (files_sha256(resolve_classifier_path(args.judge))
-                                   == files_sha256(resolve_classifier_path(DEFAULT_CLASSIFIER))):
+    if args.judge is not None and (files_sha256(resolve("classifier", args.judge))
+                                   == files_sha256(resolve("classifier", DEFAULT_CLASSIFIER))):
         raise SystemExit(f"{args.judge} is the guidance model; judge with an independent classifier.")
     common = dict(pipeline=args.pipeline, per_class=args.per_class, seed=args.seed, batch_size=args.batch_size,
                   au_source="auto", preview=True)
@@ -81,8 +83,8 @@ def main() -> None:
     if args.judge is None:
         print("pilot (guidance model's own rates)", {k: v["all"] for k, v in own.items()}, own)
         return
-    refuse_own_guidance_model(sets["guided"], args.judge)
-    judge_path = resolve_classifier_path(args.judge)
+    refuse_judge(sets["guided"], args.judge)
+    judge_path = resolve("classifier", args.judge)
     judge = ExpressionClassifier.from_pretrained(args.judge)
     val = load_split(args.real, "val", expressions=names)
     val_pred = predict(judge, val, torch.device("cpu")).argmax(-1)

@@ -24,11 +24,12 @@ import torch
 from _common import is_complete, machine_info, write_result
 
 from synfer.classifiers.evaluate import predict
+from synfer.core.assets import resolve
 from synfer.core.dataset import DatasetFolder
+from synfer.core.provenance import files_sha256
 from synfer.core.splits import load_split
 from synfer.labeling.label import annotator_sha256, label
-from synfer.models.classifiers import ExpressionClassifier, resolve_classifier_path
-from synfer.synthesize.generate import files_sha256
+from synfer.models.classifiers import ExpressionClassifier
 
 
 def _rate(hit: np.ndarray) -> float | None:
@@ -48,7 +49,7 @@ def main() -> None:
     args = ap.parse_args()
 
     annotators = [a for a in args.annotators.split(",") if a]
-    judge_hash = files_sha256(resolve_classifier_path(args.judge))
+    judge_hash = files_sha256(resolve("classifier", args.judge))
     if any(annotator_sha256(a) == judge_hash for a in annotators):
         raise SystemExit(f"The judge {args.judge} is one of the annotators; judge with a classifier that did not vote.")
     out = args.work / f"{args.data.name}-t{args.threshold}"

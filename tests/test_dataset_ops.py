@@ -20,9 +20,9 @@ from synfer.core.dataset import (
     DatasetFolder,
     DatasetWriter,
     Record,
-    provenance_entry,
 )
 from synfer.core.ops import filter_dataset, merge_datasets, split_dataset
+from synfer.core.provenance import provenance_entry
 from synfer.core.report import (
     check_dataset,
     dataset_summary,

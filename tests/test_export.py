@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 import synfer.core.export as export
-from synfer.core.dataset import DatasetError, DatasetFolder, DatasetWriter, Record, provenance_entry
+from synfer.core.dataset import DatasetError, DatasetFolder, DatasetWriter, Record
 from synfer.core.export import export_imagefolder, export_parquet, export_webdataset, flat_record, json_row
+from synfer.core.provenance import provenance_entry
 from synfer.schema import AUSet
 
 EXPR = ("neutral", "happiness", "surprise")

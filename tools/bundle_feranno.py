@@ -16,8 +16,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from synfer.generator.pipeline import bundled_generators_dir
-from synfer.models.feranno import bundled_annotators_dir, read_weights_sha256
+from synfer.core.assets import KINDS, assets_dir
+from synfer.models.feranno import read_weights_sha256
 
 
 def main() -> None:
@@ -30,20 +30,20 @@ def main() -> None:
     args = ap.parse_args()
     run = args.run
     cfg = json.loads((run / "config.json").read_text())
-    sha = read_weights_sha256(bundled_generators_dir() / args.generator)
+    sha = read_weights_sha256(assets_dir() / KINDS["generator"].folder / args.generator)
     if cfg["generator_sha256"] != sha:
         raise SystemExit(f"{run} was trained on generator weights {cfg['generator_sha256'][:12]}..., the bundled "
                          f"{args.generator} is {sha[:12]}...; retrain it with `synfer train-annotator`.")
     bench = json.loads(args.bench.read_text())
     tc = json.loads((run / "train_config.json").read_text())
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    dest = bundled_annotators_dir() / args.name
+    dest = assets_dir() / KINDS["annotator"].folder / args.name
     dest.mkdir(parents=True, exist_ok=True)
     for f in ("config.json", "model.safetensors"):
         shutil.copyfile(run / f, dest / f".tmp-{f}")
         (dest / f".tmp-{f}").replace(dest / f)
     size = (dest / "model.safetensors").stat().st_size / 2**20
-    unet_params = sum(t.numel() for f in (bundled_generators_dir() / args.generator / "unet").glob("*.safetensors")
+    unet_params = sum(t.numel() for f in (assets_dir() / KINDS["generator"].folder / args.generator / "unet").glob("*.safetensors")
                       for t in load_file(f).values())
     r = bench["results"]
     names = list(r["feranno"]["recall"])

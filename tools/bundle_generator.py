@@ -16,9 +16,10 @@ import json
 import shutil
 from pathlib import Path
 
+from synfer.core.assets import KINDS, assets_dir
 from synfer.core.training import atomic_save_dir
-from synfer.generator.pipeline import SynferPipeline, bundled_generators_dir
-from synfer.synthesize.sample import write_au_targets
+from synfer.generator.au_targets import write_au_targets
+from synfer.generator.pipeline import SynferPipeline
 
 
 def main() -> None:
@@ -41,7 +42,7 @@ def main() -> None:
     else:
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
     pipe.set_generation_defaults(args.steps, args.text_scale, args.au_scale)
-    dest = bundled_generators_dir() / args.name
+    dest = assets_dir() / KINDS["generator"].folder / args.name
     card = dest / "README.md"
     card_text = card.read_text() if card.is_file() else None
 

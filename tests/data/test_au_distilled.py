@@ -21,7 +21,8 @@ from synfer.annotate.au.distill import (
     pearson_per_column,
     train_au_estimator,
 )
-from synfer.annotate.au.distilled import DistilledAUEstimator, resolve_au_estimator_path
+from synfer.annotate.au.distilled import DistilledAUEstimator
+from synfer.core.assets import resolve
 from synfer.core.dataset import DatasetError, DatasetWriter, Record
 from synfer.models.classifiers import ClassifierConfig, ExpressionClassifier
 from synfer.schema import AUSet, OrderMismatchError
@@ -110,7 +111,7 @@ def test_order_and_kind_are_checked_on_load(run: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not an AU estimator"):
         DistilledAUEstimator.from_pretrained(tmp_path / "clf")
     with pytest.raises(FileNotFoundError, match="train-au-estimator"):
-        resolve_au_estimator_path(tmp_path / "nowhere")
+        resolve("au-estimator", tmp_path / "nowhere")
 
 
 def test_flip_swaps_lateral_columns() -> None:

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from synfer.generator.pipeline import DEFAULT_GENERATOR, bundled_generators_dir, load_pipeline
+from synfer.core.assets import resolve
+from synfer.generator.au_targets import AU_TARGETS_FILE
+from synfer.generator.pipeline import load_pipeline
 from synfer.schema import FERPLUS8
-from synfer.synthesize.sample import AU_TARGETS_FILE
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +22,7 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_bundled_generator_draws_faces() -> None:
-    folder = bundled_generators_dir() / DEFAULT_GENERATOR
+    folder = resolve("generator")
     files = [p for p in folder.rglob("*") if p.is_file()]
     assert not [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
     assert sum(p.stat().st_size for p in files) < 60e6

@@ -20,10 +20,11 @@ from test_pipeline import make_pipe, parts  # noqa: F401  (the fixture)
 from test_sample import pipe_dir  # noqa: F401  (the fixture)
 
 from synfer.core.dataset import DatasetFolder, DatasetWriter, Record
+from synfer.core.provenance import refuse_judge
 from synfer.generator.guidance import SemanticGuidance, predict_x0
 from synfer.models.classifiers import ClassifierConfig, ExpressionClassifier
 from synfer.schema import AUSet
-from synfer.synthesize.generate import generate, plan_faces, refuse_own_guidance_model
+from synfer.synthesize.generate import generate, plan_faces
 
 EXPR = ["neutral", "happiness"]
 
@@ -185,8 +186,8 @@ def test_guidance_model_never_judges_its_own_set(pipe_dir: Path, tmp_path: Path)
     rec = next(DatasetFolder(out).records())
     assert rec.meta["guidance"]["model"] == str(guide) and rec.meta["guidance"]["scale"] == 0.05
     with pytest.raises(ValueError, match="guided the generation"):
-        refuse_own_guidance_model(out, guide)
-    refuse_own_guidance_model(out, judge)  # an independent classifier may judge
+        refuse_judge(out, guide)
+    refuse_judge(out, judge)  # an independent classifier may judge
     from synfer.classifiers.evaluate import evaluate
 
     with pytest.raises(ValueError, match="cannot judge"):

@@ -11,8 +11,9 @@ from PIL import Image
 from test_pipeline import make_pipe, parts  # noqa: F401  (the fixture)
 
 from synfer.core.dataset import DatasetWriter, Record
+from synfer.generator.au_targets import expression_au_targets, write_au_targets
 from synfer.schema import AUSet, OrderMismatchError
-from synfer.synthesize.sample import au_sweep, expression_au_targets, sample_grid, write_au_targets
+from synfer.synthesize.sample import au_sweep, sample_grid
 
 
 @pytest.fixture()

@@ -114,11 +114,11 @@ def stopped_after_first_save(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def test_class_balanced_loader_draws_rare_expressions_more_often(tmp_path: Path) -> None:
-    from synfer.core.training import index_loader, load_faces
+    from synfer.core.splits import index_loader, load_split
 
-    train = load_faces([write_faces(tmp_path / "ds", n_train=24)], "train")
-    assert train.expressions == ["happiness", "sadness"] * 12
-    classes = train.expressions[:4] + ["happiness"] * 20  # 22 happy, 2 sad
+    train = load_split([write_faces(tmp_path / "ds", n_train=24)], "train", labelled=False)
+    assert train.label_names() == ["happiness", "sadness"] * 12
+    classes = train.label_names()[:4] + ["happiness"] * 20  # 22 happy, 2 sad
     drawn = {"plain": [], "balanced": []}
     for name, balance in (("plain", 0.0), ("balanced", 1.0)):
         loader = index_loader(24, 4, 0, lambda idx: idx, classes, balance)
@@ -250,13 +250,13 @@ def test_adapter_can_fine_tune_the_unet_with_it_and_resume(gen_run: Path, faces:
 
 def test_adapter_with_standardized_aus_continues_the_same_function_and_resumes(
         gen_run: Path, faces: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from synfer.core.training import load_faces
+    from synfer.core.splits import load_split
     from synfer.generator.train_adapter import MIN_AU_STD, au_statistics
 
     plain = train_adapter([faces], tmp_path / "plain", pipeline=gen_run / "pipeline", **{**ADAPTER, "epochs": 1})
     opts = {**ADAPTER, "standardize_aus": True}
     out = train_adapter([faces], tmp_path / "std", pipeline=gen_run / "pipeline", adapter=plain, **opts)
-    mean, std = au_statistics(load_faces([faces], "train", need_captions=True, need_aus=True))
+    mean, std = au_statistics(load_split([faces], "train", labelled=False, need_captions=True, need_aus=True))
     saved = AUAdapter.from_pretrained(str(out))
     assert saved.config.au_mean == mean and saved.config.au_std == std and min(std) >= MIN_AU_STD
     assert AUAdapter.from_pretrained(str(tmp_path / "std" / "pipeline" / "au_adapter")).config.au_std == std
@@ -351,12 +351,12 @@ def test_caption_states_are_cached_on_disk_and_keyed_by_weights_and_captions(tmp
 def test_adapter_can_train_on_class_level_prompts_instead_of_captions(gen_run: Path, faces: Path, tmp_path: Path,
                                                                       monkeypatch) -> None:
     from synfer.annotate.prompts import enrich_prompt
-    from synfer.core.training import load_faces
+    from synfer.core.splits import load_split
     from synfer.generator import train_adapter as module
 
-    loaded = load_faces([faces], "train", need_captions=True)
+    loaded = load_split([faces], "train", labelled=False, need_captions=True)
     prompts = module.class_level_prompts(loaded)
-    assert prompts[0] == enrich_prompt("", loaded.expressions[0], None, seed=0) != loaded.captions[0]
+    assert prompts[0] == enrich_prompt("", loaded.label_names()[0], None, seed=0) != loaded.captions[0]
     assert "happy" in prompts[0] and "sad" in prompts[1]
 
     seen: list[str] = []
@@ -370,7 +370,7 @@ def test_adapter_can_train_on_class_level_prompts_instead_of_captions(gen_run: P
     train_adapter([faces], tmp_path / "class", pipeline=gen_run / "pipeline", class_prompts=1.0,
                   **{**ADAPTER, "epochs": 1})
     assert seen and not {"a happy face", "a sad face"} & set(seen)  # training and validation: class-level only
-    assert set(seen) - {""} <= set(prompts) | set(module.class_level_prompts(load_faces([faces], "val",
+    assert set(seen) - {""} <= set(prompts) | set(module.class_level_prompts(load_split([faces], "val", labelled=False,
                                                                                          need_captions=True)))
     config = json.loads((tmp_path / "class" / "train_config.json").read_text())
     assert config["config"]["class_prompts"] == 1.0
@@ -380,15 +380,17 @@ def test_adapter_can_train_on_class_level_prompts_instead_of_captions(gen_run: P
 
 def test_class_level_prompts_word_soft_labels_as_the_captions_do() -> None:
     from synfer.annotate.prompts import enrich_prompt
-    from synfer.core.training import Faces
+    from synfer.core.splits import Split
     from synfer.generator.train_adapter import class_level_prompts
 
     soft = {"neutral": 0.25, "contempt": 0.75}
-    faces = Faces(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), ["c0", "c1", "c2", "c3"], None,
-                  torch.zeros(4, dtype=torch.bool), (), ["contempt", "contempt", "happiness", None], 0,
-                  [soft, {"neutral": 0.0, "contempt": 1.0}, None, None])
+    names = ("neutral", "happiness", "contempt")
+    probs = torch.tensor([[0.25, 0.0, 0.75], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    faces = Split(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), ["a", "b", "c", "d"], names,
+                  torch.tensor([2, 2, 1, -1]), probs, ["c0", "c1", "c2", "c3"], None, torch.zeros(4, dtype=torch.bool),
+                  torch.zeros(4), (), 0, "test")
     prompts = class_level_prompts(faces)
-    assert prompts[0] == enrich_prompt("", soft, None, seed=0) and "mostly" in prompts[0]
+    assert prompts[0] == enrich_prompt("", {**soft, "happiness": 0.0}, None, seed=0) and "mostly" in prompts[0]
     assert prompts[1] == enrich_prompt("", "contempt", None, seed=1) and "mostly" not in prompts[1]  # one-hot
     assert prompts[2] == enrich_prompt("", "happiness", None, seed=2)  # hard label only
     assert prompts[3] == "c3"  # no expression: its own caption

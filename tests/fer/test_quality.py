@@ -78,7 +78,7 @@ def copy_records(src: Path, dest: Path, picks: list[tuple[str, list[str] | None,
 
 
 def test_privacy_audit_flags_copies_of_training_faces(tmp_path: Path) -> None:
-    from synfer.study.privacy import exact_copies, nearest
+    from synfer.core.nearest import exact_copies, nearest
 
     real = write_pattern_dataset(tmp_path / "real", {"train": 30, "test": 20}, seed=3)
     judge = tiny_judge(tmp_path / "judge", 0)

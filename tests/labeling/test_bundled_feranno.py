@@ -8,16 +8,17 @@ import torch
 from PIL import Image
 
 from conftest import FERPLUS_DIR, needs_ferplus
+from synfer.core.assets import KINDS, assets_dir, resolve
 from synfer.labeling.annotators import FERAnnotator, load_annotator
-from synfer.models.feranno import FERAnnoHead, bundled_annotators_dir, resolve_feranno_path
+from synfer.models.feranno import FERAnnoHead
 from synfer.schema import FERPLUS8
 
 NAME = "ferplus-feranno-mini"
 
 
 def test_bundled_feranno_loads_with_its_generator():
-    path = resolve_feranno_path(NAME)
-    assert path.parent == bundled_annotators_dir()
+    path = resolve("annotator", NAME)
+    assert path.parent == assets_dir() / KINDS["annotator"].folder
     head = FERAnnoHead.from_pretrained(path)
     assert head.config.kind == "feranno" and head.config.label_names == list(FERPLUS8.names)
     card = (path / "README.md").read_text()

@@ -143,7 +143,7 @@ def test_feranno_refuses_a_changed_generator(pipe_dir: Path, patterns: Path, tmp
 
     from safetensors.torch import load_file, save_file
 
-    from synfer.synthesize.generate import files_sha256
+    from synfer.core.provenance import files_sha256
 
     gen = tmp_path / "gen"
     shutil.copytree(pipe_dir, gen)

@@ -3,22 +3,21 @@
 import torch
 
 from conftest import FERPLUS_DIR, needs_ferplus
+from synfer.core.assets import KINDS, assets_dir, bundled
 from synfer.models.classifiers import (
     DEFAULT_CLASSIFIER,
     ExpressionClassifier,
-    bundled_classifiers,
-    bundled_dir,
 )
 from synfer.schema import FERPLUS8
 
 
 def test_bundled_classifier_loads_by_name():
-    assert DEFAULT_CLASSIFIER in bundled_classifiers()
+    assert DEFAULT_CLASSIFIER in bundled("classifier")
     clf = ExpressionClassifier.from_pretrained(DEFAULT_CLASSIFIER)
     assert clf.label_names == list(FERPLUS8.names) and tuple(clf.config.input_size) == (1, 48, 48)
-    size_mb = sum(p.stat().st_size for p in (bundled_dir() / DEFAULT_CLASSIFIER).iterdir()) / 2**20
+    size_mb = sum(p.stat().st_size for p in ((assets_dir() / KINDS["classifier"].folder) / DEFAULT_CLASSIFIER).iterdir()) / 2**20
     assert size_mb < 25
-    card = (bundled_dir() / DEFAULT_CLASSIFIER / "README.md").read_text()
+    card = ((assets_dir() / KINDS["classifier"].folder) / DEFAULT_CLASSIFIER / "README.md").read_text()
     assert "research use" in card and "FER+" in card
     with torch.no_grad():
         assert clf(torch.rand(2, 3, 96, 96)).shape == (2, 8)
@@ -41,14 +40,14 @@ def test_bundled_classifier_on_real_validation_faces(tmp_path):
 def test_bundled_judge_is_independent_of_the_guidance_model():
     """The second bundled classifier (the judge) differs from the default guidance model in architecture, seed and
     weights, so `synfer quality` / `evaluate` accept it on sets the default guided."""
-    from synfer.synthesize.generate import files_sha256
+    from synfer.core.provenance import files_sha256
 
     judge = "ferplus-vgg13s-judge"
-    assert judge in bundled_classifiers()
+    assert judge in bundled("classifier")
     a, b = ExpressionClassifier.from_pretrained(DEFAULT_CLASSIFIER), ExpressionClassifier.from_pretrained(judge)
     assert a.label_names == b.label_names and a.config.architecture != b.config.architecture
     assert a.config.extra.get("seed") != b.config.extra.get("seed")
-    assert files_sha256(bundled_dir() / judge) != files_sha256(bundled_dir() / DEFAULT_CLASSIFIER)
-    assert "research use" in (bundled_dir() / judge / "README.md").read_text()
+    assert files_sha256((assets_dir() / KINDS["classifier"].folder) / judge) != files_sha256((assets_dir() / KINDS["classifier"].folder) / DEFAULT_CLASSIFIER)
+    assert "research use" in ((assets_dir() / KINDS["classifier"].folder) / judge / "README.md").read_text()
     with torch.no_grad():
         assert b(torch.rand(2, 1, 48, 48)).shape == (2, 8)

@@ -49,5 +49,5 @@ def test_unknown_backbone_and_missing_weights(tmp_path):
     (tmp_path / "m" / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="pickled"):
         ExpressionClassifier.from_pretrained(tmp_path / "m")
-    with pytest.raises(FileNotFoundError, match="bundled name"):
+    with pytest.raises(FileNotFoundError, match="name of a bundled classifier: ferplus-resnet-s"):
         ExpressionClassifier.from_pretrained(tmp_path / "none")

@@ -60,9 +60,9 @@ def faces() -> dict[str, list[str]]:
 
 
 def _bundled_dir() -> Path:
-    from synfer.generator.pipeline import DEFAULT_GENERATOR, bundled_generators_dir
+    from synfer.core.assets import resolve
 
-    return bundled_generators_dir() / DEFAULT_GENERATOR
+    return resolve("generator")
 
 
 def classifier_predictions(ferplus: Path, work: Path) -> str | None:

@@ -13,12 +13,12 @@ import torch
 from ..core.dataset import atomic_write_json
 from ..core.metrics import classification_metrics
 from ..core.runtime import autocast, resolve_device, resolve_precision
-from ..core.splits import LoadedSplit, load_split
+from ..core.splits import Split, load_split
 from ..models.classifiers import ExpressionClassifier
 
 
 @torch.no_grad()
-def predict(model: ExpressionClassifier, data: LoadedSplit, device: torch.device, batch_size: int = 256,
+def predict(model: ExpressionClassifier, data: Split, device: torch.device, batch_size: int = 256,
             tta: bool = False, precision: str = "fp32") -> np.ndarray:
     """Class probabilities (N, K) for a loaded split; ``tta`` averages over the face and its mirror image;
     ``precision``: autocast of the forward pass (:mod:`synfer.core.runtime`), softmax in fp32."""
@@ -94,9 +94,9 @@ def evaluate(
     Returns:
         a printable summary (the CLI prints it).
     """
-    from ..synthesize.generate import refuse_own_guidance_model
+    from ..core.provenance import refuse_judge
 
-    refuse_own_guidance_model(data, model)  # a classifier never judges faces it guided
+    refuse_judge(data, model, labels=False)  # a classifier never judges faces it guided
     dev = resolve_device(device)
     clf = ExpressionClassifier.from_pretrained(model)
     split_data = load_split(data, split, expressions=clf.label_names, input_size=tuple(clf.config.input_size))

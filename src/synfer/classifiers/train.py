@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..core.batching import IndexDataset
-from ..core.dataset import DatasetError, atomic_write_json, provenance_entry
+from ..core.dataset import DatasetError, atomic_write_json
 from ..core.metrics import classification_metrics
+from ..core.provenance import provenance_entry
 from ..core.runtime import make_accelerator, resolve_device, resolve_precision
-from ..core.splits import LoadedSplit, MixSampler, load_split, train_transform
+from ..core.splits import MixSampler, Split, load_split
 from ..core.train_state import (
     check_same_options,
     load_state,
@@ -38,6 +39,7 @@ from ..core.train_state import (
     warmup_cosine,
 )
 from ..models.classifiers import ClassifierConfig, ExpressionClassifier
+from .augment import train_transform
 from .evaluate import predict
 
 
@@ -156,14 +158,14 @@ def train_fer(
     set_seed(seed)
 
     # 1. data: every training folder must share the first one's expression order
-    parts: list[LoadedSplit] = []
+    parts: list[Split] = []
     size = tuple(input_size) if input_size else None
     for path in train:
-        part = load_split(path, train_split, expressions=parts[0].expressions if parts else None,
+        part = load_split(path, train_split, expressions=parts[0].names if parts else None,
                           input_size=size, limit=limit)
         size = size or tuple(part.images.shape[1:])
         parts.append(part)
-    expressions = parts[0].expressions
+    expressions = parts[0].names
     val_data = load_split(val or train[0], val_split, expressions=expressions, input_size=size, limit=limit)
     sampler = MixSampler([len(p) for p in parts], [p.labels for p in parts], ratios=ratios, counts=counts,
                          epoch_size=epoch_size, balanced=balanced, seed=seed)

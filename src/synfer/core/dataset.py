@@ -18,11 +18,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import platform
 import re
 import shutil
-import sys
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +31,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from .. import __version__
 from ..schema import AUSet, DatasetHeader, check_same_order
 
 HEADER_FILE = "dataset.json"
@@ -123,22 +119,6 @@ def replace_path(tmp: Path, dest: Path) -> None:
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """Write JSON under a temporary name and rename it into place (never a half-written file)."""
     _atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
-def provenance_entry(stage: str, config: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    """A provenance record for a header: stage, synfer and library versions, resolved config, time."""
-    versions = {"python": platform.python_version(), "numpy": np.__version__, "pyarrow": pa.__version__}
-    for mod in ("torch", "diffusers", "transformers", "timm"):
-        if mod in sys.modules:  # only what this process actually used
-            versions[mod] = getattr(sys.modules[mod], "__version__", "?")
-    return {
-        "stage": stage,
-        "synfer_version": __version__,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "versions": versions,
-        "config": config,
-        **extra,
-    }
 
 
 def encode_png(image: Image.Image) -> bytes:

@@ -22,8 +22,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import __version__
 from ..schema import DatasetHeader
+from . import __version__
 from .dataset import DatasetError, DatasetFolder, Record, atomic_write_json, replace_path
 from .ops import Rows, check_output_path, chosen_splits, records_with_images
 from .report import counts_table

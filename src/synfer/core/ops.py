@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from ..schema import SPLITS, DatasetHeader, canonical_expression, check_same_order
-from .dataset import DatasetError, DatasetFolder, DatasetWriter, Record, provenance_entry
+from .dataset import DatasetError, DatasetFolder, DatasetWriter, Record
+from .provenance import provenance_entry
 
 WARNING = "warning:"
 Rows = list[tuple[Record, Path]]  # records with the absolute path of their image

@@ -1,100 +1,173 @@
-"""Data for expression classifiers: dataset-folder splits in memory, mixes of several folders, augmentation.
+"""One loader for every split: dataset-folder records decoded into memory, and epoch plans over them.
 
-Faces here are small (48-112 px), so a split is decoded once into a uint8 tensor and kept in memory; an epoch is
-then a list of indices planned by :class:`MixSampler` (which folder contributes how many faces, optionally
-class-balanced), and augmentation runs per face with torchvision v2 transforms.
+Faces here are small (48-112 px), so a split is decoded once into a uint8 tensor and kept in memory; an epoch is a
+list of indices planned by :class:`MixSampler` (which folder contributes how many faces, optionally
+class-balanced). Every trainer and every evaluation reads its faces with :func:`load_split`: classifiers their
+labels, the generator trainers their captions and AUs, the AU estimator its teacher's AUs and face presence.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Sampler
 
-from .batching import decode_image, stack_nchw
+from ..schema import check_same_order
+from .batching import IndexDataset, decode_image, stack_nchw
 from .dataset import DatasetError, DatasetFolder
 
 
 @dataclass
-class LoadedSplit:
-    """One split of one dataset folder, decoded.
+class Split:
+    """One split of one or more dataset folders, decoded.
 
     Attributes:
         images: (N, C, H, W) uint8.
-        probs: (N, K) float32 soft labels in ``expressions`` order (one-hot where only a hard label exists).
-        labels: (N,) int64 hard labels (the record's ``expression``).
         ids: record ids.
-        expressions: label order.
-        name: ``"<folder>:<split>"`` for messages and logs.
+        names: the expression order of the folders' headers (all folders share it).
+        labels: (N,) int64 hard labels (the record's ``expression``, else the argmax of its soft label; -1 where
+            a record has neither).
+        probs: (N, K) float32 soft labels in ``names`` order (one-hot where only a hard label exists, zeros where
+            none).
+        captions: N captions ("" where a record has none).
+        aus: (N, A) float32 in ``au_names`` order (zeros where a record has none), or None when AUs were not asked
+            for.
+        has_aus: (N,) bool, which rows have AU values.
+        face: (N,) float32 face presence of the AU estimator (``meta.face_presence``; 1 where AUs exist without
+            it, else 0), where AUs were asked for.
+        au_names: the header's AU order (empty without AUs).
+        skipped: records left out (without a caption where one is required).
+        name: ``"<folder>:<split>"`` (the first folder) for messages and logs.
     """
 
     images: torch.Tensor
-    probs: torch.Tensor
-    labels: torch.Tensor
     ids: list[str]
-    expressions: tuple[str, ...]
+    names: tuple[str, ...]
+    labels: torch.Tensor
+    probs: torch.Tensor
+    captions: list[str]
+    aus: torch.Tensor | None
+    has_aus: torch.Tensor
+    face: torch.Tensor
+    au_names: tuple[str, ...]
+    skipped: int
     name: str
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    def label_names(self) -> list[str | None]:
+        """Each face's expression name (None where unlabelled)."""
+        return [self.names[k] if k >= 0 else None for k in self.labels.tolist()]
 
-def load_split(
-    path: str | Path,
-    split: str,
-    expressions: Sequence[str] | None = None,
-    input_size: tuple[int, int, int] | None = None,
-    limit: int | None = None,
-) -> LoadedSplit:
-    """Decode the labelled records of one split.
+    def soft_label(self, i: int) -> dict[str, float] | None:
+        """Face ``i``'s label distribution ``{expression: p}`` (None where unlabelled)."""
+        if int(self.labels[i]) < 0:
+            return None
+        return {n: float(p) for n, p in zip(self.names, self.probs[i].tolist(), strict=True)}
+
+
+def _rows(folder: DatasetFolder, split: str, need_aus: bool) -> list[dict[str, Any]]:
+    columns = ["id", "image", "expression", "label_probs", "caption"] + (["aus", "meta"] if need_aus else [])
+    return folder.select_split(split).select(columns).to_pylist()
+
+
+def load_split(paths: str | Path | Sequence[str | Path], split: str, expressions: Sequence[str] | None = None,
+               input_size: tuple[int, int, int] | None = None, labelled: bool = True,
+               need_captions: bool = False, need_aus: bool = False, limit: int | None = None) -> Split:
+    """Decode one split of one or more dataset folders.
 
     Args:
-        path: dataset folder.
-        split: ``train`` / ``val`` / ``test`` / any split name in the folder.
-        expressions: if given, the folder's expression order must equal it (else ``OrderMismatchError``).
+        paths: a dataset folder or several (all in the first one's expression order, and AU order with AUs).
+        split: ``train`` / ``val`` / ``test`` / any split name in the folders.
+        expressions: if given, the folders' expression order must equal it (else ``OrderMismatchError``).
         input_size: (C, H, W) to convert and resize to; default: the first image's size and mode.
-        limit: keep at most this many records (the first ones, for quick runs).
+        labelled: keep only records with a label (expression or soft label); a split without any is refused
+            (False: every record, e.g. captioned faces for the generator; an empty split gives an empty result).
+        need_captions: keep only records with a caption (the others are counted in ``skipped``); a split without
+            any caption is refused.
+        need_aus: read AUs and face presence; every folder must have AUs and the split some record with them.
+        limit: keep at most this many records of each folder (the first ones, for quick runs).
 
-    Raises:
-        DatasetError: the split has no labelled record.
+    Returns:
+        the split.
     """
-    folder = DatasetFolder(path, expect_expressions=expressions)
-    table = folder.select_split(split)
-    rows = [r for r in table.select(["id", "image", "expression", "label_probs"]).to_pylist()
-            if r["expression"] is not None or r["label_probs"] is not None]
-    if limit is not None:
-        rows = rows[:limit]
-    if not rows:
-        have = sorted(set(folder.column("split")))
-        raise DatasetError(f"{path}: no labelled records in split {split!r} (splits present: {have}).")
-    k = len(folder.expressions)
-    if input_size is None:
-        first = folder.load_image(rows[0]["image"])
-        input_size = (1 if first.mode == "L" else 3, first.height, first.width)
-    c, h, w = input_size
-    mode = "L" if c == 1 else "RGB"
-    with ThreadPoolExecutor(max_workers=4) as pool:  # PNG decoding releases the GIL
-        arrays = list(pool.map(lambda r: decode_image(folder.image_path(r["image"]), mode, (h, w)), rows))
-    images = stack_nchw(arrays)
-    probs = torch.zeros(len(rows), k)
-    labels = torch.zeros(len(rows), dtype=torch.long)
-    for i, r in enumerate(rows):
+    paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    rows: list[tuple[DatasetFolder, dict[str, Any]]] = []
+    names: tuple[str, ...] | None = tuple(expressions) if expressions is not None else None
+    au_names: tuple[str, ...] = ()
+    skipped = 0
+    for path in paths:
+        folder = DatasetFolder(path, expect_expressions=names)
+        names = names or tuple(folder.expressions)
+        if need_aus:
+            if folder.header.aus is None:
+                raise DatasetError(f"{path} has no AU values; run `synfer prepare {path} OUT` first and train on OUT.")
+            if au_names:
+                check_same_order("AU", au_names, folder.au_names, str(paths[0]), str(path))
+            au_names = tuple(folder.au_names)
+        table = _rows(folder, split, need_aus)
+        if labelled:
+            table = [r for r in table if r["expression"] is not None or r["label_probs"] is not None]
+        if need_captions:
+            if table and all(r["caption"] is None for r in table):
+                raise DatasetError(f"{path}: no record of split {split!r} has a caption; run `synfer prepare "
+                                   f"{path} OUT` first (it writes captions and AUs) and train on OUT.")
+            skipped += sum(r["caption"] is None for r in table)
+            table = [r for r in table if r["caption"] is not None]
+        table = table[:limit] if limit is not None else table
+        if need_aus and table and all(r["aus"] is None for r in table):
+            raise DatasetError(f"{path}: no record of split {split!r} has AU values; run `synfer prepare {path} "
+                               "OUT` first and train on OUT.")
+        if labelled and not table:
+            have = sorted(set(folder.column("split")))
+            raise DatasetError(f"{path}: no labelled records in split {split!r} (splits present: {have}).")
+        rows += [(folder, r) for r in table]
+    return _decode(rows, names or (), au_names, input_size, need_aus, skipped, f"{paths[0]}:{split}")
+
+
+def _decode(rows: list[tuple[DatasetFolder, dict[str, Any]]], names: tuple[str, ...], au_names: tuple[str, ...],
+            size: tuple[int, int, int] | None, need_aus: bool, skipped: int, name: str) -> Split:
+    """The rows' images, labels, captions and AUs as tensors."""
+    n, k = len(rows), len(names)
+    if n and size is None:
+        first = rows[0][0].load_image(rows[0][1]["image"])
+        size = (1 if first.mode in ("L", "I", "I;16") else 3, first.height, first.width)
+    size = size or (1, 1, 1)
+    if n:
+        mode = "L" if size[0] == 1 else "RGB"
+        with ThreadPoolExecutor(max_workers=4) as pool:  # PNG decoding releases the GIL
+            images = stack_nchw(list(pool.map(lambda fr: decode_image(fr[0].image_path(fr[1]["image"]), mode,
+                                                                      size[1:]), rows)))
+    else:
+        images = torch.zeros(0, *size, dtype=torch.uint8)
+    probs, labels = torch.zeros(n, k), torch.full((n,), -1, dtype=torch.long)
+    for i, (_, r) in enumerate(rows):
         if r["label_probs"] is not None:
             probs[i] = torch.tensor(r["label_probs"])
-        label = folder.expressions.index(r["expression"]) if r["expression"] is not None else int(probs[i].argmax())
-        if r["label_probs"] is None:
-            probs[i, label] = 1.0
-        labels[i] = label
-    return LoadedSplit(images, probs, labels, [r["id"] for r in rows], folder.expressions, f"{path}:{split}")
-
-
-def class_counts(labels: torch.Tensor, k: int) -> np.ndarray:
-    return np.bincount(labels.numpy(), minlength=k)
+        if r["expression"] is not None:
+            labels[i] = names.index(r["expression"])
+        elif r["label_probs"] is not None:
+            labels[i] = int(probs[i].argmax())
+        if r["label_probs"] is None and labels[i] >= 0:
+            probs[i, labels[i]] = 1.0
+    has_aus = torch.tensor([bool(need_aus and r["aus"] is not None) for _, r in rows], dtype=torch.bool)
+    aus = face = None
+    if need_aus:
+        aus = torch.tensor([r["aus"] if r["aus"] is not None else [0.0] * len(au_names) for _, r in rows],
+                           dtype=torch.float32).reshape(n, len(au_names))
+        # without a recorded score, trust the AU column: prepare writes AUs only where it saw a face
+        face = torch.tensor([float((json.loads(r["meta"]) if r["meta"] else {}).get(
+            "face_presence", 1.0 if r["aus"] is not None else 0.0)) for _, r in rows], dtype=torch.float32)
+    return Split(images, [r["id"] for _, r in rows], names, labels, probs, [r["caption"] or "" for _, r in rows],
+                 aus, has_aus, face if face is not None else torch.zeros(n), au_names, skipped, name)
 
 
 class MixSampler(Sampler[int]):
@@ -169,42 +242,23 @@ class MixSampler(Sampler[int]):
         return sum(self.per_source)
 
 
-def train_transform(size: tuple[int, int], strength: str = "standard"):
-    """torchvision v2 augmentation for face crops: uint8 (C, H, W) -> float (C, H, W) in [0, 1].
 
-    ``standard``: random resized crop (80-100% of the face), horizontal flip, small rotation, brightness and
-    contrast jitter, random erasing. ``none``: only the conversion.
+def index_loader(n: int, batch_size: int, seed: int, collate: Callable[[list[int]], Any],
+                 classes: Sequence[str | None] | None = None, class_balance: float = 0.0) -> torch.utils.data.DataLoader:
+    """Shuffled index batches (epoch ``e`` uses ``seed + e``, so a resumed run replays the same plan).
+
+    With ``class_balance`` > 0 an epoch (still ``n`` faces) draws face i with probability proportional to
+    ``count(class_i) ** -class_balance`` (``classes``: one label per face; unlabelled faces form one class), with
+    replacement: 1 sees each class equally often, 0.5 is square-root balancing, 0 every face once.
     """
-    from torchvision.transforms import v2
-
-    to_float = v2.ToDtype(torch.float32, scale=True)
-    if strength == "none":
-        return to_float
-    if strength != "standard":
-        raise ValueError(f"augment must be 'standard' or 'none', got {strength!r}")
-    return v2.Compose([
-        v2.RandomResizedCrop(size, scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.RandomApply([v2.RandomRotation(10)], p=0.5),
-        v2.ColorJitter(brightness=0.3, contrast=0.3),
-        to_float,
-        v2.RandomErasing(p=0.25, scale=(0.02, 0.12), value=0.5),
-    ])
-
-
-class FaceDataset(Dataset):
-    """Concatenated loaded splits with a transform; items are ``(image, soft label, hard label)``."""
-
-    def __init__(self, splits: Sequence[LoadedSplit], transform=None) -> None:
-        self.images = torch.cat([s.images for s in splits])
-        self.probs = torch.cat([s.probs for s in splits])
-        self.labels = torch.cat([s.labels for s in splits])
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = self.images[i]
-        x = self.transform(x) if self.transform is not None else x.float() / 255.0
-        return x, self.probs[i], self.labels[i]
+    if n < batch_size:
+        raise DatasetError(f"{n} training images is less than one batch of {batch_size}; lower --batch-size.")
+    if class_balance and classes is None:
+        raise ValueError("class_balance needs the faces' classes.")
+    labels = torch.zeros(n, dtype=torch.long)
+    if class_balance:
+        names = sorted({str(c) for c in classes})
+        labels = torch.tensor([names.index(str(c)) for c in classes], dtype=torch.long)
+    sampler = MixSampler([n], [labels], seed=seed, balanced=class_balance > 0, balance_power=class_balance or 1.0)
+    return torch.utils.data.DataLoader(IndexDataset(n), batch_size=batch_size, sampler=sampler, drop_last=True,
+                                       collate_fn=collate)

@@ -23,7 +23,6 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +32,7 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..schema import check_same_order
-from .batching import IndexDataset, decode_image, stack_nchw
-from .dataset import DatasetError, DatasetFolder, replace_path
+from .dataset import DatasetError, replace_path
 from .runtime import make_accelerator, resolve_device, resolve_precision
 from .train_state import load_state, open_run_dir, rng_state, save_state, set_rng_state, warmup_cosine
 
@@ -89,117 +86,6 @@ def group_norm_groups(widths: Sequence[int]) -> int:
     """The largest GroupNorm group count <= 32 that divides every block width (32 for SD's widths)."""
     g = math.gcd(*widths)
     return max(d for d in range(1, min(32, g) + 1) if g % d == 0)
-
-
-# -- faces in memory -----------------------------------------------------------------------------------------------
-@dataclass
-class Faces:
-    """One split of one or more dataset folders, decoded.
-
-    Attributes:
-        images: (N, C, H, W) uint8.
-        captions: N captions ("" where a record has none and captions were not required).
-        aus: (N, A) float32 in ``au_names`` order (zeros where a record has none), or None.
-        has_aus: (N,) bool, which rows have AU values.
-        au_names: the header's AU order (empty without AUs).
-        expressions: N expression labels (None where a record has none), for class-balanced sampling.
-        skipped: records left out (no caption where one is required).
-        label_probs: N soft labels ``{expression: probability}`` (None where a record has none).
-    """
-
-    images: torch.Tensor
-    captions: list[str]
-    aus: torch.Tensor | None
-    has_aus: torch.Tensor
-    au_names: tuple[str, ...]
-    expressions: list[str | None]
-    skipped: int
-    label_probs: list[dict[str, float] | None] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.captions)
-
-
-def load_faces(paths: Sequence[Path], split: str, size: tuple[int, int, int] | None = None,
-               need_captions: bool = False, need_aus: bool = False, limit: int | None = None) -> Faces:
-    """Decode every record of ``split`` in ``paths`` (labels not needed), resized to ``size`` = (C, H, W).
-
-    ``size`` defaults to the first image's. With ``need_captions`` records without a caption are skipped (and
-    counted); a split without any caption is refused. With ``need_aus`` every folder must have AUs in the first
-    one's order. A split with no record gives an empty result (callers decide whether that is an error).
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    rows, au_names, skipped = [], (), 0
-    for path in paths:
-        folder = DatasetFolder(path)
-        if need_aus:
-            if folder.header.aus is None:
-                raise DatasetError(f"{path} has no AU values; run `synfer prepare {path} OUT` first and train on OUT.")
-            if au_names:
-                check_same_order("AU", au_names, folder.au_names, str(paths[0]), str(path))
-            au_names = folder.au_names
-        table = folder.select_split(split).select(["image", "caption", "aus", "expression", "label_probs"]
-                                                  ).to_pylist()
-        for r in table:  # soft labels as {name: p}: each folder's own expression order
-            r["label_probs"] = (None if r["label_probs"] is None
-                                else dict(zip(folder.expressions, r["label_probs"], strict=True)))
-        if need_captions:
-            if table and all(r["caption"] is None for r in table):
-                raise DatasetError(f"{path}: no record of split {split!r} has a caption; run `synfer prepare "
-                                   f"{path} OUT` first (it writes captions and AUs) and train on OUT.")
-            skipped += sum(r["caption"] is None for r in table)
-            table = [r for r in table if r["caption"] is not None]
-        table = table[:limit] if limit is not None else table
-        if need_aus and table and all(r["aus"] is None for r in table):
-            raise DatasetError(f"{path}: no record of split {split!r} has AU values; run `synfer prepare {path} "
-                               "OUT` first and train on OUT.")
-        rows += [(folder, r) for r in table]
-    if not rows:
-        return Faces(torch.zeros(0, *(size or (1, 1, 1)), dtype=torch.uint8), [], None, torch.zeros(0, dtype=bool),
-                     tuple(au_names), [], skipped)
-    if size is None:
-        first = rows[0][0].load_image(rows[0][1]["image"])
-        size = (1 if first.mode in ("L", "I", "I;16") else 3, first.height, first.width)
-    mode = "L" if size[0] == 1 else "RGB"
-    with ThreadPoolExecutor(max_workers=4) as pool:  # PNG decoding releases the GIL
-        arrays = list(pool.map(lambda fr: decode_image(fr[0].image_path(fr[1]["image"]), mode, size[1:]), rows))
-    images = stack_nchw(arrays)
-    has_aus = torch.tensor([r["aus"] is not None for _, r in rows])
-    aus = None
-    if need_aus:
-        aus = torch.tensor([r["aus"] if r["aus"] is not None else [0.0] * len(au_names) for _, r in rows],
-                           dtype=torch.float32)
-    return Faces(images, [r["caption"] or "" for _, r in rows], aus, has_aus, tuple(au_names),
-                 [r["expression"] for _, r in rows], skipped, [r["label_probs"] for _, r in rows])
-
-
-def to_model_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> float in [-1, 1] (what the VAE reads and the pipeline's decode undoes)."""
-    return images.float() / 127.5 - 1.0
-
-
-def index_loader(n: int, batch_size: int, seed: int, collate: Callable[[list[int]], Any],
-                 classes: Sequence[str | None] | None = None, class_balance: float = 0.0) -> torch.utils.data.DataLoader:
-    """Shuffled index batches (epoch ``e`` uses ``seed + e``, so a resumed run replays the same plan).
-
-    With ``class_balance`` > 0 an epoch (still ``n`` faces) draws face i with probability proportional to
-    ``count(class_i) ** -class_balance`` (``classes``: one label per face; unlabelled faces form one class), with
-    replacement: 1 sees each class equally often, 0.5 is square-root balancing, 0 every face once.
-    """
-    from .splits import MixSampler
-
-    if n < batch_size:
-        raise DatasetError(f"{n} training images is less than one batch of {batch_size}; lower --batch-size.")
-    if class_balance and classes is None:
-        raise ValueError("class_balance needs the faces' classes.")
-    labels = torch.zeros(n, dtype=torch.long)
-    if class_balance:
-        names = sorted({str(c) for c in classes})
-        labels = torch.tensor([names.index(str(c)) for c in classes], dtype=torch.long)
-    sampler = MixSampler([n], [labels], seed=seed, balanced=class_balance > 0, balance_power=class_balance or 1.0)
-    return torch.utils.data.DataLoader(IndexDataset(n), batch_size=batch_size, sampler=sampler, drop_last=True,
-                                       collate_fn=collate)
 
 
 # -- EMA -----------------------------------------------------------------------------------------------------------

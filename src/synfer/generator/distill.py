@@ -43,9 +43,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..core.dataset import DatasetError, atomic_write_json, provenance_entry
+from ..core.dataset import DatasetError, atomic_write_json
+from ..core.provenance import provenance_entry
 from ..core.runtime import autocast, resolve_precision
-from ..core.training import EMA, Trainer, atomic_save_dir, index_loader, load_faces, save_grid, start_run
+from ..core.splits import index_loader, load_split
+from ..core.training import EMA, Trainer, atomic_save_dir, save_grid, start_run
 from .guidance import predict_x0
 from .train_adapter import class_level_prompts
 from .train_unet import CaptionEmbedder
@@ -211,8 +213,9 @@ def distill(
     Returns:
         ``OUT/pipeline``, the student.
     """
-    from ..synthesize.sample import AU_TARGETS_FILE
-    from .pipeline import load_pipeline, resolve_pipeline_dir
+    from ..core.assets import resolve
+    from .au_targets import AU_TARGETS_FILE
+    from .pipeline import load_pipeline
 
     out = Path(out)
     for name, p in (("class_prompts", class_prompts), ("au_dropout", au_dropout)):
@@ -222,8 +225,8 @@ def distill(
         raise ValueError(f"sample_steps must be in 1..num_ddim_steps ({num_ddim_steps}); got {sample_steps}.")
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1; got {epochs}.")
-    teacher_dir = resolve_pipeline_dir(pipeline)
-    probe = load_faces(data, split, need_captions=True, need_aus=True, limit=1)
+    teacher_dir = resolve("generator", pipeline)
+    probe = load_split(data, split, labelled=False, need_captions=True, need_aus=True, limit=1)
     teacher = load_pipeline(teacher_dir)
     if teacher.au_adapter is None:
         raise ValueError(f"{pipeline} has no AU adapter; distill needs one (train it with `synfer train-adapter`).")
@@ -239,8 +242,8 @@ def distill(
     # 1. data: latents once, captions once (class-level prompts beside them), AU vectors
     cfg = teacher.vae.config
     size = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
-    train = load_faces(data, split, size, need_captions=True, need_aus=True, limit=limit)
-    val = load_faces(data, val_split, size, need_captions=True, need_aus=True, limit=limit)
+    train = load_split(data, split, labelled=False, input_size=size, need_captions=True, need_aus=True, limit=limit)
+    val = load_split(data, val_split, labelled=False, input_size=size, need_captions=True, need_aus=True, limit=limit)
     val = val if len(val) else train
     if len(train) < batch_size:
         raise DatasetError(f"{len(train)} captioned training faces is less than one batch of {batch_size}.")

@@ -45,6 +45,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..core.assets import resolve
 from ..core.runtime import autocast, resolve_precision
 
 # Imported here, not only for the type hints: DiffusionPipeline.from_pretrained resolves these custom components'
@@ -462,28 +463,19 @@ class SynferPipeline(DiffusionPipeline):
         return SynferPipelineOutput(images=images) if return_dict else (images,)
 
 
-#: The bundled generators (src/synfer/assets/generators/<name>); the first is the default.
-DEFAULT_GENERATOR = "ferplus-mini"
-
-
-def bundled_generators_dir() -> Path:
-    return Path(__file__).resolve().parents[1] / "assets" / "generators"
-
-
-def resolve_pipeline_dir(path_or_name: str | Path | None = None) -> Path:
-    """A SynferPipeline folder (``model_index.json``) from a path, a bundled name, or None / "bundled" for the
-    default bundled mini model."""
-    name = DEFAULT_GENERATOR if path_or_name in (None, "bundled") else str(path_or_name)
-    for folder in (Path(name), bundled_generators_dir() / name):
-        if (folder / "model_index.json").is_file():
-            return folder
-    have = sorted(d.name for d in bundled_generators_dir().glob("*") if (d / "model_index.json").is_file())
-    raise FileNotFoundError(
-        f"No SynferPipeline at {path_or_name!r}: give a folder with model_index.json (written by train-generator / "
-        f"train-adapter or SynferPipeline.save_pretrained) or a bundled name ({', '.join(have) or 'none bundled'}).")
-
-
 def load_pipeline(path_or_name: str | Path | None = None, **kwargs: Any) -> SynferPipeline:
-    """A SynferPipeline from a folder, a bundled name, or None / "bundled" (see :func:`resolve_pipeline_dir`).
-    Stable Diffusion checkpoints go through :meth:`SynferPipeline.from_stable_diffusion`."""
-    return SynferPipeline.from_pretrained(resolve_pipeline_dir(path_or_name), **kwargs)
+    """A SynferPipeline from a folder, a bundled name, or None / "bundled" (the default bundled mini model; see
+    :func:`synfer.core.assets.resolve`). Stable Diffusion checkpoints go through
+    :meth:`SynferPipeline.from_stable_diffusion`."""
+    return SynferPipeline.from_pretrained(resolve("generator", path_or_name), **kwargs)
+
+
+def load_generator(pipeline: str | Path | None, device: str | torch.device = "cpu") -> tuple[SynferPipeline, Path]:
+    """The pipeline (progress bar off) on ``device`` (``auto``: CUDA when present) and its folder, where
+    ``au_targets.json`` may lie."""
+    from ..core.runtime import resolve_device
+
+    folder = resolve("generator", pipeline)
+    pipe = load_pipeline(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(resolve_device(str(device))), folder

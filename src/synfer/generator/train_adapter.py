@@ -36,8 +36,10 @@ import torch
 
 from ..annotate.au.distill import VARYING_STD
 from ..annotate.prompts import enrich_prompt
-from ..core.dataset import DatasetError, atomic_write_json, provenance_entry, read_header
-from ..core.training import Faces, Trainer, atomic_save_dir, index_loader, load_faces, start_run
+from ..core.dataset import DatasetError, atomic_write_json, read_header
+from ..core.provenance import provenance_entry
+from ..core.splits import Split, index_loader, load_split
+from ..core.training import Trainer, atomic_save_dir, start_run
 from ..models.au_adapter import AUAdapter
 from .train_unet import CaptionEmbedder, ValDraw, denoise_step, noise_loss, sample_grid, sample_prompts_from
 from .train_vae import encode_latents
@@ -133,7 +135,7 @@ def train_adapter(
     if not 0 <= class_prompts <= 1:
         raise ValueError(f"class_prompts must be in [0, 1]; got {class_prompts}.")
     # 1. data first: a folder without AUs or captions is refused before anything is loaded or written
-    probe = load_faces(data, split, need_captions=True, need_aus=True, limit=1)
+    probe = load_split(data, split, labelled=False, need_captions=True, need_aus=True, limit=1)
     au_names = probe.au_names
     init = AUAdapter.from_pretrained(str(adapter)) if adapter is not None else None
     if init is not None:
@@ -159,12 +161,12 @@ def train_adapter(
                                                           hidden_dim=hidden_dim)
     cfg = vae.config
     size = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
-    train = load_faces(data, split, size, need_captions=True, need_aus=True, limit=limit)
+    train = load_split(data, split, labelled=False, input_size=size, need_captions=True, need_aus=True, limit=limit)
     if standardize_aus and au.config.get("au_mean") is None:
         mean, std = au_statistics(train)
         au = au.with_standardized_inputs(mean, std)
     au.to(accel.device)
-    val = load_faces(data, val_split, size, need_captions=True, need_aus=True, limit=limit)
+    val = load_split(data, val_split, labelled=False, input_size=size, need_captions=True, need_aus=True, limit=limit)
     val = val if len(val) else train
     if len(train) == 0:
         raise DatasetError(f"No captioned records in split {split!r} of {[str(p) for p in data]}.")
@@ -193,7 +195,7 @@ def train_adapter(
     # 3. loss and trainer
     loader = accel.prepare(index_loader(len(latents), batch_size, seed,
                                         lambda idx: (latents[idx], ids[idx], aus[idx], has_aus[idx], alt_ids[idx]),
-                                        train.expressions, class_balance))
+                                        train.label_names(), class_balance))
 
     def loss_fn(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         z, rows, vectors, has, alt = batch[0].to(accel.device), batch[1], batch[2], batch[3], batch[4]
@@ -274,7 +276,7 @@ def train_adapter(
 MIN_AU_STD = VARYING_STD
 
 
-def au_statistics(faces: Faces) -> tuple[list[float], list[float]]:
+def au_statistics(faces: Split) -> tuple[list[float], list[float]]:
     """Per-AU mean and std (floored at :data:`MIN_AU_STD`) of the faces that have AU values."""
     if faces.aus is None or not bool(faces.has_aus.any()):
         raise DatasetError("standardize_aus needs training faces with AU values; none have any.")
@@ -283,7 +285,7 @@ def au_statistics(faces: Faces) -> tuple[list[float], list[float]]:
     return [round(float(v), 6) for v in rows.mean(0)], [round(float(v), 6) for v in std]
 
 
-def class_level_prompts(faces: Faces) -> list[str]:
+def class_level_prompts(faces: Split) -> list[str]:
     """Per face, a class-level prompt for its label (its own caption where it has no expression).
 
     The prompt enricher's text without target AUs (so naming the expression's prototype AUs), seeded by the face's
@@ -292,8 +294,8 @@ def class_level_prompts(faces: Faces) -> list[str]:
     stays the one of faces whose annotators agreed, as in the captions; a one-hot label gives the plain prompt.
     """
     out = []
-    probs = faces.label_probs or [None] * len(faces.captions)
-    for i, (expression, caption, soft) in enumerate(zip(faces.expressions, faces.captions, probs, strict=True)):
+    for i, (expression, caption) in enumerate(zip(faces.label_names(), faces.captions, strict=True)):
+        soft = faces.soft_label(i)
         if expression is None:
             out.append(caption)
             continue

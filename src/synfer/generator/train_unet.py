@@ -36,18 +36,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..core.dataset import DatasetError, atomic_write_json, provenance_entry
+from ..core.dataset import DatasetError, atomic_write_json
+from ..core.provenance import provenance_entry
+from ..core.splits import Split, index_loader, load_split
 from ..core.train_state import cached_tensors
-from ..core.training import (
-    Faces,
-    Trainer,
-    atomic_save_dir,
-    group_norm_groups,
-    index_loader,
-    load_faces,
-    save_grid,
-    start_run,
-)
+from ..core.training import Trainer, atomic_save_dir, group_norm_groups, save_grid, start_run
 from ..models.text_encoders import CLIPTextEncoderWrapper, MiniLMTextEncoder, TextEncoder
 from .train_vae import encode_latents
 
@@ -252,7 +245,7 @@ class ValDraw:
         return total / max(1, len(self.ids))
 
 
-def sample_prompts_from(faces: Faces, n: int = 8) -> list[int]:
+def sample_prompts_from(faces: Split, n: int = 8) -> list[int]:
     """Rows of up to ``n`` distinct captions (the grid's default prompts: in-distribution by construction)."""
     first: dict[str, int] = {}
     for i, c in enumerate(faces.captions):
@@ -405,10 +398,10 @@ def train_generator(
     # 2. data: latents once, captions once
     cfg = vae_model.config
     size = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
-    train = load_faces(data, split, size, need_captions=True, limit=limit)
+    train = load_split(data, split, labelled=False, input_size=size, need_captions=True, limit=limit)
     if len(train) == 0:
         raise DatasetError(f"No captioned records in split {split!r} of {[str(p) for p in data]}.")
-    val = load_faces(data, val_split, size, need_captions=True, limit=limit)
+    val = load_split(data, val_split, labelled=False, input_size=size, need_captions=True, limit=limit)
     val = val if len(val) else train
     latents = encode_latents(vae_model, train.images).cpu()
     val_latents = encode_latents(vae_model, val.images).cpu()
@@ -419,7 +412,7 @@ def train_generator(
 
     # 3. loss and trainer
     loader = accel.prepare(index_loader(len(latents), batch_size, seed, lambda idx: (latents[idx], ids[idx]),
-                                        train.expressions, class_balance))
+                                        train.label_names(), class_balance))
 
     def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         z, rows = batch[0].to(accel.device), batch[1]

@@ -25,17 +25,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..core.dataset import DatasetError, atomic_write_json, provenance_entry
-from ..core.training import (
-    Trainer,
-    atomic_save_dir,
-    group_norm_groups,
-    index_loader,
-    load_faces,
-    save_grid,
-    start_run,
-    to_model_range,
-)
+from ..core.dataset import DatasetError, atomic_write_json
+from ..core.provenance import provenance_entry
+from ..core.splits import index_loader, load_split
+from ..core.training import Trainer, atomic_save_dir, group_norm_groups, save_grid, start_run
 
 #: LDM's weight of the LPIPS term next to an L1 reconstruction loss.
 PERCEPTUAL_WEIGHT = 1.0
@@ -56,6 +49,11 @@ def build_vae(channels: int, image_size: int, block_out_channels: tuple[int, ...
 
 
 @torch.no_grad()
+
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float in [-1, 1] (what the VAE reads and the pipeline's decode undoes)."""
+    return images.float() / 127.5 - 1.0
+
 def encode_latents(vae: Any, images: torch.Tensor, batch_size: int = 256, scaled: bool = True) -> torch.Tensor:
     """uint8 faces (N, C, H, W) -> posterior means (N, c, h, w); if ``scaled`` as the UNet sees them,
     ``(z - shift_factor) * scaling_factor`` (what the pipeline's decode undoes).
@@ -148,18 +146,18 @@ def train_vae(
 
     # 1. faces in memory, uint8
     size = (channels, image_size, image_size) if channels and image_size else None
-    train = load_faces(data, split, size, limit=limit)
+    train = load_split(data, split, labelled=False, input_size=size, limit=limit)
     if len(train) == 0:
         raise DatasetError(f"No records in split {split!r} of {[str(p) for p in data]}.")
     c, h, w = train.images.shape[1:]
     size = (channels or c, image_size or h, image_size or w)
     if size != (c, h, w):
-        train = load_faces(data, split, size, limit=limit)
+        train = load_split(data, split, labelled=False, input_size=size, limit=limit)
     factor = 2 ** (len(block_out_channels) - 1)
     if size[1] % factor or size[2] % factor:
         raise ValueError(f"image size {size[1]}x{size[2]} is not divisible by {factor} (2 ** (blocks - 1)); "
                          "pick image_size or block_out_channels to fit.")
-    val = load_faces(data, val_split, size, limit=limit)
+    val = load_split(data, val_split, labelled=False, input_size=size, limit=limit)
     val_source = val_split if len(val) else f"{split} (no {val_split!r} split)"
     val_images = val.images if len(val) else train.images[:512]
     scale_images = train.images[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))

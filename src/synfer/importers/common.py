@@ -15,7 +15,8 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from ..core.dataset import DatasetError, DatasetWriter, provenance_entry
+from ..core.dataset import DatasetError, DatasetWriter
+from ..core.provenance import provenance_entry
 from ..schema import AUSet
 
 #: Licence note written into headers of FER2013-derived folders.

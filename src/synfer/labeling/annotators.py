@@ -107,8 +107,8 @@ def load_annotator(spec: str | Path, device: str | torch.device = "cpu", pipelin
     from ..models.classifiers import ExpressionClassifier
 
     if is_feranno(spec):
-        from ..synthesize.generate import files_sha256
-        from ..synthesize.sample import load_generator
+        from ..core.provenance import files_sha256
+        from ..generator.pipeline import load_generator
 
         head = FERAnnoHead.from_pretrained(spec)
         if pipeline is None:

@@ -33,11 +33,11 @@ from .vote import summarise, vote
 
 def annotator_sha256(spec: str) -> str:
     """SHA-256 of an annotator's weight files (FERAnno head or classifier, by folder or bundled name)."""
-    from ..models.classifiers import resolve_classifier_path
-    from ..models.feranno import is_feranno, resolve_feranno_path
-    from ..synthesize.generate import files_sha256
+    from ..core.assets import resolve
+    from ..core.provenance import files_sha256
+    from ..models.feranno import is_feranno
 
-    path = resolve_feranno_path(spec) if is_feranno(spec) else resolve_classifier_path(spec)
+    path = resolve("annotator" if is_feranno(spec) else "classifier", spec)
     return files_sha256(path)
 
 
@@ -144,7 +144,7 @@ def _near_copies(images: list, train_images, distance: float) -> np.ndarray:
     import torch
 
     from ..core.batching import stack_nchw
-    from ..study.privacy import near_copy_mask
+    from ..core.nearest import near_copy_mask
 
     c, h, w = train_images.shape[1:]
     mode = "L" if c == 1 else "RGB"

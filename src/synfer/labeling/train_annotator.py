@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..core.dataset import DatasetError, atomic_write_json, provenance_entry
+from ..core.dataset import DatasetError, atomic_write_json
 from ..core.metrics import classification_metrics
+from ..core.provenance import provenance_entry
 from ..core.splits import load_split
 from ..core.train_state import cached_tensors, warmup_cosine
 from ..models.feranno import FERAnnoConfig, FERAnnoHead, read_weights_sha256
@@ -128,7 +129,7 @@ def train_annotator(
     Returns:
         ``out``.
     """
-    from ..synthesize.sample import load_generator
+    from ..generator.pipeline import load_generator
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -138,11 +139,11 @@ def train_annotator(
     annotator = FERAnnotator(pipe, None, prompt, timestep, attention_tokens, seed)
     size = (pipe.vae.config.in_channels, pipe.vae.config.sample_size, pipe.vae.config.sample_size)
     parts = [load_split(p, split, input_size=size, limit=limit) for p in data]
-    names = parts[0].expressions
+    names = parts[0].names
     for p in parts[1:]:
         from ..schema import check_same_order
 
-        check_same_order("expression", list(names), list(p.expressions), str(data[0]), p.name)
+        check_same_order("expression", list(names), list(p.names), str(data[0]), p.name)
     images = torch.cat([p.images for p in parts])
     probs = torch.cat([p.probs for p in parts])
     val_data = load_split(val or data[0], val_split, expressions=names, input_size=size, limit=limit)

@@ -22,12 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.assets import KINDS, resolve
 from ..schema import check_same_order
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 #: The bundled FER+ classifier (src/synfer/assets/classifiers/<name>): the default guidance model of generation.
-DEFAULT_CLASSIFIER = "ferplus-resnet-s"
+DEFAULT_CLASSIFIER = KINDS["classifier"].default
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -292,10 +293,10 @@ class ExpressionClassifier(nn.Module):
     @classmethod
     def from_pretrained(cls, path_or_name: str | Path, map_location: str | torch.device = "cpu") \
             -> ExpressionClassifier:
-        """Load from a folder, or a bundled classifier by short name (see :func:`bundled_classifiers`)."""
+        """Load from a folder, or a bundled classifier by short name (:func:`synfer.core.assets.resolve`)."""
         from safetensors.torch import load_file
 
-        path = resolve_classifier_path(path_or_name)
+        path = resolve("classifier", path_or_name)
         cfg_path = path / CONFIG_FILE
         config = ClassifierConfig.from_dict(json.loads(cfg_path.read_text()), source=str(cfg_path))
         model = cls(config)
@@ -305,27 +306,3 @@ class ExpressionClassifier(nn.Module):
                                     f"{WEIGHTS_FILE} (pickled .pt/.bin files are never loaded).")
         model.backbone.load_state_dict(load_file(str(weights), device=str(map_location)))
         return model.eval()
-
-
-def bundled_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "assets" / "classifiers"
-
-
-def bundled_classifiers() -> list[str]:
-    """Short names of the classifiers shipped inside the package."""
-    d = bundled_dir()
-    return sorted(p.name for p in d.iterdir() if (p / CONFIG_FILE).is_file()) if d.is_dir() else []
-
-
-def resolve_classifier_path(path_or_name: str | Path) -> Path:
-    """A classifier folder from a path, or a bundled short name."""
-    p = Path(path_or_name)
-    if (p / CONFIG_FILE).is_file():
-        return p
-    b = bundled_dir() / str(path_or_name)
-    if (b / CONFIG_FILE).is_file():
-        return b
-    raise FileNotFoundError(
-        f"No classifier at {path_or_name!r}: give a folder with {CONFIG_FILE} + {WEIGHTS_FILE} or a bundled name "
-        f"({', '.join(bundled_classifiers()) or 'none bundled in this install'})."
-    )

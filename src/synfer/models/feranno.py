@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.assets import resolve
+
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "synfer-feranno"
@@ -35,7 +37,7 @@ READ_COMPONENTS = ("vae", "unet", "text_encoder")
 
 def read_weights_sha256(generator_dir: str | Path) -> str:
     """Hash of the weights a FERAnno head depends on: those of ``READ_COMPONENTS`` in a SynferPipeline folder."""
-    from ..synthesize.generate import files_sha256
+    from ..core.provenance import files_sha256
 
     return files_sha256(Path(generator_dir), only=READ_COMPONENTS)
 
@@ -234,30 +236,17 @@ class FERAnnoHead(nn.Module):
     def from_pretrained(cls, path: str | Path) -> FERAnnoHead:
         from safetensors.torch import load_file
 
-        path = resolve_feranno_path(path)
+        path = resolve("annotator", path)
         cfg = path / CONFIG_FILE
         head = cls(FERAnnoConfig.from_dict(json.loads(cfg.read_text()), str(cfg)))
         head.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
         return head.eval()
 
 
-def bundled_annotators_dir() -> Path:
-    return Path(__file__).resolve().parents[1] / "assets" / "annotators"
-
-
-def resolve_feranno_path(path_or_name: str | Path) -> Path:
-    """A FERAnno folder from a path or a bundled name (``src/synfer/assets/annotators/<name>``)."""
-    for p in (Path(path_or_name), bundled_annotators_dir() / str(path_or_name)):
-        if (p / CONFIG_FILE).is_file():
-            return p
-    raise FileNotFoundError(f"No FERAnno at {path_or_name!r}: give a `synfer train-annotator` output folder or a "
-                            "bundled name.")
-
-
 def is_feranno(path: str | Path) -> bool:
     """Whether a folder (or bundled name) holds a FERAnno head rather than a classifier."""
     try:
-        path = resolve_feranno_path(path)
+        path = resolve("annotator", path)
     except FileNotFoundError:
         return False
     cfg = Path(path) / CONFIG_FILE

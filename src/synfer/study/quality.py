@@ -97,14 +97,6 @@ def judge_features(judge: Any, images: torch.Tensor, batch_size: int = 256) -> t
     return torch.cat(feats).numpy(), torch.cat(probs).numpy()
 
 
-def _annotator_hashes(folder: DatasetFolder) -> set[str]:
-    found = set()
-    for entry in folder.header.provenance:
-        if entry.get("stage") == "label":
-            found |= set((entry.get("config", {}).get("annotator_sha256") or {}).values())
-    return found
-
-
 def _recalls(metrics: dict[str, Any], names: list[str]) -> dict[str, float]:
     """Per-class recall in % (one decimal) of the classes present, from ``classification_metrics``."""
     return {n: round(100 * float(metrics["per_class"][n]["recall"]), 1) for n in names
@@ -158,21 +150,19 @@ def quality(
     Returns:
         the metrics (also printed by the CLI).
     """
+    from ..core.assets import resolve
     from ..core.metrics import classification_metrics
+    from ..core.provenance import files_sha256, refuse_judge
     from ..core.runtime import resolve_device
-    from ..models.classifiers import ExpressionClassifier, resolve_classifier_path
-    from ..synthesize.generate import files_sha256, refuse_own_guidance_model
+    from ..models.classifiers import ExpressionClassifier
 
     data = [Path(p) for p in ([data] if isinstance(data, (str, Path)) else data)]
     if not data:
         raise ValueError("Give at least one synthetic dataset folder.")
-    judge_sha = files_sha256(resolve_classifier_path(judge))
+    judge_sha = files_sha256(resolve("classifier", judge))
     folders = [DatasetFolder(p) for p in data]
-    for path, folder in zip(data, folders, strict=True):
-        refuse_own_guidance_model(path, judge)
-        if judge_sha in _annotator_hashes(folder):
-            raise ValueError(f"{judge} labelled {path} (`synfer label`); judge with a classifier that was not an "
-                             "annotator.")
+    for path in data:
+        refuse_judge(path, judge)
     model = ExpressionClassifier.from_pretrained(judge).to(resolve_device(device))
     names = list(folders[0].expressions)
     for path in data:

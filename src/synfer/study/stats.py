@@ -16,18 +16,18 @@ import torch
 
 from ..classifiers.evaluate import predict
 from ..core.metrics import classification_metrics
-from ..core.splits import LoadedSplit
+from ..core.splits import Split
 
 
-def score_on_split(model_dir: str | Path, split: LoadedSplit, precision: str = "fp32") -> dict[str, Any]:
+def score_on_split(model_dir: str | Path, split: Split, precision: str = "fp32") -> dict[str, Any]:
     """Accuracy, macro-F1 and per-class recall (%) of a classifier folder on a loaded split, and its per-face
     predicted class indices (in the split's order)."""
     from ..models.classifiers import ExpressionClassifier
 
     model = ExpressionClassifier.from_pretrained(model_dir)
-    model.check_labels(list(split.expressions), split.name)
+    model.check_labels(list(split.names), split.name)
     pred = predict(model, split, torch.device("cpu"), precision=precision).argmax(1)
-    m = classification_metrics(split.labels.numpy(), pred, list(split.expressions))
+    m = classification_metrics(split.labels.numpy(), pred, list(split.names))
     return {"accuracy": round(100 * m["accuracy"], 2), "macro_f1": round(100 * m["macro_f1"], 2),
             "per_class_recall": {n: None if c["recall"] is None else round(100 * c["recall"], 2)
                                  for n, c in m["per_class"].items()},

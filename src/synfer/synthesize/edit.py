@@ -23,12 +23,13 @@ from tqdm.auto import tqdm
 
 from ..annotate.prompts import enrich_prompt
 from ..core.dataset import Record
+from ..core.provenance import files_sha256
 from ..core.runtime import resolve_precision
+from ..generator.au_targets import expression_au_targets
 from ..generator.layout import invert, read_faces, to_pipeline_images
+from ..generator.pipeline import load_generator
 from ..importers.common import open_output
 from ..schema import FERPLUS8, AUSet, canonical_expression
-from .generate import files_sha256
-from .sample import expression_au_targets, load_generator
 
 
 def target_aus(expression: str | None, aus: dict[str, float] | None, au_names: tuple[str, ...] | None,

@@ -31,8 +31,6 @@ guidance and the guidance model with its weights' hash, the generator's hash); `
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 import time
 import zlib
@@ -43,12 +41,15 @@ import torch
 from tqdm.auto import tqdm
 
 from ..annotate.prompts import enrich_prompt
+from ..core.assets import resolve
 from ..core.dataset import DatasetFolder, DatasetWriter, Record
+from ..core.provenance import files_sha256
 from ..core.runtime import resolve_precision
+from ..generator.au_targets import expression_au_targets
+from ..generator.pipeline import load_generator
 from ..importers.common import open_output
-from ..models.classifiers import DEFAULT_CLASSIFIER, ExpressionClassifier, resolve_classifier_path
+from ..models.classifiers import DEFAULT_CLASSIFIER, ExpressionClassifier
 from ..schema import FERPLUS8, AUSet, canonical_expression, check_same_order
-from .sample import expression_au_targets, load_generator
 
 #: Records per shard flush: a killed run redoes at most this many faces.
 FLUSH_EVERY = 256
@@ -66,19 +67,6 @@ class PlannedFace:
     seed: int
     coarse: str
     aus: list[float] | None
-
-
-def files_sha256(folder: Path, pattern: str = "**/*.safetensors", only: tuple[str, ...] | None = None) -> str:
-    """One hash over every weights file of a folder (names and bytes, in sorted order); ``only``: just the files
-    under these subfolders (e.g. a pipeline's ``("vae", "unet")``)."""
-    h = hashlib.sha256()
-    files = sorted(Path(folder).glob(pattern))
-    if only is not None:
-        files = [p for p in files if p.relative_to(folder).parts[0] in only]
-    for p in files:
-        h.update(str(p.relative_to(folder)).encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def plan_faces(counts: dict[str, int], au_names: tuple[str, ...] | None, au_source: str, seed: int,
@@ -238,7 +226,7 @@ def generate(
         classifier = ExpressionClassifier.from_pretrained(guidance_model).to(pipe.device)
         classifier.check_labels(exprs, "the generated label set")
         guidance = {"scale": semantic_guidance, "window": list(guidance_window), "model": str(guidance_model),
-                    "model_sha256": files_sha256(resolve_classifier_path(guidance_model)), "au_weight": au_guidance}
+                    "model_sha256": files_sha256(resolve("classifier", guidance_model)), "au_weight": au_guidance}
         if au_guidance:
             if au_names is None:
                 raise ValueError("au_guidance needs a pipeline with an AU adapter (target AUs).")
@@ -363,23 +351,3 @@ def write_preview(out: Path, expressions: list[str], per_class: int = 8) -> Path
         ims += [np.ones_like(ims[0])] * (per_class - len(ims))
         rows.append(torch.from_numpy(np.stack(ims))[:, None])
     return save_grid(torch.cat(rows), out / "preview.png", nrow=per_class)
-
-
-def guidance_models(dataset: Path) -> set[str]:
-    """The weights hashes of every classifier that guided the generation of a dataset folder's records."""
-    folder = DatasetFolder(dataset, allow_incomplete=True)
-    found = set()
-    for raw in folder.column("meta"):
-        meta = json.loads(raw) if isinstance(raw, str) else (raw or {})
-        g = (meta or {}).get("guidance") or {}
-        if g.get("model_sha256"):
-            found.add(g["model_sha256"])
-    return found
-
-
-def refuse_own_guidance_model(dataset: Path, classifier: str | Path) -> None:
-    """Raise if ``classifier`` guided the generation of ``dataset`` (a judge must be independent of guidance)."""
-    path = resolve_classifier_path(classifier)
-    if files_sha256(path) in guidance_models(dataset):
-        raise ValueError(f"{classifier} guided the generation of {dataset} (same weights); it cannot judge that set. "
-                         "Judge with an independent classifier (another backbone or seed: `synfer train-fer`).")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ...core.batching import decode_image, stack_nchw
-from ...core.dataset import DatasetError, DatasetFolder, atomic_write_json, provenance_entry
+from ...core.dataset import DatasetError, DatasetFolder, atomic_write_json
+from ...core.provenance import provenance_entry
+from ...core.splits import Split, load_split
 from ...core.train_state import (
     check_same_options,
     load_state,
@@ -47,50 +47,13 @@ from .distilled import FACE_COLUMN, KIND
 VARYING_STD = 0.02
 
 
-@dataclass
-class AUSplit:
-    """One split decoded: images (N, C, H, W) uint8, aus (N, A) float32 (0 where missing), has_aus (N,) bool,
-    face (N,) float32 teacher face presence, AU names."""
-
-    images: torch.Tensor
-    aus: torch.Tensor
-    has_aus: torch.Tensor
-    face: torch.Tensor
-    au_names: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-
-def load_au_split(path: Path, split: str, input_size: tuple[int, int, int] | None = None,
-                  limit: int | None = None) -> AUSplit:
-    """Decode a prepared folder's split with its teacher AUs and face presence."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    folder = DatasetFolder(path)
-    if folder.header.aus is None:
-        raise DatasetError(f"{path} has no AU values; run `synfer prepare {path} OUT` first and train on OUT.")
-    rows = folder.select_split(split).select(["image", "aus", "meta"]).to_pylist()[:limit]
-    if not rows:
-        raise DatasetError(f"{path}: split {split!r} is empty.")
-    if input_size is None:
-        first = folder.load_image(rows[0]["image"])
-        input_size = (1 if first.mode == "L" else 3, first.height, first.width)
-    mode = "L" if input_size[0] == 1 else "RGB"
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        arrays = list(pool.map(lambda r: decode_image(folder.image_path(r["image"]), mode, input_size[1:]), rows))
-    images = stack_nchw(arrays)
-    a = len(folder.au_names)
-    aus = torch.tensor([r["aus"] if r["aus"] is not None else [0.0] * a for r in rows], dtype=torch.float32)
-    has = torch.tensor([r["aus"] is not None for r in rows])
-    face = []
-    for r in rows:
-        meta = json.loads(r["meta"]) if r["meta"] else {}
-        # without a recorded score, trust the AU column: prepare writes AUs only where it saw a face
-        face.append(float(meta.get("face_presence", 1.0 if r["aus"] is not None else 0.0)))
-    if not has.any():
-        raise DatasetError(f"{path}: no record of split {split!r} has AU values.")
-    return AUSplit(images, aus, has, torch.tensor(face), tuple(folder.au_names))
+def _au_split(path: Path, split: str, size: tuple[int, int, int] | None, limit: int | None) -> Split:
+    """A prepared folder's split with its teacher AUs and face presence (every record)."""
+    data = load_split(path, split, input_size=size, labelled=False, need_aus=True, limit=limit)
+    if not len(data) or not bool(data.has_aus.any()):
+        raise DatasetError(f"{path}: no record of split {split!r} has AU values; run `synfer prepare {path} OUT` "
+                           "first and train on OUT.")
+    return data
 
 
 def pearson_per_column(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -200,8 +163,8 @@ def train_au_estimator(
 
     init = ExpressionClassifier.from_pretrained(init_from) if init_from else None
     size = tuple(init.config.input_size) if init is not None else None
-    train = load_au_split(data, train_split, size, limit)
-    val = load_au_split(data, val_split, tuple(train.images.shape[1:]), limit)
+    train = _au_split(data, train_split, size, limit)
+    val = _au_split(data, val_split, tuple(train.images.shape[1:]), limit)
     names = train.au_names
     c, h, w = train.images.shape[1:]
     if init is not None:

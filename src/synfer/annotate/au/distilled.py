@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...models.classifiers import CONFIG_FILE, ExpressionClassifier
+from ...core.assets import KINDS, assets_dir, resolve
+from ...models.classifiers import ExpressionClassifier
 from ...schema import AUSet, check_same_order
 from .base import AUResult, ImageBatch, as_uint8_arrays
 
@@ -28,31 +29,6 @@ from .base import AUResult, ImageBatch, as_uint8_arrays
 FACE_COLUMN = "face_presence"
 #: ``extra["kind"]`` of an AU-estimator config.
 KIND = "au-estimator"
-#: The bundled distilled estimator (src/synfer/assets/au_estimators/<name>).
-DEFAULT_AU_ESTIMATOR = "ferplus-au-distilled"
-
-
-def bundled_au_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "assets" / "au_estimators"
-
-
-def resolve_au_estimator_path(path_or_name: str | Path | None) -> Path:
-    """A distilled-estimator folder from a path or a bundled short name (None: the default bundled one)."""
-    p = Path(path_or_name) if path_or_name is not None else None
-    if p is not None and (p / CONFIG_FILE).is_file():
-        return p
-    name = str(path_or_name) if path_or_name is not None else DEFAULT_AU_ESTIMATOR
-    b = bundled_au_dir() / name
-    if (b / CONFIG_FILE).is_file():
-        return b
-    have = sorted(d.name for d in bundled_au_dir().iterdir() if (d / CONFIG_FILE).is_file()) \
-        if bundled_au_dir().is_dir() else []
-    raise FileNotFoundError(
-        f"No distilled AU estimator at {path_or_name!r}: give a folder with {CONFIG_FILE} + model.safetensors "
-        f"(written by `synfer train-au-estimator`) or a bundled name ({', '.join(have) or 'none bundled'})."
-    )
-
-
 class DistilledAUEstimator(nn.Module):
     """AU intensities (and face presence) from face crops with one CNN forward pass.
 
@@ -84,7 +60,7 @@ class DistilledAUEstimator(nn.Module):
         order differs. ``num_threads`` sets torch's CPU threads (None leaves them)."""
         if num_threads is not None:
             torch.set_num_threads(num_threads)
-        path = resolve_au_estimator_path(path_or_name)
+        path = resolve("au-estimator", path_or_name)
         est = cls(ExpressionClassifier.from_pretrained(path, map_location=map_location), batch_size, source=path)
         if au_set is not None:
             check_same_order("AU", au_set.names, est.au_set.names, "requested AU set", str(path))
@@ -97,7 +73,8 @@ class DistilledAUEstimator(nn.Module):
         info: dict[str, object] = {"estimator": "distilled", "au_set": list(self.au_set.names)}
         if self.source is not None:
             weights = self.source / "model.safetensors"
-            info["model"] = self.source.name if self.source.parent == bundled_au_dir() else str(self.source)
+            bundled = assets_dir() / KINDS["au-estimator"].folder
+            info["model"] = self.source.name if self.source.parent == bundled else str(self.source)
             info["model_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
         return info
 
