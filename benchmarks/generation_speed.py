@@ -44,7 +44,7 @@ from vae_au_ceiling import DEFAULT_AU_MODEL
 
 from synfer.annotate.au.distill import au_agreement
 from synfer.classifiers.evaluate import predict
-from synfer.core.training import save_grid
+from synfer.core.images import save_grid
 from synfer.generator.pipeline import load_pipeline
 from synfer.models.classifiers import ExpressionClassifier
 

@@ -44,8 +44,8 @@ from synfer.annotate.au.distill import au_agreement
 from synfer.annotate.prompts import enrich_prompt
 from synfer.classifiers.evaluate import predict
 from synfer.core.dataset import DatasetFolder
+from synfer.core.images import save_grid
 from synfer.core.splits import load_split
-from synfer.core.training import save_grid
 from synfer.models.classifiers import DEFAULT_CLASSIFIER, ExpressionClassifier
 
 #: the expression bar's run: every face at its class's mean AU vector (au_targets.json, generate's default)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import string
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +108,26 @@ def tiny_clip_encoder(folder: Path, hidden: int = 32):
                             vocab_size=len(vocab), max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
                             pad_token_id=1)
     return CLIPTextEncoderWrapper(CLIPTextModel(config), tokenizer)
+
+
+@contextmanager
+def stopped_after_saves(monkeypatch: pytest.MonkeyPatch, saves: int = 1) -> Iterator[None]:
+    """The training run inside stops right after its ``saves``-th saved state, as a killed job would (every trainer
+    saves through ``synfer.core.training.save_state`` once per epoch)."""
+    import synfer.core.training as training
+
+    real, calls = training.save_state, {"n": 0}
+
+    def stop(path: Path, state: dict) -> Path:
+        real(path, state)
+        calls["n"] += 1
+        if calls["n"] == saves:
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(training, "save_state", stop)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        monkeypatch.setattr(training, "save_state", real)

@@ -14,13 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from synfer.core.dataset import (
-    RECORD_SCHEMA,
-    DatasetError,
-    DatasetFolder,
-    DatasetWriter,
-    Record,
-)
+from synfer.core.dataset import RECORD_SCHEMA, DatasetError, DatasetFolder, DatasetWriter, Record
 from synfer.core.ops import filter_dataset, merge_datasets, split_dataset
 from synfer.core.provenance import provenance_entry
 from synfer.core.report import (

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import tiny_clip_encoder
+from conftest import stopped_after_saves, tiny_clip_encoder
 from synfer.core.dataset import DatasetError, DatasetWriter, Record
 from synfer.core.train_state import load_state
 from synfer.generator.pipeline import SynferPipeline
@@ -94,25 +92,6 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(next(folder.glob("*.safetensors"))))
 
 
-@contextmanager
-def stopped_after_first_save(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The training run inside stops right after its first saved state (epoch 1), as a killed job would."""
-    import synfer.core.training as loop
-
-    real = loop.save_state
-
-    def stop_after_first(path: Path, state: dict) -> Path:
-        real(path, state)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop, "save_state", stop_after_first)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            yield
-    finally:
-        monkeypatch.setattr(loop, "save_state", real)
-
-
 def test_class_balanced_loader_draws_rare_expressions_more_often(tmp_path: Path) -> None:
     from synfer.core.splits import index_loader, load_split
 
@@ -169,7 +148,7 @@ def test_generator_writes_a_pipeline_that_generates(gen_run: Path) -> None:
 def test_generator_resume_replays_the_same_run(gen_run: Path, faces: Path, clip: Path, vae_run: Path,
                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """2 epochs straight (gen_run) vs 1 epoch, interrupted, then resumed to 2: identical weights and EMA."""
-    with stopped_after_first_save(monkeypatch):
+    with stopped_after_saves(monkeypatch):
         train_generator([faces], tmp_path / "run", vae=vae_run, text_encoder=str(clip), **GEN)
     with pytest.raises(DatasetError, match="--resume"):
         train_generator([faces], tmp_path / "run", vae=vae_run, text_encoder=str(clip), **GEN)
@@ -238,7 +217,7 @@ def test_adapter_can_fine_tune_the_unet_with_it_and_resume(gen_run: Path, faces:
     assert "unet" in state["modules"] and state["modules"]["unet"]  # the UNet's weights resume too
 
     # interrupted after epoch 1, resumed: the same UNet and adapter as the straight run
-    with stopped_after_first_save(monkeypatch):
+    with stopped_after_saves(monkeypatch):
         train_adapter([faces], tmp_path / "run", pipeline=gen_run / "pipeline", **opts)
     with pytest.raises(DatasetError, match="other options"):  # a frozen-base resume of a joint run is refused
         train_adapter([faces], tmp_path / "run", pipeline=gen_run / "pipeline", resume=True, **ADAPTER)
@@ -263,7 +242,7 @@ def test_adapter_with_standardized_aus_continues_the_same_function_and_resumes(
     config = json.loads((tmp_path / "std" / "train_config.json").read_text())["config"]
     assert config["standardize_aus"] is True
     # interrupted and resumed: the same adapter as the straight run
-    with stopped_after_first_save(monkeypatch):
+    with stopped_after_saves(monkeypatch):
         train_adapter([faces], tmp_path / "run", pipeline=gen_run / "pipeline", adapter=plain, **opts)
     train_adapter([faces], tmp_path / "run", pipeline=gen_run / "pipeline", adapter=plain, resume=True, **opts)
     a, b = weights(out), weights(tmp_path / "run" / "adapter")
@@ -529,7 +508,7 @@ def test_distill_writes_a_few_step_student_and_leaves_the_teacher(adapter_run: P
     monkeypatch.undo()
 
     # interrupted after epoch 1 and resumed: the same student as the straight run
-    with stopped_after_first_save(monkeypatch):
+    with stopped_after_saves(monkeypatch):
         distill([faces], tmp_path / "run", pipeline=str(teacher_dir), **DISTILL)
     distill([faces], tmp_path / "run", pipeline=str(teacher_dir), resume=True, **DISTILL)
     for name in ("unet", "au_adapter"):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PATTERN_CLASSES, write_pattern_dataset
+from conftest import PATTERN_CLASSES, stopped_after_saves, write_pattern_dataset
 from synfer.classifiers.evaluate import evaluate
 from synfer.classifiers.probe import _few_shot_indices, probe
 from synfer.classifiers.train import train_fer
@@ -50,28 +50,13 @@ def test_label_order_mismatch_refused(trained, tmp_path):
         evaluate(str(trained), other, split="test")
 
 
-def test_resume_replays_the_same_run(pattern_data, tmp_path):
+def test_resume_replays_the_same_run(pattern_data, tmp_path, monkeypatch):
     """Train 3 epochs straight vs 2 epochs + resume to 3: identical weights (state, RNG and sampler restored)."""
     kw = dict(TINY, augment="standard", ema_decay=0.9, seed=3)
     train_fer([pattern_data], tmp_path / "straight", epochs=3, **kw)
     # simulate an interruption after epoch 2: a 3-epoch run whose third epoch never ran
-    import synfer.classifiers.train as t
-
-    calls = {"n": 0}
-    real = t.save_state
-
-    def stop_after_two(path, state):
-        real(path, state)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-
-    t.save_state = stop_after_two
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train_fer([pattern_data], tmp_path / "resumed", epochs=3, **kw)
-    finally:
-        t.save_state = real
+    with stopped_after_saves(monkeypatch, 2):
+        train_fer([pattern_data], tmp_path / "resumed", epochs=3, **kw)
     train_fer([pattern_data], tmp_path / "resumed", epochs=3, resume=True, **kw)
     a = ExpressionClassifier.from_pretrained(tmp_path / "straight").state_dict()
     b = ExpressionClassifier.from_pretrained(tmp_path / "resumed").state_dict()
@@ -83,7 +68,7 @@ def test_resume_replays_the_same_run(pattern_data, tmp_path):
 def test_existing_run_folder_needs_a_choice(trained, pattern_data):
     with pytest.raises(ValueError, match="--resume"):
         train_fer([pattern_data], trained, epochs=1, **TINY)
-    with pytest.raises(ValueError, match="lr=0.05"):  # a resume continues the same run only
+    with pytest.raises(ValueError, match="other options.*'lr': \\(0.05, 0.01\\)"):  # a resume continues the same run only
         train_fer([pattern_data], trained, epochs=6, resume=True, **{**TINY, "lr": 0.01}, augment="none")
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from conftest import PATTERN_CLASSES, tiny_clip_encoder, write_pattern_dataset
+from conftest import PATTERN_CLASSES, stopped_after_saves, tiny_clip_encoder, write_pattern_dataset
 from diffusion.test_pipeline import tiny_vae_unet
 from synfer.core.dataset import DatasetFolder
 from synfer.generator.pipeline import SynferPipeline
@@ -136,6 +136,22 @@ def test_feature_cache_is_reused_and_gives_the_same_head(pipe_dir: Path, pattern
     assert (first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
     with pytest.raises(AssertionError, match="read again"):  # another reading option is another cache entry
         train_annotator([patterns], tmp_path / "c", **{**kw, "timestep": 5})
+
+
+def test_train_annotator_resumes_exactly(pipe_dir: Path, patterns: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    kw = dict(pipeline=str(pipe_dir), grid=4, dim=16, heads=2, attention_tokens=5, epochs=3, batch_size=16,
+              read_batch_size=16, feature_cache=tmp_path / "cache")
+    train_annotator([patterns], tmp_path / "warm", **{**kw, "epochs": 1})  # fills the feature cache: the runs
+    straight = train_annotator([patterns], tmp_path / "straight", **kw)  # below all read the same way
+    with stopped_after_saves(monkeypatch):  # killed after epoch 1
+        train_annotator([patterns], tmp_path / "run", **kw)
+    with pytest.raises(ValueError, match="--resume"):
+        train_annotator([patterns], tmp_path / "run", **kw)
+    resumed = train_annotator([patterns], tmp_path / "run", resume=True, **kw)
+    assert (straight / "model.safetensors").read_bytes() == (resumed / "model.safetensors").read_bytes()
+    epochs = [json.loads(x)["epoch"] for x in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
 
 
 def test_feranno_refuses_a_changed_generator(pipe_dir: Path, patterns: Path, tmp_path: Path) -> None:

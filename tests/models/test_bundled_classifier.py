@@ -4,10 +4,7 @@ import torch
 
 from conftest import FERPLUS_DIR, needs_ferplus
 from synfer.core.assets import KINDS, assets_dir, bundled
-from synfer.models.classifiers import (
-    DEFAULT_CLASSIFIER,
-    ExpressionClassifier,
-)
+from synfer.models.classifiers import DEFAULT_CLASSIFIER, ExpressionClassifier
 from synfer.schema import FERPLUS8
 
 

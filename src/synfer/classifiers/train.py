@@ -14,30 +14,20 @@ GPU). The run folder::
 from __future__ import annotations
 
 import copy
-import json
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..core.batching import IndexDataset
 from ..core.dataset import DatasetError, atomic_write_json
 from ..core.metrics import classification_metrics
 from ..core.provenance import provenance_entry
-from ..core.runtime import make_accelerator, resolve_device, resolve_precision
+from ..core.runtime import resolve_precision
 from ..core.splits import MixSampler, Split, load_split
-from ..core.train_state import (
-    check_same_options,
-    load_state,
-    open_run_dir,
-    rng_state,
-    save_state,
-    set_rng_state,
-    warmup_cosine,
-)
+from ..core.training import Trainer, start_run
 from ..models.classifiers import ClassifierConfig, ExpressionClassifier
 from .augment import train_transform
 from .evaluate import predict
@@ -71,15 +61,6 @@ def recalibrate_bn(model: torch.nn.Module, images: torch.Tensor, device: torch.d
     for m, mom in zip(bns, momenta, strict=True):
         m.momentum = mom
     model.train(was_training)
-
-
-def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    with torch.no_grad():
-        for e, m in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
-            if e.dtype.is_floating_point:
-                e.mul_(decay).add_(m.detach(), alpha=1 - decay)
-            else:
-                e.copy_(m)
 
 
 def train_fer(
@@ -145,156 +126,142 @@ def train_fer(
     Returns:
         the run folder (its config.json + model.safetensors are the exported classifier).
     """
-    from accelerate.utils import set_seed
 
     out = Path(out)
     if labels not in ("soft", "hard", "sample"):
         raise ValueError(f"labels must be soft, hard or sample; got {labels!r}.")
-    state_dir = out / "state"
-    device = resolve_device("auto")
-    precision = resolve_precision(precision, device)  # recorded resolved: a resume elsewhere must match
-    resume = open_run_dir(out, resume, overwrite)
-    accel = make_accelerator(precision, device)
-    set_seed(seed)
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1; got {epochs}.")
+    accel, resume = start_run(out, resume, overwrite, precision, seed)
+    data = _load_data(train, train_split, val, val_split, input_size, limit)
+    sampler = MixSampler([len(p) for p in data.parts], [p.labels for p in data.parts], ratios=ratios, counts=counts,
+                         epoch_size=epoch_size, balanced=balanced, seed=seed)
+    if len(sampler) < batch_size:
+        raise DatasetError(f"{len(sampler)} training faces per epoch is less than one batch of {batch_size}.")
+    images, soft, hard = data.images, data.probs, data.labels
+    loader = accel.prepare(torch.utils.data.DataLoader(  # index batches; faces gathered as uint8, augmented below
+        IndexDataset(len(images)), batch_size=batch_size, sampler=sampler, drop_last=True,
+        collate_fn=lambda idx: (images[idx], soft[idx], hard[idx])))
+    model = ExpressionClassifier(_config(architecture, model_kwargs, data)).to(accel.device)
+    steps = len(sampler) // batch_size
+    options = {"train": [str(p) for p in train], "val": str(val or train[0]), "architecture": architecture,
+               "model_kwargs": model_kwargs or {}, "train_split": train_split, "val_split": val_split,
+               "ratios": ratios, "counts": counts, "epoch_size": epoch_size, "balanced": balanced,
+               "input_size": list(data.size), "labels": labels, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+               "weight_decay": weight_decay, "warmup_epochs": warmup_epochs, "label_smoothing": label_smoothing,
+               "ema_decay": ema_decay, "augment": augment, "aug_group": aug_group,
+               "precision": resolve_precision(precision, accel.device), "seed": seed, "limit": limit}
+    trainer = Trainer(accel, out, {"model": model}, epochs, steps, lr, weight_decay=weight_decay,
+                      warmup_steps=int(warmup_epochs * steps), max_grad_norm=0.0, ema_decay=ema_decay,
+                      fingerprint=options, optimizer="sgd", decay_1d=False)
+    if resume:
+        trainer.load()
+    if accel.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "train_config.json", provenance_entry("train-fer", options, data={
+            p.name: {"faces": len(p), "per_class": p.labels.bincount(minlength=len(data.names)).tolist()}
+            for p in [*data.parts, data.val]}, processes=accel.num_processes))
 
-    # 1. data: every training folder must share the first one's expression order
+    transform, seen = train_transform(data.size[1:], augment), {"correct": 0, "faces": 0}
+
+    def loss_fn(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        x = _augment(batch[0].cpu(), transform, aug_group).to(accel.device)
+        target = _targets(labels, batch[1], batch[2], label_smoothing)
+        logits = model(x)
+        seen["correct"] += int((logits.argmax(-1) == batch[2]).sum())
+        seen["faces"] += len(x)
+        return torch.sum(-target * F.log_softmax(logits.float(), -1), -1).mean()
+
+    def end_epoch(epoch: int) -> dict[str, Any]:
+        row = {"train_accuracy": seen["correct"] / max(1, seen["faces"]), **_select(trainer, model, data, out, seed)}
+        seen.update(correct=0, faces=0)
+        return row
+
+    trainer.fit(loader, loss_fn, end_epoch)
+    best = trainer.best
+    accel.print(f"best epoch {best['epoch']}: val accuracy {best['val_accuracy']:.4f}; exported to {out}")
+    return out
+
+
+@dataclass
+class _Data:
+    """train-fer's faces: the training parts (one per folder) concatenated, the validation split, the input size."""
+
+    parts: list[Split]
+    val: Split
+    size: tuple[int, int, int]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.parts[0].names
+
+    @property
+    def images(self) -> torch.Tensor:
+        return torch.cat([p.images for p in self.parts])
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return torch.cat([p.probs for p in self.parts])
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return torch.cat([p.labels for p in self.parts])
+
+
+def _load_data(train: list[Path], split: str, val: Path | None, val_split: str, input_size: list[int] | None,
+               limit: int | None) -> _Data:
+    """Every training folder in the first one's expression order and at one input size; the validation split."""
     parts: list[Split] = []
     size = tuple(input_size) if input_size else None
     for path in train:
-        part = load_split(path, train_split, expressions=parts[0].names if parts else None,
-                          input_size=size, limit=limit)
+        part = load_split(path, split, expressions=parts[0].names if parts else None, input_size=size, limit=limit)
         size = size or tuple(part.images.shape[1:])
         parts.append(part)
-    expressions = parts[0].names
-    val_data = load_split(val or train[0], val_split, expressions=expressions, input_size=size, limit=limit)
-    sampler = MixSampler([len(p) for p in parts], [p.labels for p in parts], ratios=ratios, counts=counts,
-                         epoch_size=epoch_size, balanced=balanced, seed=seed)
-    all_images = torch.cat([p.images for p in parts])
-    all_soft = torch.cat([p.probs for p in parts])
-    all_hard = torch.cat([p.labels for p in parts])
-    # The loader yields index batches; faces are gathered as uint8 and augmented per group in the loop below.
-    loader = torch.utils.data.DataLoader(
-        IndexDataset(len(all_images)), batch_size=batch_size, sampler=sampler, drop_last=True,
-        collate_fn=lambda idx: (all_images[idx], all_soft[idx], all_hard[idx]),
-    )
-    transform = train_transform(size[1:], augment)
-    # a fixed, unaugmented subset of training faces on which an EMA's BatchNorm statistics are recomputed
-    calib_images = all_images[torch.randperm(len(all_images), generator=torch.Generator().manual_seed(seed))[:4096]]
+    return _Data(parts, load_split(val or train[0], val_split, expressions=parts[0].names, input_size=size,
+                                   limit=limit), size)
 
-    # 2. model, optimiser, schedule
-    c, h, w = size
+
+def _config(architecture: str, model_kwargs: dict[str, Any] | None, data: _Data) -> ClassifierConfig:
+    c, h, w = data.size
     gray = c == 1
-    config = ClassifierConfig(
-        architecture=architecture, label_names=list(expressions), input_size=(c, h, w),
-        mean=(0.5,) if gray else (0.5, 0.5, 0.5), std=(0.25,) if gray else (0.25, 0.25, 0.25),
-        model_kwargs=dict(model_kwargs or {}),
-    )
-    model = ExpressionClassifier(config)
-    ema = copy.deepcopy(model).eval().to(accel.device) if ema_decay > 0 else None
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on BN and biases
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0}],
-                          lr=lr, momentum=0.9, nesterov=True)
-    steps_per_epoch = len(sampler) // batch_size
-    if steps_per_epoch == 0:
-        raise DatasetError(f"{len(sampler)} training faces per epoch is less than one batch of {batch_size}.")
-    total, warm = epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warm, total))
-    model, opt, loader, sched = accel.prepare(model, opt, loader, sched)
-    start_epoch, best = 0, {"val_accuracy": -1.0, "epoch": -1}
-    if resume:
-        st = load_state(state_dir)
-        accel.unwrap_model(model).load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        if ema is not None:
-            ema.load_state_dict(st["ema"])
-        set_rng_state(st["rng"])
-        start_epoch, best = st["epoch"] + 1, st["best"]
-        accel.print(f"resuming {out} at epoch {start_epoch} (best so far {best})")
-    if accel.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        run_config = provenance_entry("train-fer", {
-            "train": [str(p) for p in train], "val": str(val or train[0]), "architecture": architecture,
-            "model_kwargs": model_kwargs or {}, "train_split": train_split, "val_split": val_split,
-            "ratios": ratios, "counts": counts, "epoch_size": epoch_size, "balanced": balanced,
-            "input_size": list(size), "labels": labels, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-            "weight_decay": weight_decay, "warmup_epochs": warmup_epochs, "label_smoothing": label_smoothing,
-            "ema_decay": ema_decay, "augment": augment, "aug_group": aug_group,
-            "precision": precision, "seed": seed, "limit": limit,
-        }, data={p.name: {"faces": len(p), "per_class": p.labels.bincount(minlength=len(expressions)).tolist()}
-                 for p in parts + [val_data]}, processes=accel.num_processes)
-        if resume:
-            check_same_options(out, run_config)
-        atomic_write_json(out / "train_config.json", run_config)
+    return ClassifierConfig(architecture=architecture, label_names=list(data.names), input_size=(c, h, w),
+                            mean=(0.5,) if gray else (0.5, 0.5, 0.5), std=(0.25,) if gray else (0.25, 0.25, 0.25),
+                            model_kwargs=dict(model_kwargs or {}))
 
-    # 3. epochs
-    for epoch in range(start_epoch, epochs):
-        model.train()
-        # accelerate's loader counts epochs itself and passes its count to the sampler on every __iter__; set
-        # it, or a resumed run would replay epoch 0's plan
-        loader.set_epoch(epoch)
-        t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
-                   disable=not accel.is_local_main_process, mininterval=2.0)
-        for images, probs, hard in bar:
-            x = _augment(images.cpu(), transform, aug_group).to(accel.device)
-            if labels == "hard":
-                target = F.one_hot(hard, probs.shape[1]).float()
-            elif labels == "sample":
-                target = F.one_hot(torch.multinomial(probs, 1).squeeze(1), probs.shape[1]).float()
-            else:
-                target = probs
-            if label_smoothing:
-                target = target * (1 - label_smoothing) + label_smoothing / target.shape[1]
-            with accel.autocast():
-                logits = model(x)
-                loss = torch.sum(-target * F.log_softmax(logits.float(), -1), -1).mean()
-            opt.zero_grad(set_to_none=True)
-            accel.backward(loss)
-            opt.step()
-            sched.step()
-            if ema is not None:
-                _ema_update(ema, accel.unwrap_model(model), ema_decay)
-            seen += len(x)
-            loss_sum += loss.item() * len(x)
-            correct += (logits.argmax(-1) == hard).sum().item()
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", lr=f"{sched.get_last_lr()[0]:.4f}")
-        train_time = time.perf_counter() - t0
-        # 4. validation (main process) and model selection on it
-        if accel.is_main_process:
-            # the raw weights and (if kept) the EMA, with BN statistics of its own, on a copy so that neither the
-            # EMA nor the training RNG stream is changed by judging; the better one on validation is the candidate
-            candidates = {"raw": accel.unwrap_model(model)}
-            if ema is not None:
-                candidates["ema"] = copy.deepcopy(ema)
-                recalibrate_bn(candidates["ema"], calib_images, accel.device)
-            scores = {}
-            for name, cand in candidates.items():
-                p_val = predict(cand, val_data, accel.device)
-                scores[name] = classification_metrics(val_data.labels.numpy(), p_val.argmax(-1), list(expressions))
-            pick = max(scores, key=lambda n: scores[n]["accuracy"])
-            judge, m = candidates[pick], scores[pick]
-            row = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
-                   "val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"], "weights": pick,
-                   **{f"val_accuracy_{n}": sc["accuracy"] for n, sc in scores.items()}, "lr": sched.get_last_lr()[0],
-                   "images_per_s": seen * accel.num_processes / train_time, "epoch_s": time.perf_counter() - t0}
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
-            accel.print(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}  val acc {m['accuracy']:.4f} ({pick})  "
-                        f"macro-F1 {m['macro_f1']:.4f}  {row['images_per_s']:.0f} img/s")
-            if m["accuracy"] > best["val_accuracy"]:
-                best = {"val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"], "epoch": epoch + 1,
+
+def _targets(mode: str, probs: torch.Tensor, hard: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """The training target (B, K): the soft label, the hard label one-hot, or a label drawn from the soft one."""
+    if mode == "hard":
+        target = F.one_hot(hard, probs.shape[1]).float()
+    elif mode == "sample":
+        target = F.one_hot(torch.multinomial(probs, 1).squeeze(1), probs.shape[1]).float()
+    else:
+        target = probs
+    return target * (1 - smoothing) + smoothing / target.shape[1] if smoothing else target
+
+
+def _select(trainer: Trainer, model: ExpressionClassifier, data: _Data, out: Path, seed: int) -> dict[str, Any]:
+    """Score the raw weights and (if kept) the EMA, with BatchNorm statistics of its own, on validation; export the
+    better one when it beats every earlier epoch. Copies are judged, so neither the training weights nor the
+    training RNG stream change."""
+    device = next(model.parameters()).device
+    candidates = {"raw": copy.deepcopy(model)}
+    if trainer.ema is not None:
+        with trainer.weights("ema"):
+            candidates["ema"] = copy.deepcopy(model)
+        calib = data.images[torch.randperm(len(data.images), generator=torch.Generator().manual_seed(seed))[:4096]]
+        recalibrate_bn(candidates["ema"], calib, device)
+    names = list(data.names)
+    scores = {k: classification_metrics(data.val.labels.numpy(), predict(c, data.val, device).argmax(-1), names)
+              for k, c in candidates.items()}
+    pick = max(scores, key=lambda k: scores[k]["accuracy"])
+    m = scores[pick]
+    if m["accuracy"] > trainer.best.get("val_accuracy", -1.0):
+        trainer.best = {"val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"], "epoch": trainer.epoch + 1,
                         "weights": pick}
-                judge.config.extra = {"selected_on": f"{val_data.name} accuracy", **best,
-                                      "trained_on": [p.name for p in parts], "seed": seed}
-                judge.save_pretrained(out)
-            save_state(state_dir, {
-                "model": accel.unwrap_model(model).state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                "rng": rng_state(), "epoch": epoch, "best": best,
-            })
-        accel.wait_for_everyone()
-    accel.print(f"best epoch {best['epoch']}: val accuracy {best['val_accuracy']:.4f}; exported to {out}")
-    return out
+        judge = candidates[pick]
+        judge.config.extra = {"selected_on": f"{data.val.name} accuracy", **trainer.best,
+                              "trained_on": [p.name for p in data.parts], "seed": seed}
+        judge.save_pretrained(out)
+    return {"val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"], "weights": pick,
+            **{f"val_accuracy_{k}": sc["accuracy"] for k, sc in scores.items()}}

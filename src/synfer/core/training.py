@@ -1,9 +1,11 @@
-"""What the three generator trainers share: run folders, faces in memory, EMA, the training loop, atomic outputs.
+"""The one training loop of every training verb: run folders, the optimiser and schedule, EMA, exact resume.
 
-``train-vae``, ``train-generator`` and ``train-adapter`` differ only in their modules and loss; :class:`Trainer`
-runs the rest: AdamW on the modules' trainable parameters (linear warm-up, cosine decay), accelerate for devices
-and mixed precision (bf16 on CUDA), gradient clipping, an EMA with warm-up, a progress bar, one ``metrics.jsonl``
-line per epoch and pickle-free resume state (:mod:`synfer.core.train_state`) in ``OUT/state``.
+``train-vae``, ``train-generator``, ``train-adapter``, ``distill``, ``train-fer``, ``train-au-estimator`` and
+``train-annotator`` differ in their modules, data, loss and what they score on validation; :class:`Trainer` runs
+the rest: AdamW or SGD (Nesterov) on the modules' trainable parameters (linear warm-up, cosine decay), accelerate
+for devices and mixed precision (:mod:`synfer.core.runtime`), optional gradient clipping, an EMA with warm-up,
+a progress bar with rates, one ``metrics.jsonl`` line per epoch, the best validation result so far, and
+pickle-free resume state (:mod:`synfer.core.train_state`) in ``OUT/state`` guarded by an options fingerprint.
 
 Exact resume: weights, optimizer, schedule, EMA and every RNG are restored, and the loader is told its epoch
 (accelerate's loader overrides the sampler's epoch otherwise). Validation and sample grids draw from their own
@@ -17,7 +19,6 @@ several processes the gradients are averaged by one all-reduce per step instead.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -26,9 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -66,26 +65,6 @@ def atomic_save_dir(dest: Path, write: Callable[[Path], Any]) -> Path:
     write(tmp)
     replace_path(tmp, dest)
     return dest
-
-
-def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> Path:
-    """Images (B, C, H, W) in [0, 1] -> one PNG grid (gray for C = 1), written atomically."""
-    from torchvision.utils import make_grid
-
-    grid = make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=1, pad_value=1.0)
-    pixels = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    image = Image.fromarray(pixels[..., 0] if images.shape[1] == 1 else pixels)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
-
-
-def group_norm_groups(widths: Sequence[int]) -> int:
-    """The largest GroupNorm group count <= 32 that divides every block width (32 for SD's widths)."""
-    g = math.gcd(*widths)
-    return max(d for d in range(1, min(32, g) + 1) if g % d == 0)
 
 
 # -- EMA -----------------------------------------------------------------------------------------------------------
@@ -130,8 +109,15 @@ class EMA:
 
 # -- the loop ------------------------------------------------------------------------------------------------------
 def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters that train (a frozen backbone, a LoRA's base weights are left out of the resume state)."""
-    return {n: p.detach() for n, p in module.named_parameters() if p.requires_grad}
+    """What a resume restores of a module: the parameters that train (a frozen backbone, a LoRA's base weights
+    are left out) and the buffers of the submodules that own them (BatchNorm's running statistics)."""
+    state = {n: p.detach() for n, p in module.named_parameters() if p.requires_grad}
+    for name, sub in module.named_modules():
+        if any(p.requires_grad for p in sub.parameters(recurse=False)):
+            for b, t in sub.named_buffers(recurse=False):
+                if t is not None and b not in sub._non_persistent_buffers_set:
+                    state[f"{name}.{b}" if name else b] = t.detach()
+    return state
 
 
 def canonical_fingerprint(value: Any) -> Any:
@@ -153,7 +139,10 @@ class Trainer:
         out: run folder (``metrics.jsonl``, ``state/``).
         modules: name -> module (already on ``accel.device``); their ``requires_grad`` parameters train.
         epochs, steps_per_epoch: for the schedule (steps per process).
-        lr, weight_decay, warmup_steps, max_grad_norm, ema_decay: the optimisation (ema_decay 0 = no EMA).
+        lr, weight_decay, warmup_steps, max_grad_norm, ema_decay: the optimisation (ema_decay 0 = no EMA,
+            max_grad_norm 0 = no clipping); warm-up is at most a tenth of the run.
+        optimizer: ``adamw`` or ``sgd`` (Nesterov, ``momentum``).
+        decay_1d: weight decay on 1-d parameters (biases, norms) too; False leaves them undecayed.
         fingerprint: the options that shape the run (architecture, data); a resume with other values is refused.
         extra_state: more objects with ``state_dict`` / ``load_state_dict`` (e.g. a distillation's target
             network, an :class:`EMA` of its own) saved in and restored from the resume state.
@@ -162,7 +151,8 @@ class Trainer:
     def __init__(self, accel: Any, out: Path, modules: dict[str, nn.Module], epochs: int, steps_per_epoch: int,
                  lr: float, weight_decay: float = 1e-2, warmup_steps: int = 500, max_grad_norm: float = 1.0,
                  ema_decay: float = 0.0, fingerprint: dict[str, Any] | None = None,
-                 extra_state: dict[str, Any] | None = None) -> None:
+                 extra_state: dict[str, Any] | None = None, optimizer: str = "adamw", momentum: float = 0.9,
+                 decay_1d: bool = True) -> None:
         self.accel, self.out, self.modules, self.epochs = accel, out, modules, epochs
         self.extra_state = dict(extra_state or {})
         self.fingerprint = canonical_fingerprint(json.loads(json.dumps(fingerprint or {})))  # as read from JSON
@@ -170,7 +160,15 @@ class Trainer:
         if not self.params:
             raise ValueError("Nothing to train: every parameter is frozen.")
         self.max_grad_norm = max_grad_norm
-        opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
+        groups = [{"params": self.params, "weight_decay": weight_decay}] if decay_1d else [
+            {"params": [p for p in self.params if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": [p for p in self.params if p.ndim <= 1], "weight_decay": 0.0}]
+        if optimizer == "adamw":
+            opt = torch.optim.AdamW(groups, lr=lr)
+        elif optimizer == "sgd":
+            opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+        else:
+            raise ValueError(f"optimizer must be adamw or sgd; got {optimizer!r}.")
         # warm-up: warmup_steps, but at most a tenth of the run (short runs still get their cosine decay)
         total = max(1, epochs * steps_per_epoch)
         warm = max(1, min(warmup_steps, total // 10))
@@ -178,6 +176,8 @@ class Trainer:
         self.opt = accel.prepare(opt)  # fp16's grad scaler lives in the prepared optimizer
         self.ema = EMA(self.params, ema_decay) if ema_decay > 0 else None
         self.step, self.start_epoch = 0, 0
+        self.best: dict[str, Any] = {}  # the best validation result so far (the verb decides what is best)
+        self.epoch = 0
 
     def load(self) -> None:
         """Restore ``OUT/state`` (weights, optimizer, schedule, EMA, RNG, epoch). Call it right before :meth:`fit`
@@ -195,9 +195,8 @@ class Trainer:
                 raise DatasetError(f"{self.out / 'state'}: the saved {name} weights do not match this run's model "
                                    "(other options?); resume with the run's own options or pass --overwrite.")
             with torch.no_grad():
-                params = dict(module.named_parameters())
-                for k, v in saved.items():
-                    params[k].copy_(v)
+                for k, v in want.items():
+                    v.copy_(saved[k])
         self.opt.load_state_dict(st["optimizer"])
         self.sched.load_state_dict(st["scheduler"])
         if self.ema is not None:
@@ -205,7 +204,7 @@ class Trainer:
         for name, obj in self.extra_state.items():
             obj.load_state_dict(st["extra"][name])
         set_rng_state(st["rng"])
-        self.step, self.start_epoch = st["step"], st["epoch"] + 1
+        self.step, self.start_epoch, self.best = st["step"], st["epoch"] + 1, dict(st.get("best") or {})
         metrics = self.out / "metrics.jsonl"
         if metrics.exists() and self.accel.is_main_process:  # lines of an epoch whose state was never saved go
             lines = [x for x in metrics.read_text().splitlines() if x and json.loads(x)["epoch"] <= self.start_epoch]
@@ -233,6 +232,7 @@ class Trainer:
         """
         accel = self.accel
         for epoch in range(self.start_epoch, self.epochs):
+            self.epoch = epoch  # the epoch running (0-based), for end_epoch
             for m in self.modules.values():
                 m.train()
             loader.set_epoch(epoch)  # accelerate's loader passes its own epoch count to the sampler otherwise
@@ -272,7 +272,7 @@ class Trainer:
                     "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                     "ema": self.ema.state_dict() if self.ema is not None else None, "rng": rng_state(),
                     "extra": {k: v.state_dict() for k, v in self.extra_state.items()},
-                    "epoch": epoch, "step": self.step, "fingerprint": self.fingerprint,
+                    "epoch": epoch, "step": self.step, "fingerprint": self.fingerprint, "best": self.best,
                 })
             accel.wait_for_everyone()
 

@@ -44,10 +44,12 @@ import torch
 import torch.nn.functional as F
 
 from ..core.dataset import DatasetError, atomic_write_json
+from ..core.images import save_grid
 from ..core.provenance import provenance_entry
 from ..core.runtime import autocast, resolve_precision
 from ..core.splits import index_loader, load_split
-from ..core.training import EMA, Trainer, atomic_save_dir, save_grid, start_run
+from ..core.training import EMA, Trainer, atomic_save_dir, start_run
+from ..models.denoiser import denoise
 from .guidance import predict_x0
 from .train_adapter import class_level_prompts
 from .train_unet import CaptionEmbedder
@@ -122,9 +124,8 @@ class ConsistencyDistiller:
         rows = [r for r in range(3) if bool(weights[r].ne(0).any())]
         conds = {0: torch.cat([empty, null], 1), 1: torch.cat([text, null], 1), 2: cond}
         with autocast(z.device, self.precision):
-            out = self.teacher_unet(torch.cat([z] * len(rows)), torch.cat([t] * len(rows)),
-                                    encoder_hidden_states=torch.cat([conds[r] for r in rows]),
-                                    return_dict=False)[0].float()
+            out = denoise(self.teacher_unet, torch.cat([z] * len(rows)), torch.cat([t] * len(rows)),
+                          torch.cat([conds[r] for r in rows])).float()
         eps = sum(weights[r].view(-1, 1, 1, 1) * part for r, part in zip(rows, out.chunk(len(rows)), strict=True))
         a_prev = self.alphas.to(z.device)[t_prev].view(-1, 1, 1, 1)
         x0 = predict_x0(self.scheduler, z, eps, t)
@@ -133,7 +134,7 @@ class ConsistencyDistiller:
     def student(self, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """``f_student(z, t, cond)`` (B, c, h, w) in fp32, with gradients."""
         with autocast(z.device, self.precision):
-            eps = self.unet(z, t, encoder_hidden_states=cond, return_dict=False)[0]
+            eps = denoise(self.unet, z, t, cond)
         return self.boundary(t, z, eps.float())
 
     def loss(self, z0: torch.Tensor, text: torch.Tensor, empty: torch.Tensor, aus: torch.Tensor,
@@ -161,7 +162,7 @@ class ConsistencyDistiller:
         z = noise.clone()
         for t in sched.timesteps:
             with autocast(z.device, self.precision):
-                eps = unet(z, t, encoder_hidden_states=cond, return_dict=False)[0].float()
+                eps = denoise(unet, z, t, cond).float()
             z = sched.step(eps, t, z, generator=gens, return_dict=False)[0]
         return z
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.runtime import autocast
+from ..models.denoiser import denoise
 
 
 def predict_x0(scheduler: Any, latents: torch.Tensor, model_output: torch.Tensor, t: torch.Tensor | int
@@ -125,7 +126,7 @@ class SemanticGuidance:
                 cond = torch.cat([embeds, tokens.to(embeds.device, embeds.dtype)], dim=1)
             model_input = pipe.scheduler.scale_model_input(latents, t_next)
             with autocast(latents.device, getattr(pipe, "active_precision", "fp32")):
-                out = pipe.unet(model_input, t_next, encoder_hidden_states=cond, return_dict=False)[0]
+                out = denoise(pipe.unet, model_input, t_next, cond)
                 x0 = predict_x0(pipe.scheduler, latents, out.to(latents.dtype), t_next)
                 loss = self.loss(pipe.decode_latents(x0))
             self.losses.append(float(loss.detach()))

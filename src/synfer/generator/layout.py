@@ -28,6 +28,7 @@ from PIL import Image
 
 from ..core.dataset import DatasetError, DatasetFolder
 from ..core.runtime import autocast, resolve_precision
+from ..models.denoiser import denoise
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -94,7 +95,7 @@ def invert(pipe: Any, images: torch.Tensor, num_inference_steps: int | None = No
         for t in path:
             a = alphas[int(t)]
             with autocast(z.device, precision):
-                out = pipe.unet(z.to(pipe.unet.dtype), t, encoder_hidden_states=cond, return_dict=False)[0].float()
+                out = denoise(pipe.unet, z.to(pipe.unet.dtype), t, cond).float()
             if sched.config.prediction_type == "v_prediction":  # v at the target level, read as eps
                 eps = a.sqrt() * out + (1 - a).sqrt() * z
             else:

@@ -1,6 +1,6 @@
 """SynferPipeline: text- and AU-conditioned latent diffusion sampling, one code path for both scales.
 
-Components: ``vae`` (AutoencoderKL), ``unet`` (UNet2DConditionModel), ``text_encoder`` (a
+Components: ``vae`` (AutoencoderKL), ``unet`` (the denoiser: :mod:`synfer.models.denoiser`), ``text_encoder`` (a
 :class:`~synfer.models.text_encoders.TextEncoder`: MiniLM + projection for the mini model, CLIP for SD checkpoints),
 ``scheduler`` (DDIM by default; DPM-Solver++ and any diffusers scheduler work) and ``au_adapter``
 (:class:`~synfer.models.au_adapter.AUAdapter` or None). Every size comes from the components' configs, so the mini
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
@@ -51,6 +51,7 @@ from ..core.runtime import autocast, resolve_precision
 # Imported here, not only for the type hints: DiffusionPipeline.from_pretrained resolves these custom components'
 # classes from sys.modules (model_index.json names their modules), so they must be imported before loading.
 from ..models.au_adapter import AUAdapter
+from ..models.denoiser import denoise, load_denoiser
 from ..models.text_encoders import CLIPTextEncoderWrapper, TextEncoder
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -92,7 +93,7 @@ class SynferPipeline(DiffusionPipeline):
     _optional_components = ["au_adapter"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "au_tokens"]
 
-    def __init__(self, vae: AutoencoderKL, unet: UNet2DConditionModel, text_encoder: TextEncoder,
+    def __init__(self, vae: AutoencoderKL, unet: torch.nn.Module, text_encoder: TextEncoder,
                  scheduler: SchedulerMixin, au_adapter: AUAdapter | None = None,
                  default_num_inference_steps: int = 25, default_guidance_scale_text: float = 5.0,
                  default_guidance_scale_au: float = 2.0) -> None:
@@ -167,7 +168,7 @@ class SynferPipeline(DiffusionPipeline):
         scheduler/), safetensors only. The scheduler defaults to DDIM with the checkpoint's noise schedule."""
         kw = {"torch_dtype": torch_dtype, **hub_kwargs}
         vae = AutoencoderKL.from_pretrained(str(checkpoint), subfolder="vae", use_safetensors=True, **kw)
-        unet = UNet2DConditionModel.from_pretrained(str(checkpoint), subfolder="unet", use_safetensors=True, **kw)
+        unet = load_denoiser(str(checkpoint), "unet", **kw)
         text_encoder = CLIPTextEncoderWrapper.from_stable_diffusion(checkpoint, torch_dtype, **hub_kwargs)
         if scheduler is None:
             scheduler = DDIMScheduler.from_pretrained(str(checkpoint), subfolder="scheduler", **hub_kwargs)
@@ -327,7 +328,7 @@ class SynferPipeline(DiffusionPipeline):
         dtype (fp32 under mixed precision: only the UNet runs in the low precision)."""
         model_input = self.scheduler.scale_model_input(torch.cat([latents] * len(plan)), t)
         with autocast(latents.device, precision):
-            noise = self.unet(model_input, t, encoder_hidden_states=condition, return_dict=False)[0]
+            noise = denoise(self.unet, model_input, t, condition)
         eps = None
         for (_, w), part in zip(plan, noise.to(latents.dtype).chunk(len(plan)), strict=True):
             eps = w * part if eps is None else eps + w * part

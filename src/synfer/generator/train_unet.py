@@ -1,6 +1,6 @@
 """``synfer train-generator``: the text-conditioned latent-diffusion UNet, and what the AU adapter trainer reuses.
 
-Mini path: a ``UNet2DConditionModel`` from scratch on the latents of a VAE from ``train-vae`` (12x12x4 for FER+),
+Mini path: a UNet (:func:`synfer.models.denoiser.build_mini_unet`) from scratch on the latents of a VAE from ``train-vae`` (12x12x4 for FER+),
 conditioned on the frozen MiniLM-L6 + its trainable projection. Full path (``pretrained``): a Stable Diffusion
 checkpoint's UNet fine-tuned fully or with LoRA (peft), its CLIP text encoder frozen. The loss is the usual one,
 ``|| eps - eps_theta(sqrt(a_t) z + sqrt(1 - a_t) eps, t, c) ||^2`` (v-prediction where the checkpoint uses it),
@@ -37,12 +37,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..core.dataset import DatasetError, atomic_write_json
+from ..core.images import save_grid
 from ..core.provenance import provenance_entry
 from ..core.splits import Split, index_loader, load_split
 from ..core.train_state import cached_tensors
-from ..core.training import Trainer, atomic_save_dir, group_norm_groups, save_grid, start_run
+from ..core.training import Trainer, atomic_save_dir, start_run
+from ..models.denoiser import build_mini_unet, denoise
 from ..models.text_encoders import CLIPTextEncoderWrapper, MiniLMTextEncoder, TextEncoder
-from .train_vae import encode_latents
+from .train_vae import encode_latents, group_norm_groups
 
 #: Validation latents scored each epoch (one fixed draw of noise and evenly spread timesteps).
 VAL_FACES = 512
@@ -76,21 +78,10 @@ def load_text_encoder(spec: str, cross_attention_dim: int) -> TextEncoder:
 
 def build_unet(sample_size: int, channels: int, block_out_channels: tuple[int, ...], layers_per_block: int,
                attention_head_dim: int, cross_attention_dim: int, attention_levels: tuple[int, ...] | None) -> Any:
-    """A ``UNet2DConditionModel``; cross-attention at ``attention_levels`` (default all but the first, the widest
-    in pixels and the costliest) and in the middle block."""
-    from diffusers import UNet2DConditionModel
-
-    n = len(block_out_channels)
-    levels = set(range(1, n) if attention_levels is None else attention_levels) or {n - 1}
-    if not levels <= set(range(n)):
-        raise ValueError(f"attention_levels {sorted(levels)} must lie in 0..{n - 1} (one per block).")
-    down = tuple("CrossAttnDownBlock2D" if i in levels else "DownBlock2D" for i in range(n))
-    up = tuple("CrossAttnUpBlock2D" if i in levels else "UpBlock2D" for i in reversed(range(n)))
-    return UNet2DConditionModel(sample_size=sample_size, in_channels=channels, out_channels=channels,
-                                block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
-                                down_block_types=down, up_block_types=up, cross_attention_dim=cross_attention_dim,
-                                attention_head_dim=attention_head_dim,
-                                norm_num_groups=group_norm_groups(block_out_channels))
+    """The mini generator's UNet (:func:`synfer.models.denoiser.build_mini_unet`) with GroupNorm groups that divide
+    every width."""
+    return build_mini_unet(sample_size, channels, block_out_channels, layers_per_block, attention_head_dim,
+                           cross_attention_dim, attention_levels, group_norm_groups(block_out_channels))
 
 
 def noise_schedule(kind: str) -> Any:
@@ -213,7 +204,7 @@ def denoise_step(unet: nn.Module, scheduler: Any, latents: torch.Tensor, cond: t
     noisy = scheduler.add_noise(latents, noise, timesteps)
     v_pred = scheduler.config.prediction_type == "v_prediction"
     target = scheduler.get_velocity(latents, noise, timesteps) if v_pred else noise
-    pred = unet(noisy, timesteps, encoder_hidden_states=cond).sample
+    pred = denoise(unet, noisy, timesteps, cond)
     return DenoiseStep(noisy, pred, target, timesteps)
 
 

@@ -19,6 +19,8 @@ by it before decoding). The run folder::
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from ..core.dataset import DatasetError, atomic_write_json
+from ..core.images import save_grid
 from ..core.provenance import provenance_entry
 from ..core.splits import index_loader, load_split
-from ..core.training import Trainer, atomic_save_dir, group_norm_groups, save_grid, start_run
+from ..core.training import Trainer, atomic_save_dir, start_run
 
 #: LDM's weight of the LPIPS term next to an L1 reconstruction loss.
 PERCEPTUAL_WEIGHT = 1.0
@@ -49,6 +52,12 @@ def build_vae(channels: int, image_size: int, block_out_channels: tuple[int, ...
 
 
 @torch.no_grad()
+
+
+def group_norm_groups(widths: Sequence[int]) -> int:
+    """The largest GroupNorm group count <= 32 that divides every block width (32 for SD's widths)."""
+    g = math.gcd(*widths)
+    return max(d for d in range(1, min(32, g) + 1) if g % d == 0)
 
 def to_model_range(images: torch.Tensor) -> torch.Tensor:
     """uint8 (B, C, H, W) -> float in [-1, 1] (what the VAE reads and the pipeline's decode undoes)."""

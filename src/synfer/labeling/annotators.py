@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..models.denoiser import denoise
 from ..models.feranno import FERAnnoHead, UNetFeatureHooks, is_feranno, read_weights_sha256
 
 
@@ -64,7 +65,7 @@ class FERAnnotator:
         embeds = self._embeds.expand(len(z0), -1, -1)
         t = torch.tensor(self.timestep, device=z0.device)
         with UNetFeatureHooks(pipe.unet, self.tokens) as hooks:
-            pipe.unet(zt, t, encoder_hidden_states=embeds, return_dict=False)
+            denoise(pipe.unet, zt, t, embeds)
         return hooks.features, hooks.attention
 
     @torch.no_grad()

@@ -11,27 +11,29 @@ split (accuracy on the hard labels) and the best epoch's head is exported::
 
 Reading the features is the long part (about 60-80 faces/s for the mini generator on 2 CPU cores); with
 ``--feature-cache DIR`` they are stored there (safetensors, keyed by the generator's hash, the faces and every
-reading option) and reused by later runs: the probe ablation, other head sizes or seeds. The head's training is
-minutes, so it is not resumable; a killed run leaves no partial head (files are written under temporary names, then
-renamed) and no partial cache entry.
+reading option) and reused by later runs: the probe ablation, other head sizes or seeds. The head trains with the
+shared training loop (resumable with ``--resume``); a killed run leaves no partial cache entry.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..core.dataset import DatasetError, atomic_write_json
+from ..core.dataset import atomic_write_json
 from ..core.metrics import classification_metrics
 from ..core.provenance import provenance_entry
-from ..core.splits import load_split
-from ..core.train_state import cached_tensors, warmup_cosine
+from ..core.splits import index_loader, load_split
+from ..core.train_state import cached_tensors
+from ..core.training import Trainer, start_run
 from ..models.feranno import FERAnnoConfig, FERAnnoHead, read_weights_sha256
 from .annotators import FERAnnotator
 
@@ -98,7 +100,8 @@ def train_annotator(
     seed: int = 0,
     limit: int | None = None,
     feature_cache: Path | None = None,
-    device: str = "auto",
+    precision: str = "auto",
+    resume: bool = False,
     overwrite: bool = False,
 ) -> Path:
     """Train a FERAnno head on a generator's frozen UNet features.
@@ -123,8 +126,11 @@ def train_annotator(
         limit: at most this many faces per split (quick runs).
         feature_cache: a folder to keep the read features in and reuse them from (about 58 kB per face and view
             for the mini generator; keyed by generator hash, faces and reading options).
-        device: ``auto`` (CUDA when present), ``cpu``, ``cuda:1`` ...
-        overwrite: replace ``out``.
+        precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` (CUDA) for the head's forward passes (the UNet's features
+            are read in fp32).
+        resume: continue the run in ``out`` from its last finished epoch (the features come from the cache, or are
+            read again).
+        overwrite: start again in an existing ``out``.
 
     Returns:
         ``out``.
@@ -132,10 +138,10 @@ def train_annotator(
     from ..generator.pipeline import load_generator
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise DatasetError(f"{out} already exists and is not empty; choose another folder or pass --overwrite.")
-    torch.manual_seed(seed)
-    pipe, folder = load_generator(pipeline, device)
+    if kind not in ("feranno", "probe"):
+        raise ValueError(f"kind must be feranno or probe; got {kind!r}.")
+    accel, resume = start_run(out, resume, overwrite, precision, seed)
+    pipe, folder = load_generator(pipeline, accel.device)
     annotator = FERAnnotator(pipe, None, prompt, timestep, attention_tokens, seed)
     size = (pipe.vae.config.in_channels, pipe.vae.config.sample_size, pipe.vae.config.sample_size)
     parts = [load_split(p, split, input_size=size, limit=limit) for p in data]
@@ -170,66 +176,46 @@ def train_annotator(
     read_s = time.perf_counter() - t0
     targets = torch.cat([probs, probs]) if flip else probs
 
-    # 2. the head
+    # 2. the head, trained on the features in memory
     config = FERAnnoConfig(label_names=list(names), feature_channels=[x.shape[1] for x in f1],
                            attention_layers=len(a1), kind=kind, attention_tokens=attention_tokens, grid=grid, dim=dim,
                            heads=heads, generator=str(pipeline), generator_sha256=generator_sha,
                            prompt=prompt, timestep=timestep)
-    head = FERAnnoHead(config).to(pipe.device)
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = max(1, len(targets) // batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps_per_epoch, epochs * steps_per_epoch))
-    rng = torch.Generator().manual_seed(seed)
+    head = FERAnnoHead(config).to(accel.device)
+    loader = accel.prepare(index_loader(len(targets), batch_size, seed, lambda idx: (torch.tensor(idx),)))
+    options = {"data": [str(Path(p).resolve()) for p in data], "pipeline": str(pipeline), "kind": kind,
+               "split": split, "val": str(val or data[0]), "val_split": val_split, **reading, "grid": grid, "dim": dim,
+               "heads": heads, "flip": flip, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+               "weight_decay": weight_decay, "limit": limit, "generator_sha256": generator_sha}
+    trainer = Trainer(accel, out, {"head": head}, epochs, len(loader), lr, weight_decay=weight_decay,
+                      warmup_steps=len(loader), max_grad_norm=0.0, fingerprint=options)
+    if resume:
+        trainer.load()
+    if accel.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "train_config.json", provenance_entry("train-annotator", {
+            **options, "feature_cache": str(feature_cache) if feature_cache else None}, data={
+            "train_faces": len(images), "val_faces": len(val_data.labels), "feature_gb": round(need, 2),
+            "read_seconds": round(read_s, 1), "head_parameters": sum(p.numel() for p in head.parameters())}))
 
     def logits_of(fs: list[torch.Tensor], as_: list[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
-        return head([x[idx].to(pipe.device) for x in fs], [x[idx].to(pipe.device) for x in as_])
+        return head([x[idx].to(accel.device) for x in fs], [x[idx].to(accel.device) for x in as_])
 
-    def evaluate() -> dict:
-        head.eval()
+    def loss_fn(batch: tuple[torch.Tensor]) -> torch.Tensor:
+        idx = batch[0].cpu()
+        return F.cross_entropy(logits_of(train_f, train_a, idx).float(), targets[idx].to(accel.device))
+
+    def end_epoch(epoch: int) -> dict[str, Any]:
         with torch.no_grad():
             pred = torch.cat([logits_of(val_f, val_a, idx).argmax(-1).cpu()
                               for idx in torch.arange(len(val_data.labels)).split(512)])
-        head.train()
         m = classification_metrics(val_data.labels.numpy(), pred.numpy(), names)
+        if m["accuracy"] > trainer.best.get("val_accuracy", -1.0):
+            trainer.best = {"val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"], "chosen_epoch": epoch + 1}
+            head.config.extra = {"train_faces": len(images), "val_faces": len(val_data.labels), **trainer.best,
+                                 "data": [str(p) for p in data], "seed": seed}
+            copy.deepcopy(head).cpu().save_pretrained(out)
         return {"val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"]}
 
-    # 3. train, keeping the best epoch on validation
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.jsonl").unlink(missing_ok=True)
-    best, best_state, history = -1.0, None, []
-    bar = tqdm(range(epochs), desc="train-annotator", unit="epoch")
-    for epoch in bar:
-        order = torch.randperm(len(targets), generator=rng)
-        total = 0.0
-        for idx in order[: steps_per_epoch * batch_size].split(batch_size):
-            loss = F.cross_entropy(logits_of(train_f, train_a, idx).float(), targets[idx].to(pipe.device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-        row = {"epoch": epoch + 1, "train_loss": total / (steps_per_epoch * batch_size), **evaluate()}
-        history.append(row)
-        with open(out / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        if row["val_accuracy"] > best:
-            best, best_state = row["val_accuracy"], {k: v.detach().clone() for k, v in head.state_dict().items()}
-        bar.set_postfix(val_acc=f"{row['val_accuracy']:.4f}", best=f"{best:.4f}")
-    head.load_state_dict(best_state)
-    chosen = max(history, key=lambda r: r["val_accuracy"])
-    head.config.extra = {"train_faces": len(images), "val_faces": len(val_data.labels), "chosen_epoch":
-                         chosen["epoch"], "val_accuracy": chosen["val_accuracy"], "val_macro_f1": chosen["val_macro_f1"],
-                         "data": [str(p) for p in data], "seed": seed}
-    head.cpu().save_pretrained(out)
-    atomic_write_json(out / "train_config.json", provenance_entry(
-        "train-annotator", {"data": [str(Path(p).resolve()) for p in data], "pipeline": str(pipeline), "kind": kind,
-                            "split": split, "val": str(val or data[0]), "val_split": val_split, "prompt": prompt,
-                            "timestep": timestep, "attention_tokens": attention_tokens, "grid": grid, "dim": dim,
-                            "heads": heads, "flip": flip, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-                            "weight_decay": weight_decay, "seed": seed, "limit": limit,
-                            "feature_cache": str(feature_cache) if feature_cache else None},
-        data={"train_faces": len(images), "val_faces": len(val_data.labels), "feature_gb": round(need, 2),
-              "read_seconds": round(read_s, 1), "generator_sha256": config.generator_sha256,
-              "head_parameters": sum(p.numel() for p in head.parameters()),
-              "chosen_epoch": chosen["epoch"], "val_accuracy": chosen["val_accuracy"]}))
+    trainer.fit(loader, loss_fn, end_epoch)
     return out

@@ -1,8 +1,8 @@
 """The facial-action-unit (AU) adapter of SynFER (§2 of SYNFER_METHOD.md), in the style of IP-Adapter.
 
 An MLP maps an AU vector (B, A) in [0, 1] to N tokens (B, N, D); every cross-attention layer of a diffusers
-``UNet2DConditionModel`` gets its own key/value projections for those tokens, initialised from the layer's own text
-``to_k`` / ``to_v`` (IP-Adapter's init, Ye et al. 2023), and its output becomes::
+denoiser (:mod:`synfer.models.denoiser`) gets its own key/value projections for those tokens, initialised from the
+layer's own text ``to_k`` / ``to_v`` (IP-Adapter's init, Ye et al. 2023), and its output becomes::
 
     out = to_out(attention(q, K_text, V_text) + scale * attention(q, K_au, V_au))
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.assets import resolve
+from .denoiser import family_of
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -56,7 +57,7 @@ class UNetFeatureHooks:
         self.features: list[torch.Tensor] = []
         self.attention: list[torch.Tensor] = []
         self._handles: list[Any] = []
-        self.up_blocks = list(unet.up_blocks)
+        self.up_blocks = family_of(unet).feature_blocks(unet)
         self.cross_attention = [m for name, m in unet.named_modules()
                                 if name.endswith("attn2") and getattr(m, "is_cross_attention", False)]
 

@@ -71,7 +71,7 @@ def privacy_audit(syn_images: torch.Tensor, syn_labels: np.ndarray, train_images
         feat.pop("_nearest")
         result["judge_features"] = feat
     if gallery is not None and len(d):
-        from ..core.training import save_grid
+        from ..core.images import save_grid
 
         order = np.argsort(d)[:gallery_size]
         top = syn_images[torch.as_tensor(order)].float() / 255

@@ -169,7 +169,7 @@ def edit(
     writer.header.stats["edit"] = {"faces": len(faces), "seconds": round(time.perf_counter() - t0, 1)}
     writer.close(complete=True)
     if preview:
-        from ..core.training import save_grid
+        from ..core.images import save_grid
 
         pairs = pairs[:16]
         grid = torch.cat([torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])])

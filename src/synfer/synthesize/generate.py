@@ -339,7 +339,7 @@ def write_preview(out: Path, expressions: list[str], per_class: int = 8) -> Path
     """``OUT/preview.png``: up to ``per_class`` faces per expression, one row each."""
     import numpy as np
 
-    from ..core.training import save_grid
+    from ..core.images import save_grid
 
     folder = DatasetFolder(out)
     rows = []

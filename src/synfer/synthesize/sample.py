@@ -46,7 +46,7 @@ def sample_grid(
     Returns:
         the PNG path.
     """
-    from ..core.training import save_grid
+    from ..core.images import save_grid
 
     pipe, folder = load_generator(pipeline, device)
     exprs = [canonical_expression(e) for e in (expressions or FERPLUS8.names)]
@@ -88,7 +88,7 @@ def au_sweep(
     The prompt is the expression's (template, no AU words), the other AUs stay at the expression's targets.
     Options as in :func:`sample_grid`.
     """
-    from ..core.training import save_grid
+    from ..core.images import save_grid
     from ..schema import au_code
 
     pipe, folder = load_generator(pipeline, device)

@@ -17,28 +17,18 @@ Run folder::
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ...core.dataset import DatasetError, DatasetFolder, atomic_write_json
 from ...core.provenance import provenance_entry
-from ...core.splits import Split, load_split
-from ...core.train_state import (
-    check_same_options,
-    load_state,
-    open_run_dir,
-    rng_state,
-    save_state,
-    set_rng_state,
-    warmup_cosine,
-)
+from ...core.runtime import resolve_precision
+from ...core.splits import Split, index_loader, load_split
+from ...core.training import Trainer, start_run
 from ...models.classifiers import ClassifierConfig, ExpressionClassifier
 from .distilled import FACE_COLUMN, KIND
 
@@ -89,19 +79,18 @@ def _flip_permutation(names: tuple[str, ...]) -> list[int]:
     return [idx.get(n[:-2] + swap[n[-2:]], i) if n[-2:] in swap else i for i, n in enumerate(names)]
 
 
-def _augment(x: torch.Tensor, aus: torch.Tensor, perm: list[int], gen: torch.Generator
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+def _augment(x: torch.Tensor, aus: torch.Tensor, perm: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Flip half the faces (swapping lateral AU columns) and jitter brightness/contrast a little.
 
     Only transforms under which the teacher's answer stays (nearly) the same: crops and rotations move the face
     in the teacher's padded input and change its output.
     """
     b = len(x)
-    flip = torch.rand(b, generator=gen) < 0.5
+    flip = torch.rand(b) < 0.5
     x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
     aus = torch.where(flip.view(-1, 1), aus[:, perm], aus)
-    contrast = 1 + (torch.rand(b, 1, 1, 1, generator=gen) - 0.5) * 0.3
-    bright = (torch.rand(b, 1, 1, 1, generator=gen) - 0.5) * 0.15
+    contrast = 1 + (torch.rand(b, 1, 1, 1) - 0.5) * 0.3
+    bright = (torch.rand(b, 1, 1, 1) - 0.5) * 0.15
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     return ((x - mean) * contrast + mean + bright).clamp(0, 1), aus
 
@@ -131,6 +120,7 @@ def train_au_estimator(
     weight_decay: float = 0.05,
     warmup_epochs: float = 0.5,
     face_weight: float = 0.5,
+    precision: str = "auto",
     seed: int = 0,
     limit: int | None = None,
     resume: bool = False,
@@ -148,6 +138,7 @@ def train_au_estimator(
         train_split, val_split: splits to fit and to select on (the test split is never read here).
         epochs, batch_size, lr, weight_decay, warmup_epochs: AdamW with a cosine schedule after a linear warm-up.
         face_weight: weight of the face-presence loss next to the AU loss.
+        precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` (CUDA) for the forward passes (:mod:`synfer.core.runtime`).
         seed: seeds weights, order and augmentation.
         limit: at most this many faces per split (quick runs and tests).
         resume / overwrite: continue the run in ``out`` / start it again.
@@ -156,15 +147,62 @@ def train_au_estimator(
         the run folder.
     """
     out = Path(out)
-    state_dir = out / "state"
-    resume = open_run_dir(out, resume, overwrite)
-    torch.manual_seed(seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1; got {epochs}.")
     init = ExpressionClassifier.from_pretrained(init_from) if init_from else None
     size = tuple(init.config.input_size) if init is not None else None
     train = _au_split(data, train_split, size, limit)
     val = _au_split(data, val_split, tuple(train.images.shape[1:]), limit)
+    if len(train) < batch_size:
+        raise DatasetError(f"{len(train)} training faces is less than one batch of {batch_size}.")
+    accel, resume = start_run(out, resume, overwrite, precision, seed)
+    model = _student(architecture, model_kwargs, init, train).to(accel.device)
+    loader = accel.prepare(index_loader(len(train), batch_size, seed, lambda idx: (torch.tensor(idx),)))
+    options = {"data": str(data), "architecture": model.config.architecture, "model_kwargs": model.config.model_kwargs,
+               "init_from": init_from, "train_split": train_split, "val_split": val_split, "epochs": epochs,
+               "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "warmup_epochs": warmup_epochs,
+               "face_weight": face_weight, "precision": resolve_precision(precision, accel.device), "seed": seed,
+               "limit": limit}
+    steps = len(loader)
+    trainer = Trainer(accel, out, {"model": model}, epochs, steps, lr, weight_decay=weight_decay,
+                      warmup_steps=max(1, int(warmup_epochs * steps)), max_grad_norm=0.0, decay_1d=False,
+                      fingerprint=options)
+    if resume:
+        trainer.load()
+    if accel.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "train_config.json", provenance_entry("train-au-estimator", options, data={
+            "train": len(train), "train_with_aus": int(train.has_aus.sum()), "val": len(val),
+            "val_with_aus": int(val.has_aus.sum())}))
+    perm, sums = _flip_permutation(train.au_names), {"au": 0.0, "face": 0.0, "batches": 0}
+
+    def loss_fn(batch: tuple[torch.Tensor]) -> torch.Tensor:
+        idx = batch[0].cpu()
+        x, aus = _augment(train.images[idx].float() / 255.0, train.aus[idx], perm)
+        has, face = train.has_aus[idx].to(accel.device), train.face[idx].to(accel.device)
+        logits = model(x.to(accel.device)).float()
+        au_loss = F.binary_cross_entropy_with_logits(logits[:, :-1], aus.to(accel.device), reduction="none").mean(1)
+        au_loss = (au_loss * has).sum() / has.sum().clamp(min=1)
+        face_loss = F.binary_cross_entropy_with_logits(logits[:, -1], face)
+        sums.update(au=sums["au"] + au_loss.item(), face=sums["face"] + face_loss.item(), batches=sums["batches"] + 1)
+        return au_loss + face_weight * face_loss
+
+    def end_epoch(epoch: int) -> dict[str, Any]:
+        n = max(1, sums["batches"])
+        row = {"train_au_bce": sums["au"] / n, "train_face_bce": sums["face"] / n,
+               **_select(trainer, model, val, data, val_split, init_from, seed, out)}
+        sums.update(au=0.0, face=0.0, batches=0)
+        return row
+
+    trainer.fit(loader, loss_fn, end_epoch)
+    best = trainer.best
+    accel.print(f"best epoch {best['epoch']}: val mean r {best['val_mean_r']:.4f}; exported to {out}")
+    return out
+
+
+def _student(architecture: str, model_kwargs: dict[str, Any] | None, init: ExpressionClassifier | None,
+             train: Split) -> ExpressionClassifier:
+    """The network: A AU logits + face presence, random or from a classifier's backbone (its head replaced)."""
     names = train.au_names
     c, h, w = train.images.shape[1:]
     if init is not None:
@@ -179,84 +217,23 @@ def train_au_estimator(
         own = model.backbone.state_dict()
         keep = {k: v for k, v in init.backbone.state_dict().items() if k in own and own[k].shape == v.shape}
         model.backbone.load_state_dict(keep, strict=False)
-    model.to(device)
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
-    steps_per_epoch = len(train) // batch_size
-    if steps_per_epoch == 0:
-        raise DatasetError(f"{len(train)} training faces is less than one batch of {batch_size}.")
-    total, warm = epochs * steps_per_epoch, max(1, int(warmup_epochs * steps_per_epoch))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warm, total))
-    gen = torch.Generator().manual_seed(seed)
-    start, best = 0, {"val_mean_r": -2.0, "epoch": -1}
-    if resume:
-        st = load_state(state_dir)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        gen.set_state(st["gen"])
-        set_rng_state(st["rng"])
-        start, best = st["epoch"] + 1, st["best"]
-        print(f"resuming {out} at epoch {start + 1} (best so far {best})")
-    run_config = provenance_entry("train-au-estimator", {
-        "data": str(data), "architecture": config.architecture, "model_kwargs": config.model_kwargs,
-        "init_from": init_from, "train_split": train_split, "val_split": val_split, "epochs": epochs,
-        "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "warmup_epochs": warmup_epochs,
-        "face_weight": face_weight, "seed": seed, "limit": limit,
-    }, data={"train": len(train), "train_with_aus": int(train.has_aus.sum()), "val": len(val),
-             "val_with_aus": int(val.has_aus.sum())})
-    if resume:
-        check_same_options(out, run_config)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "train_config.json", run_config)
-    perm = _flip_permutation(names)
-    val_mask = val.has_aus.numpy()
+    return model
 
-    for epoch in range(start, epochs):
-        model.train()
-        order = torch.randperm(len(train), generator=gen)[: steps_per_epoch * batch_size].view(steps_per_epoch, -1)
-        t0, sums = time.perf_counter(), {"au": 0.0, "face": 0.0}
-        bar = tqdm(order, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False, mininterval=2.0)
-        for idx in bar:
-            x, aus = _augment(train.images[idx].float() / 255.0, train.aus[idx], perm, gen)
-            has, face = train.has_aus[idx].to(device), train.face[idx].to(device)
-            logits = model(x.to(device)).float()
-            au_loss = F.binary_cross_entropy_with_logits(logits[:, :-1], aus.to(device), reduction="none").mean(1)
-            au_loss = (au_loss * has).sum() / has.sum().clamp(min=1)
-            face_loss = F.binary_cross_entropy_with_logits(logits[:, -1], face)
-            loss = au_loss + face_weight * face_loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            sums["au"] += au_loss.item()
-            sums["face"] += face_loss.item()
-            bar.set_postfix(au=f"{au_loss.item():.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
-        train_s = time.perf_counter() - t0
-        pred, face_pred = predict_aus(model, val.images)
-        agree = au_agreement(pred[val_mask], val.aus.numpy()[val_mask], names)
-        face_r = float(pearson_per_column(face_pred[:, None], val.face.numpy()[:, None])[0])
-        row = {"epoch": epoch + 1, "train_au_bce": sums["au"] / steps_per_epoch,
-               "train_face_bce": sums["face"] / steps_per_epoch, "val_mean_r": agree["mean_r"], "val_face_r": face_r,
-               "val_r": {n: v["r"] for n, v in agree["per_au"].items()}, "lr": sched.get_last_lr()[0],
-               "images_per_s": steps_per_epoch * batch_size / train_s, "epoch_s": time.perf_counter() - t0}
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(f"epoch {epoch + 1}: AU BCE {row['train_au_bce']:.4f}  val mean r {agree['mean_r']:.4f} "
-              f"(face r {face_r:.3f})  {row['images_per_s']:.0f} img/s", flush=True)
-        if agree["mean_r"] > best["val_mean_r"]:
-            best = {"val_mean_r": agree["mean_r"], "val_face_r": face_r, "epoch": epoch + 1}
-            model.config.extra = {"kind": KIND, "selected_on": f"{Path(data).name}:{val_split} mean Pearson r over varying AUs",
-                                  **best, "teacher": _teacher(data), "init_from": init_from, "seed": seed,
-                                  "au_scale": "0-1"}
-            model.save_pretrained(out)
-        save_state(state_dir, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                               "scheduler": sched.state_dict(), "gen": gen.get_state(), "rng": rng_state(),
-                               "epoch": epoch, "best": best})
-    print(f"best epoch {best['epoch']}: val mean r {best['val_mean_r']:.4f}; exported to {out}")
-    return out
+
+def _select(trainer: Trainer, model: ExpressionClassifier, val: Split, data: Path, val_split: str,
+            init_from: str | None, seed: int, out: Path) -> dict[str, Any]:
+    """Mean Pearson r on validation; the estimator exported when it beats every earlier epoch."""
+    mask = val.has_aus.numpy()
+    pred, face_pred = predict_aus(model, val.images)
+    agree = au_agreement(pred[mask], val.aus.numpy()[mask], val.au_names)
+    face_r = float(pearson_per_column(face_pred[:, None], val.face.numpy()[:, None])[0])
+    if agree["mean_r"] > trainer.best.get("val_mean_r", -2.0):
+        trainer.best = {"val_mean_r": agree["mean_r"], "val_face_r": face_r, "epoch": trainer.epoch + 1}
+        model.config.extra = {"kind": KIND, "selected_on": f"{Path(data).name}:{val_split} mean Pearson r over "
+                              "varying AUs", **trainer.best, "teacher": _teacher(data), "init_from": init_from,
+                              "seed": seed, "au_scale": "0-1"}
+        model.save_pretrained(out)
+    return {"val_mean_r": agree["mean_r"], "val_face_r": face_r, "val_r": {n: v["r"] for n, v in agree["per_au"].items()}}
 
 
 def _teacher(data: Path) -> dict[str, Any]:
