@@ -36,6 +36,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -184,67 +185,202 @@ def generate(
     """
     out = Path(out)
     exprs = [canonical_expression(e) for e in (expressions or FERPLUS8.names)]
-    if counts is not None:
-        unknown = [e for e in counts if canonical_expression(e) not in exprs]
-        if unknown:
-            raise ValueError(f"counts name {unknown}, which are not among the expressions {exprs}.")
-        want = {e: int(dict((canonical_expression(k), v) for k, v in counts.items()).get(e, 0)) for e in exprs}
-    elif per_class is not None:
-        want = {e: int(per_class) for e in exprs}
-    else:
-        raise ValueError("Give per_class or counts.")
-    if min(want.values()) < 0 or sum(want.values()) == 0:
-        raise ValueError(f"counts must be >= 0 and not all 0; got {want}.")
+    want = _wanted_counts(exprs, per_class, counts)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
-
     # Sharding (``accelerate launch`` / ``torchrun ... -m synfer generate``): the main process opens (or resumes)
     # the folder, then every process writes its share of the faces still missing into its own shards, and the main
     # one counts them in. On a machine without GPUs the processes share the CPU (gloo).
     from accelerate import PartialState
 
     state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+    # 1. the generator, the plan and the sampler settings
     pipe, pipe_dir = load_generator(pipeline, state.device if device == "auto" else device)
-    precision = resolve_precision(precision, pipe.device)
-    adapter = pipe.au_adapter
-    au_names = tuple(adapter.au_names) if adapter is not None else None
-    if au_source != "none" and au_names is None:
-        au_source = "none"  # a pipeline without an adapter generates from text alone
+    au_names = tuple(pipe.au_adapter.au_names) if pipe.au_adapter is not None else None
+    au_source = au_source if au_names is not None else "none"  # no adapter: text alone
     plan = plan_faces(want, au_names, au_source, seed, coarse, au_jitter, pipe_dir)
-    defaults = pipe.generation_defaults()
-    sampler = {
-        "scheduler": type(pipe.scheduler).__name__,
-        "num_inference_steps": num_inference_steps or defaults["num_inference_steps"],
-        "guidance_scale_text": defaults["guidance_scale_text"] if guidance_scale_text is None else guidance_scale_text,
-        "guidance_scale_au": defaults["guidance_scale_au"] if guidance_scale_au is None else guidance_scale_au,
-        "precision": precision,
-    }
-    generator_info = {"pipeline": str(pipeline), "sha256": files_sha256(pipe_dir)}
-    guidance = None
-    classifier = au_est = None
-    if semantic_guidance or au_guidance:
-        classifier = ExpressionClassifier.from_pretrained(guidance_model).to(pipe.device)
-        classifier.check_labels(exprs, "the generated label set")
-        guidance = {"scale": semantic_guidance, "window": list(guidance_window), "model": str(guidance_model),
-                    "model_sha256": files_sha256(resolve("classifier", guidance_model)), "au_weight": au_guidance}
-        if au_guidance:
-            if au_names is None:
-                raise ValueError("au_guidance needs a pipeline with an AU adapter (target AUs).")
-            from ..annotate.au.distilled import DistilledAUEstimator
+    run = _Run(pipe, exprs, au_names, au_source, split, _sampler(pipe, num_inference_steps, guidance_scale_text,
+                                                                  guidance_scale_au, precision),
+               {"pipeline": str(pipeline), "sha256": files_sha256(pipe_dir)})
+    # 2. semantic guidance and layout initialisation, each checked before anything is written
+    run.guidance = _guidance(run, semantic_guidance, guidance_window, guidance_model, au_guidance, au_model)
+    run.layout = _layout(run, layout, layout_strength, layout_split)
+    config = {"pipeline": str(pipeline), "generator_sha256": run.generator["sha256"], "counts": want,
+              "coarse": coarse, "au_source": au_source, "au_jitter": au_jitter, "seed": seed, **run.sampler,
+              "semantic_guidance": run.guidance.record if run.guidance else None, "split": split,
+              "layout": run.layout.record if run.layout else None}
+    # 3. the folder (opened by the main process), then this process's share of the missing faces
+    writer = _open_writer(out, state, exprs, au_names, config, overwrite, resume, flush_every)
+    if compile:
+        pipe.compile_denoiser()
+    missing = [f for f in plan if not writer.has(f.id)]
+    todo = missing[state.process_index::state.num_processes]
+    t0, done, first_batch_s = time.perf_counter(), 0, None
+    bar = tqdm(total=len(plan), initial=len(plan) - len(missing), desc="generate", unit="face",
+               disable=not state.is_main_process)
+    try:
+        for start in range(0, len(todo), batch_size):
+            t_batch = time.perf_counter()
+            batch = todo[start:start + batch_size]
+            for record, image in run.faces(batch):
+                writer.add(record, image)
+            if first_batch_s is None:
+                first_batch_s = time.perf_counter() - t_batch
+                if compile and state.is_main_process:
+                    print(f"first batch with compilation: {first_batch_s:.1f} s")
+            done += len(batch)
+            bar.update(len(batch) * state.num_processes)  # the other processes keep the same pace
+            bar.set_postfix(faces_per_s=f"{done * state.num_processes / (time.perf_counter() - t0):.2f}")
+    except BaseException:
+        writer.close(complete=False)  # what is listed stays valid; --resume finishes it
+        raise
+    finally:
+        bar.close()
+    # 4. the main process counts every process's shards in and completes the folder
+    stats = {"faces": len(plan), "this_run": len(missing), "processes": state.num_processes}
+    if compile and first_batch_s is not None:
+        stats["first_batch_with_compilation_s"] = round(first_batch_s, 1)
+    _finish(out, state, writer, plan, stats, t0, preview, exprs)
+    return out
 
-            au_est = DistilledAUEstimator.from_pretrained(au_model, au_set=AUSet(au_names)).to(pipe.device)
-            guidance["au_model"] = str(au_model or "bundled")
-    layout_faces = None
-    if layout is not None:
-        from ..generator.layout import list_faces
 
-        pipe.first_step(sampler["num_inference_steps"], layout_strength, torch.zeros(1))  # validates the strength
-        layout_faces = list_faces([layout], layout_split if (Path(layout) / "dataset.json").is_file() else None)
-    config = {"pipeline": str(pipeline), "generator_sha256": generator_info["sha256"], "counts": want,
-              "coarse": coarse, "au_source": au_source, "au_jitter": au_jitter, "seed": seed, **sampler,
-              "semantic_guidance": guidance, "split": split,
-              "layout": None if layout is None else {"source": str(layout), "strength": layout_strength,
-                                                     "split": layout_split, "faces": len(layout_faces)}}
+def _wanted_counts(exprs: list[str], per_class: int | None, counts: dict[str, int] | None) -> dict[str, int]:
+    """Faces per expression, in header order (``counts`` wins over ``per_class``); checked."""
+    if counts is not None:
+        unknown = [e for e in counts if canonical_expression(e) not in exprs]
+        if unknown:
+            raise ValueError(f"counts name {unknown}, which are not among the expressions {exprs}.")
+        given = {canonical_expression(k): v for k, v in counts.items()}
+        want = {e: int(given.get(e, 0)) for e in exprs}
+    elif per_class is not None:
+        want = {e: int(per_class) for e in exprs}
+    else:
+        raise ValueError("Give per_class or counts.")
+    if min(want.values()) < 0 or sum(want.values()) == 0:
+        raise ValueError(f"counts must be >= 0 and not all 0; got {want}.")
+    return want
+
+
+def _sampler(pipe: Any, steps: int | None, text: float | None, au: float | None, precision: str) -> dict[str, Any]:
+    """The sampler settings recorded on every face (None: the pipeline's saved defaults)."""
+    d = pipe.generation_defaults()
+    return {"scheduler": type(pipe.scheduler).__name__, "num_inference_steps": steps or d["num_inference_steps"],
+            "guidance_scale_text": d["guidance_scale_text"] if text is None else text,
+            "guidance_scale_au": d["guidance_scale_au"] if au is None else au,
+            "precision": resolve_precision(precision, pipe.device)}
+
+
+@dataclass
+class _Guidance:
+    """Semantic guidance's models, settings and the record kept on every face."""
+
+    classifier: Any
+    au_estimator: Any
+    scale: float
+    window: tuple[float, float]
+    au_weight: float
+    record: dict[str, Any]
+
+    def callback(self, targets: torch.Tensor, aus: torch.Tensor | None) -> Any:
+        from ..generator.guidance import SemanticGuidance
+
+        # AU guidance alone (semantic_guidance 0): the AU term steers with the default step
+        return SemanticGuidance(self.classifier, targets, self.scale or AU_ONLY_STEP, self.window, self.au_estimator,
+                                aus, self.au_weight, ce_weight=1.0 if self.scale else 0.0)
+
+
+@dataclass
+class _Layout:
+    """Layout initialisation's real faces (name, loader) and strength, and the record kept in the config."""
+
+    faces: list[tuple[str, Any]]
+    strength: float
+    record: dict[str, Any]
+
+
+@dataclass
+class _Run:
+    """What every batch of one ``generate`` run needs."""
+
+    pipe: Any
+    exprs: list[str]
+    au_names: tuple[str, ...] | None
+    au_source: str
+    split: str
+    sampler: dict[str, Any]
+    generator: dict[str, Any]
+    guidance: _Guidance | None = None
+    layout: _Layout | None = None
+
+    def faces(self, batch: list[PlannedFace]) -> list[tuple[Record, Any]]:
+        """Generate a batch of planned faces: (record, PIL image) pairs."""
+        names = self.au_names
+        prompts = [enrich_prompt(f.coarse, f.expression, None if f.aus is None else dict(zip(names, f.aus, strict=True)),
+                                 seed=f.seed) for f in batch]
+        aus = None if self.au_source == "none" else torch.tensor([f.aus for f in batch])
+        kw: dict[str, Any] = {}
+        if self.guidance is not None:
+            callback = self.guidance.callback(torch.tensor([self.exprs.index(f.expression) for f in batch]), aus)
+            kw.update(callback_on_step_end=callback, callback_on_step_end_tensor_inputs=callback.tensor_inputs)
+        starts: list[int | None] = [None] * len(batch)
+        if self.layout is not None:
+            from ..generator.layout import invert, to_pipeline_images
+
+            starts = [layout_pick(f.seed, len(self.layout.faces)) for f in batch]
+            real = to_pipeline_images(self.pipe, [self.layout.faces[j][1]() for j in starts])
+            kw["latents"] = invert(self.pipe, real, self.sampler["num_inference_steps"], self.layout.strength)
+            kw["strength"] = self.layout.strength
+        s = self.sampler
+        images = self.pipe(prompts, aus=aus, num_inference_steps=s["num_inference_steps"],
+                           guidance_scale_text=s["guidance_scale_text"], guidance_scale_au=s["guidance_scale_au"],
+                           precision=s["precision"], generator=[torch.Generator().manual_seed(f.seed) for f in batch],
+                           **kw).images
+        out = []
+        for f, prompt, image, j in zip(batch, prompts, images, starts, strict=True):
+            meta = {"seed": f.seed, "index": f.index, "coarse": f.coarse, **s, "au_source": self.au_source,
+                    "generator": self.generator, "guidance": self.guidance.record if self.guidance else None}
+            if j is not None:
+                meta["layout"] = {"face": self.layout.faces[j][0], "strength": self.layout.strength}
+            out.append((Record(id=f.id, split=self.split, source="synfer-generate", expression=f.expression,
+                               aus=f.aus, caption=prompt, meta=meta), image))
+        return out
+
+
+def _guidance(run: _Run, scale: float, window: tuple[float, float], model: str, au_weight: float,
+              au_model: str | None) -> _Guidance | None:
+    """Semantic guidance's classifier (and AU estimator), checked against the label set; None when off."""
+    if not (scale or au_weight):
+        return None
+    classifier = ExpressionClassifier.from_pretrained(model).to(run.pipe.device)
+    classifier.check_labels(run.exprs, "the generated label set")
+    record = {"scale": scale, "window": list(window), "model": str(model),
+              "model_sha256": files_sha256(resolve("classifier", model)), "au_weight": au_weight}
+    estimator = None
+    if au_weight:
+        if run.au_names is None:
+            raise ValueError("au_guidance needs a pipeline with an AU adapter (target AUs).")
+        from ..annotate.au.distilled import DistilledAUEstimator
+
+        estimator = DistilledAUEstimator.from_pretrained(au_model, au_set=AUSet(run.au_names)).to(run.pipe.device)
+        record["au_model"] = str(au_model or "bundled")
+    return _Guidance(classifier, estimator, scale, tuple(window), au_weight, record)
+
+
+def _layout(run: _Run, layout: Path | None, strength: float, split: str) -> _Layout | None:
+    """Layout initialisation's real faces (the strength checked first); None when off."""
+    if layout is None:
+        return None
+    from ..generator.layout import list_faces
+
+    run.pipe.first_step(run.sampler["num_inference_steps"], strength, torch.zeros(1))  # validates the strength
+    faces = list_faces([layout], split if (Path(layout) / "dataset.json").is_file() else None)
+    return _Layout(faces, strength, {"source": str(layout), "strength": strength, "split": split,
+                                     "faces": len(faces)})
+
+
+def _open_writer(out: Path, state: Any, exprs: list[str], au_names: tuple[str, ...] | None, config: dict[str, Any],
+                 overwrite: bool, resume: bool, flush_every: int) -> DatasetWriter:
+    """The main process opens (or resumes) the folder; the others then write shards of their own into it."""
     aus_set = AUSet(au_names) if au_names else None
     writer = None
     if state.is_main_process:
@@ -256,63 +392,12 @@ def generate(
         writer = DatasetWriter(out, exprs, aus_set, mode="resume", shard_tag=f"p{state.process_index}",
                                write_header=False)
     writer.flush_every = flush_every
-    if compile:
-        pipe.compile_denoiser()
-    missing = [f for f in plan if not writer.has(f.id)]
-    todo = missing[state.process_index::state.num_processes]
-    t0, done, first_batch_s = time.perf_counter(), 0, None
-    bar = tqdm(total=len(plan), initial=len(plan) - len(missing), desc="generate", unit="face",
-               disable=not state.is_main_process)
-    try:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
-            prompts = [enrich_prompt(f.coarse, f.expression,
-                                     None if f.aus is None else dict(zip(au_names, f.aus, strict=True)), seed=f.seed)
-                       for f in batch]
-            aus = None if au_source == "none" else torch.tensor([f.aus for f in batch])
-            callback = None
-            if classifier is not None:
-                from ..generator.guidance import SemanticGuidance
+    return writer
 
-                targets = torch.tensor([exprs.index(f.expression) for f in batch])
-                # AU guidance alone (semantic_guidance 0): the AU term steers with the default step
-                callback = SemanticGuidance(classifier, targets, semantic_guidance or AU_ONLY_STEP,
-                                            tuple(guidance_window), au_est, aus, au_guidance,
-                                            ce_weight=1.0 if semantic_guidance else 0.0)
-            kw = {"callback_on_step_end": callback,
-                  "callback_on_step_end_tensor_inputs": callback.tensor_inputs} if callback is not None else {}
-            starts = [None] * len(batch)
-            if layout_faces is not None:
-                from ..generator.layout import invert, to_pipeline_images
 
-                starts = [layout_pick(f.seed, len(layout_faces)) for f in batch]
-                real = to_pipeline_images(pipe, [layout_faces[j][1]() for j in starts])
-                kw["latents"] = invert(pipe, real, sampler["num_inference_steps"], layout_strength)
-                kw["strength"] = layout_strength
-            t_batch = time.perf_counter()
-            images = pipe(prompts, aus=aus, num_inference_steps=sampler["num_inference_steps"],
-                          guidance_scale_text=sampler["guidance_scale_text"],
-                          guidance_scale_au=sampler["guidance_scale_au"], precision=precision,
-                          generator=[torch.Generator().manual_seed(f.seed) for f in batch], **kw).images
-            if first_batch_s is None:
-                first_batch_s = time.perf_counter() - t_batch
-                if compile and state.is_main_process:
-                    print(f"first batch with compilation: {first_batch_s:.1f} s")
-            for f, prompt, image, j in zip(batch, prompts, images, starts, strict=True):
-                meta = {"seed": f.seed, "index": f.index, "coarse": f.coarse, **sampler, "au_source": au_source,
-                        "generator": generator_info, "guidance": guidance}
-                if j is not None:
-                    meta["layout"] = {"face": layout_faces[j][0], "strength": layout_strength}
-                writer.add(Record(id=f.id, split=split, source="synfer-generate", expression=f.expression,
-                                  aus=f.aus, caption=prompt, meta=meta), image)
-            done += len(batch)
-            bar.update(len(batch) * state.num_processes)  # the other processes keep the same pace
-            bar.set_postfix(faces_per_s=f"{done * state.num_processes / (time.perf_counter() - t0):.2f}")
-    except BaseException:
-        writer.close(complete=False)  # what is listed stays valid; --resume finishes it
-        raise
-    finally:
-        bar.close()
+def _finish(out: Path, state: Any, writer: DatasetWriter, plan: list[PlannedFace], stats: dict[str, Any],
+            t0: float, preview: bool, exprs: list[str]) -> None:
+    """Every process closes its shards; the main one adopts them, checks the plan is complete and marks it so."""
     if not state.is_main_process:
         writer.close(complete=False)
     state.wait_for_everyone()
@@ -323,16 +408,11 @@ def generate(
             writer.close(complete=False)
             raise RuntimeError(f"{len(missed)} planned faces are missing from {out} (e.g. {missed[:3]}); rerun with "
                                "--resume.")
-        writer.header.stats["generate"] = {"faces": len(plan), "this_run": len(missing),
-                                           "seconds_this_run": round(time.perf_counter() - t0, 1),
-                                           "processes": state.num_processes}
-        if compile and first_batch_s is not None:
-            writer.header.stats["generate"]["first_batch_with_compilation_s"] = round(first_batch_s, 1)
+        writer.header.stats["generate"] = {**stats, "seconds_this_run": round(time.perf_counter() - t0, 1)}
         writer.close(complete=True)
         if preview:
             write_preview(out, exprs)
     state.wait_for_everyone()
-    return out
 
 
 def write_preview(out: Path, expressions: list[str], per_class: int = 8) -> Path:
