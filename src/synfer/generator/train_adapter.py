@@ -117,16 +117,76 @@ def train_adapter(
     Returns:
         ``OUT/adapter``.
     """
-    from ..annotate.au.distilled import DistilledAUEstimator
-    from ..schema import AUSet
-    from .au_consistency import AUConsistency
     from .pipeline import SynferPipeline
 
     out = Path(out)
+    _check_options(au_loss, au_loss_max_timestep, au_estimator, au_dropout, caption_dropout, class_prompts)
+    # 1. data first: a folder without AUs or captions is refused before anything is loaded or written
+    au_names = load_split(data, split, labelled=False, need_captions=True, need_aus=True, limit=1).au_names
+    init = AUAdapter.from_pretrained(str(adapter)) if adapter is not None else None
+    if init is not None:
+        init.check_aus(au_names, str(data[0]))
+    estimator = _au_term_estimator(data, au_names, au_loss, au_estimator)
+    accel, resume = start_run(out, resume, overwrite, precision, seed)
+
+    # 2. the frozen pipeline, the adapter (and the UNet with train_unet), the faces and their conditions
+    pipe = SynferPipeline.from_pretrained(pipeline)
+    for module in (pipe.vae, pipe.unet, pipe.text_encoder):
+        module.requires_grad_(False).eval().to(accel.device)
+    if train_unet:  # the adapter's weights sit outside unet.parameters() (unregistered processors): no overlap
+        pipe.unet.requires_grad_(True)
+    au = init if init is not None else AUAdapter.for_unet(pipe.unet, au_names, num_tokens=num_tokens,
+                                                          hidden_dim=hidden_dim)
+    faces = _AdapterFaces(pipe, data, split, val_split, limit, class_prompts, seed, accel.device, text_cache)
+    if standardize_aus and au.config.get("au_mean") is None:
+        au = au.with_standardized_inputs(*au_statistics(faces.train))
+    au.to(accel.device)
+    run = _AdapterRun(pipe, au, faces, accel.device, snr_gamma, caption_dropout, au_dropout, class_prompts,
+                      au_loss, estimator, au_loss_max_timestep)
+
+    # 3. the trainer over the adapter (and the UNet), resumable with the same options only
+    loader = accel.prepare(index_loader(len(faces.latents), batch_size, seed, faces.batch,
+                                        faces.train.label_names(), class_balance))
+    options = {"data": [str(Path(p).resolve()) for p in data], "split": split, "size": list(faces.size),
+               "pipeline": str(Path(pipeline).resolve()), "adapter": None if adapter is None else str(adapter),
+               "au_names": list(au_names), "num_tokens": au.config.num_tokens, "hidden_dim": au.config.hidden_dim,
+               "au_dropout": au_dropout, "caption_dropout": caption_dropout, "class_balance": class_balance,
+               "class_prompts": class_prompts, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
+               "snr_gamma": snr_gamma, "seed": seed, "limit": limit, "train_unet": train_unet,
+               "standardize_aus": standardize_aus, "au_loss": au_loss,
+               "au_loss_max_timestep": au_loss_max_timestep if au_loss else None,
+               "au_estimator": _estimator_record(estimator)}
+    modules: dict[str, torch.nn.Module] = {"adapter": au, **({"unet": pipe.unet} if train_unet else {})}
+    trainer = Trainer(accel, out, modules, epochs, len(loader), lr, ema_decay=ema_decay, fingerprint=options)
+    if resume:
+        trainer.load()  # nothing below draws random numbers before fit(): a resumed run replays the same one
+    if accel.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "train_config.json", provenance_entry(
+            "train-adapter", {**options, "epochs": epochs, "sample_prompts": faces.prompts,
+                              "sample_steps": sample_steps, "precision": precision},
+            data={"train_faces": len(faces.train), "with_aus": int(faces.train.has_aus.sum()),
+                  "val_faces": len(faces.draw.ids), "skipped_without_caption": faces.train.skipped,
+                  "text_cache": faces.embed.mode},
+            processes=accel.num_processes))
+
+    # 4. after each epoch: raw vs EMA on the fixed draw; the better one exported and sampled
+    def end_epoch(epoch: int) -> dict[str, Any]:
+        grid = (epoch + 1) % sample_every_epochs == 0 or epoch + 1 == epochs
+        return run.end_epoch(trainer, accel, out, epoch, grid, seed, sample_steps)
+
+    with au.applied_to(pipe.unet):
+        trainer.fit(loader, run.loss, end_epoch)
+    accel.print(f"adapter exported to {out / 'adapter'}, pipeline with it to {out / 'pipeline'}")
+    return out / "adapter"
+
+
+def _check_options(au_loss: float, max_timestep: int, au_estimator: Any, au_dropout: float, caption_dropout: float,
+                   class_prompts: float) -> None:
     if au_loss < 0:
         raise ValueError(f"au_loss must be >= 0; got {au_loss}.")
-    if au_loss > 0 and au_loss_max_timestep <= 0:
-        raise ValueError(f"au_loss_max_timestep must be > 0; got {au_loss_max_timestep}.")
+    if au_loss > 0 and max_timestep <= 0:
+        raise ValueError(f"au_loss_max_timestep must be > 0; got {max_timestep}.")
     if au_loss == 0 and au_estimator is not None:
         raise ValueError("au_estimator is only used by the AU-consistency term; pass au_loss > 0 with it (or drop it).")
     for name, p in (("au_dropout", au_dropout), ("caption_dropout", caption_dropout)):
@@ -134,141 +194,126 @@ def train_adapter(
             raise ValueError(f"{name} must be in [0, 1); got {p}.")
     if not 0 <= class_prompts <= 1:
         raise ValueError(f"class_prompts must be in [0, 1]; got {class_prompts}.")
-    # 1. data first: a folder without AUs or captions is refused before anything is loaded or written
-    probe = load_split(data, split, labelled=False, need_captions=True, need_aus=True, limit=1)
-    au_names = probe.au_names
-    init = AUAdapter.from_pretrained(str(adapter)) if adapter is not None else None
-    if init is not None:
-        init.check_aus(au_names, str(data[0]))
-    estimator = None  # the AU term's estimator, checked against the data before anything is written
-    if au_loss > 0:
-        estimator = DistilledAUEstimator.from_pretrained(au_estimator, au_set=AUSet(tuple(au_names)))
-        for folder in data:  # BCE targets must be intensities in [0, 1]
-            scale = read_header(folder).aus.scale
-            if scale != "0-1":
-                raise DatasetError(f"{folder}: AUs are on the scale {scale!r}; the AU-consistency term needs "
-                                   "\"0-1\" intensities (as `synfer prepare` writes them). Pass au_loss=0.")
-    accel, resume = start_run(out, resume, overwrite, precision, seed)
 
-    # 2. the frozen pipeline and the adapter
-    pipe = SynferPipeline.from_pretrained(pipeline)
-    vae, unet, encoder = pipe.vae, pipe.unet, pipe.text_encoder
-    for module in (vae, unet, encoder):
-        module.requires_grad_(False).eval().to(accel.device)
-    if train_unet:  # the adapter's weights sit outside unet.parameters() (unregistered processors): no overlap
-        unet.requires_grad_(True)
-    au = init if init is not None else AUAdapter.for_unet(unet, au_names, num_tokens=num_tokens,
-                                                          hidden_dim=hidden_dim)
-    cfg = vae.config
-    size = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
-    train = load_split(data, split, labelled=False, input_size=size, need_captions=True, need_aus=True, limit=limit)
-    if standardize_aus and au.config.get("au_mean") is None:
-        mean, std = au_statistics(train)
-        au = au.with_standardized_inputs(mean, std)
-    au.to(accel.device)
-    val = load_split(data, val_split, labelled=False, input_size=size, need_captions=True, need_aus=True, limit=limit)
-    val = val if len(val) else train
-    if len(train) == 0:
-        raise DatasetError(f"No captioned records in split {split!r} of {[str(p) for p in data]}.")
-    latents = encode_latents(vae, train.images).cpu()
-    val_latents = encode_latents(vae, val.images).cpu()
-    train_alt, val_alt = (class_level_prompts(f) if class_prompts > 0 else f.captions for f in (train, val))
-    embed = CaptionEmbedder(encoder, train.captions + val.captions + train_alt + val_alt, accel.device,
-                            cache=text_cache)
-    ids, val_ids, alt_ids = embed.ids_of(train.captions), embed.ids_of(val.captions), embed.ids_of(train_alt)
-    if class_prompts > 0:  # a fixed share of the validation draw sees class-level prompts, as training does
-        swap = torch.rand(len(val_ids), generator=torch.Generator().manual_seed(seed + 1)) < class_prompts
-        val_ids = torch.where(swap, embed.ids_of(val_alt), val_ids)
-    aus, has_aus = train.aus, train.has_aus
-    draw = ValDraw(val_latents, val_ids, pipe.scheduler, seed)
-    draw_aus, draw_has = val.aus[draw.keep], val.has_aus[draw.keep]
-    rows = sample_prompts_from(val)
-    prompts, prompt_aus = [val.captions[i] for i in rows], val.aus[rows]
-    # pipe.scheduler is the sampler (DDIM); its config carries the training noise schedule
-    from diffusers import DDPMScheduler
 
-    train_sched = DDPMScheduler.from_config(pipe.scheduler.config)
-    consistency = None if estimator is None else AUConsistency(estimator.to(accel.device), pipe.decode_latents,
-                                                                train_sched, au_loss_max_timestep)
-    au_term = {"sum": 0.0, "faces": 0}  # the AU term's running per-face mean this epoch, for the metrics line
+def _au_term_estimator(data: list[Path], au_names: tuple[str, ...], au_loss: float, spec: str | Path | None) -> Any:
+    """The AU-consistency term's estimator (None without the term), checked against the data: same AU order,
+    intensities in [0, 1] (BCE targets)."""
+    if au_loss <= 0:
+        return None
+    from ..annotate.au.distilled import DistilledAUEstimator
+    from ..schema import AUSet
 
-    # 3. loss and trainer
-    loader = accel.prepare(index_loader(len(latents), batch_size, seed,
-                                        lambda idx: (latents[idx], ids[idx], aus[idx], has_aus[idx], alt_ids[idx]),
-                                        train.label_names(), class_balance))
+    estimator = DistilledAUEstimator.from_pretrained(spec, au_set=AUSet(tuple(au_names)))
+    for folder in data:
+        scale = read_header(folder).aus.scale
+        if scale != "0-1":
+            raise DatasetError(f"{folder}: AUs are on the scale {scale!r}; the AU-consistency term needs "
+                               "\"0-1\" intensities (as `synfer prepare` writes them). Pass au_loss=0.")
+    return estimator
 
-    def loss_fn(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        z, rows, vectors, has, alt = batch[0].to(accel.device), batch[1], batch[2], batch[3], batch[4]
-        if class_prompts > 0:  # drawn only when used, so runs without it keep their random stream
-            rows = torch.where(torch.rand(len(rows)) < class_prompts, alt, rows)
-        rows = torch.where(torch.rand(len(rows)) < caption_dropout, embed.empty, rows)
-        drop = (torch.rand(len(rows)) < au_dropout) | ~has.cpu()
-        cond = au.condition(embed(rows), vectors.to(accel.device), drop.to(accel.device))
-        if consistency is None:
-            return noise_loss(unet, train_sched, z, cond, snr_gamma)
-        step = denoise_step(unet, train_sched, z, cond)
-        term = consistency(step.noisy, step.pred, step.timesteps, vectors.to(accel.device), ~drop)
-        n = consistency.last_faces
-        au_term["sum"], au_term["faces"] = au_term["sum"] + term.item() * n, au_term["faces"] + n
-        return step.loss(train_sched, snr_gamma) + au_loss * term
 
-    def val_condition(r: torch.Tensor) -> torch.Tensor:
-        return au.condition(embed(draw.ids[r]), draw_aus[r].to(accel.device), (~draw_has[r]).to(accel.device))
+def _estimator_record(estimator: Any) -> dict[str, Any] | None:
+    """The AU term's estimator by name or resolved path and weights hash: a resume needs the same weights."""
+    if estimator is None:
+        return None
+    info = estimator.describe()
+    model = str(info.get("model"))
+    return {"model": str(Path(model).resolve()) if Path(model).exists() else model,
+            "model_sha256": info.get("model_sha256")}
 
-    options = {"data": [str(Path(p).resolve()) for p in data], "split": split, "size": list(size),
-               "pipeline": str(Path(pipeline).resolve()), "adapter": None if adapter is None else str(adapter),
-               "au_names": list(au_names), "num_tokens": au.config.num_tokens, "hidden_dim": au.config.hidden_dim,
-               "au_dropout": au_dropout, "caption_dropout": caption_dropout, "class_balance": class_balance,
-               "class_prompts": class_prompts,
-               "batch_size": batch_size, "lr": lr,
-               "ema_decay": ema_decay, "snr_gamma": snr_gamma, "seed": seed, "limit": limit}
-    if train_unet:  # likewise only when set
-        options["train_unet"] = True
-    if standardize_aus:
-        options["standardize_aus"] = True
-    if au_loss > 0:  # only then, so runs started before the option existed keep their fingerprint and resume
-        info = estimator.describe()  # bundled name or path, and the weights' hash: a resume needs the same weights
-        model = str(info.get("model"))
-        model = str(Path(model).resolve()) if Path(model).exists() else model
-        options.update(au_loss=au_loss, au_loss_max_timestep=au_loss_max_timestep,
-                       au_estimator={"model": model, "model_sha256": info.get("model_sha256")})
-    modules: dict[str, torch.nn.Module] = {"adapter": au, **({"unet": unet} if train_unet else {})}
-    trainer = Trainer(accel, out, modules, epochs, len(loader), lr, ema_decay=ema_decay, fingerprint=options)
-    if resume:
-        trainer.load()  # nothing below draws random numbers before fit(): a resumed run replays the same one
-    if accel.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "train_config.json", provenance_entry(
-            "train-adapter", {**options, "epochs": epochs, "sample_prompts": prompts, "sample_steps": sample_steps,
-                              "precision": precision},
-            data={"train_faces": len(train), "with_aus": int(has_aus.sum()), "val_faces": len(draw.ids),
-                  "skipped_without_caption": train.skipped, "text_cache": embed.mode},
-            processes=accel.num_processes))
 
-    # 4. after each epoch: raw vs EMA adapter on the fixed draw; the better one exported and sampled
-    def end_epoch(epoch: int) -> dict[str, Any]:
+class _AdapterFaces:
+    """The faces ``train-adapter`` trains on: latents, caption ids (and class-level prompt ids), AUs, the fixed
+    validation draw with its AUs, and the sample-grid prompts."""
+
+    def __init__(self, pipe: Any, data: list[Path], split: str, val_split: str, limit: int | None,
+                 class_prompts: float, seed: int, device: torch.device, text_cache: Path | None) -> None:
+        cfg = pipe.vae.config
+        self.size = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
+        kw = dict(labelled=False, input_size=self.size, need_captions=True, need_aus=True, limit=limit)
+        self.train = train = load_split(data, split, **kw)
+        if len(train) == 0:
+            raise DatasetError(f"No captioned records in split {split!r} of {[str(p) for p in data]}.")
+        val = load_split(data, val_split, **kw)
+        val = val if len(val) else train
+        self.latents = encode_latents(pipe.vae, train.images).cpu()
+        train_alt, val_alt = (class_level_prompts(f) if class_prompts > 0 else f.captions for f in (train, val))
+        self.embed = CaptionEmbedder(pipe.text_encoder, train.captions + val.captions + train_alt + val_alt, device,
+                                     cache=text_cache)
+        self.ids, self.alt_ids = self.embed.ids_of(train.captions), self.embed.ids_of(train_alt)
+        val_ids = self.embed.ids_of(val.captions)
+        if class_prompts > 0:  # a fixed share of the validation draw sees class-level prompts, as training does
+            swap = torch.rand(len(val_ids), generator=torch.Generator().manual_seed(seed + 1)) < class_prompts
+            val_ids = torch.where(swap, self.embed.ids_of(val_alt), val_ids)
+        self.draw = ValDraw(encode_latents(pipe.vae, val.images).cpu(), val_ids, pipe.scheduler, seed)
+        self.draw_aus, self.draw_has = val.aus[self.draw.keep], val.has_aus[self.draw.keep]
+        rows = sample_prompts_from(val)
+        self.prompts, self.prompt_aus = [val.captions[i] for i in rows], val.aus[rows]
+
+    def batch(self, idx: list[int]) -> tuple[torch.Tensor, ...]:
+        t = self.train
+        return self.latents[idx], self.ids[idx], t.aus[idx], t.has_aus[idx], self.alt_ids[idx]
+
+
+class _AdapterRun:
+    """``train-adapter``'s loss (denoising, plus the optional AU-consistency term) and its end of epoch."""
+
+    def __init__(self, pipe: Any, au: AUAdapter, faces: _AdapterFaces, device: torch.device,
+                 snr_gamma: float | None, caption_dropout: float, au_dropout: float, class_prompts: float,
+                 au_loss: float, estimator: Any, max_timestep: int) -> None:
+        from diffusers import DDPMScheduler
+
+        from .au_consistency import AUConsistency
+
+        self.pipe, self.au, self.faces, self.device = pipe, au, faces, device
+        self.snr_gamma, self.caption_dropout, self.au_dropout = snr_gamma, caption_dropout, au_dropout
+        self.class_prompts, self.au_loss = class_prompts, au_loss
+        # pipe.scheduler is the sampler; its config carries the training noise schedule
+        self.sched = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.consistency = None if estimator is None else AUConsistency(estimator.to(device), pipe.decode_latents,
+                                                                         self.sched, max_timestep)
+        self.au_term = {"sum": 0.0, "faces": 0}  # the AU term's running per-face mean this epoch
+
+    def loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        z, rows, vectors, has, alt = batch[0].to(self.device), batch[1], batch[2], batch[3], batch[4]
+        if self.class_prompts > 0:  # drawn only when used, so runs without it keep their random stream
+            rows = torch.where(torch.rand(len(rows)) < self.class_prompts, alt, rows)
+        rows = torch.where(torch.rand(len(rows)) < self.caption_dropout, self.faces.embed.empty, rows)
+        drop = (torch.rand(len(rows)) < self.au_dropout) | ~has.cpu()
+        cond = self.au.condition(self.faces.embed(rows), vectors.to(self.device), drop.to(self.device))
+        if self.consistency is None:
+            return noise_loss(self.pipe.unet, self.sched, z, cond, self.snr_gamma)
+        step = denoise_step(self.pipe.unet, self.sched, z, cond)
+        term = self.consistency(step.noisy, step.pred, step.timesteps, vectors.to(self.device), ~drop)
+        n = self.consistency.last_faces
+        self.au_term.update(sum=self.au_term["sum"] + term.item() * n, faces=self.au_term["faces"] + n)
+        return step.loss(self.sched, self.snr_gamma) + self.au_loss * term
+
+    def val_condition(self, r: torch.Tensor) -> torch.Tensor:
+        f = self.faces
+        return self.au.condition(f.embed(f.draw.ids[r]), f.draw_aus[r].to(self.device), (~f.draw_has[r]).to(self.device))
+
+    def end_epoch(self, trainer: Trainer, accel: Any, out: Path, epoch: int, grid: bool, seed: int,
+                  sample_steps: int) -> dict[str, Any]:
+        """Raw vs EMA adapter on the fixed draw; the better one exported (adapter and pipeline) and sampled."""
         scores = {}
         for which in ("raw", "ema") if trainer.ema is not None else ("raw",):
             with trainer.weights(which):
-                scores[which] = draw.loss(accel, unet, train_sched, val_condition)
+                scores[which] = self.faces.draw.loss(accel, self.pipe.unet, self.sched, self.val_condition)
         pick = min(scores, key=scores.get)
         with trainer.weights(pick):
-            pipe.set_au_adapter(au)
-            if (epoch + 1) % sample_every_epochs == 0 or epoch + 1 == epochs:
-                sample_grid(pipe, prompts, out / "samples" / f"epoch_{epoch + 1:03d}.png", seed, sample_steps,
-                            aus=prompt_aus)
-            atomic_save_dir(out / "adapter", au.save_pretrained)
-            atomic_save_dir(out / "pipeline", pipe.save_pretrained)
+            self.pipe.set_au_adapter(self.au)
+            if grid:
+                sample_grid(self.pipe, self.faces.prompts, out / "samples" / f"epoch_{epoch + 1:03d}.png", seed,
+                            sample_steps, aus=self.faces.prompt_aus)
+            atomic_save_dir(out / "adapter", self.au.save_pretrained)
+            atomic_save_dir(out / "pipeline", self.pipe.save_pretrained)
         row = {"val_loss": scores[pick], **{f"val_loss_{k}": v for k, v in scores.items()}, "weights": pick}
-        if consistency is not None:
-            row["train_au_term"] = au_term["sum"] / max(1, au_term["faces"])
-            au_term.update(sum=0.0, faces=0)
+        if self.consistency is not None:
+            row["train_au_term"] = self.au_term["sum"] / max(1, self.au_term["faces"])
+            self.au_term.update(sum=0.0, faces=0)
         return row
-
-    with au.applied_to(unet):
-        trainer.fit(loader, loss_fn, end_epoch)
-    accel.print(f"adapter exported to {out / 'adapter'}, pipeline with it to {out / 'pipeline'}")
-    return out / "adapter"
 
 
 #: Below this spread an AU counts as constant (AU agreement's threshold): its std is floored here, so a nearly
