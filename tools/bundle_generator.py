@@ -3,8 +3,8 @@
     python tools/bundle_generator.py RUN/pipeline PREPARED [--name ferplus-mini] [--scheduler dpm] [--steps 10]
         [--text-scale 3.0] [--au-scale 3.0]
 
-Sets the sampler the model was validated with (DPM-Solver++ or DDIM, trailing timesteps) and its default steps and
-guidance scales (saved in model_index.json, used when a call leaves them out), writes the per-class mean AU vectors
+Sets the sampler the model was validated with (DPM-Solver++ or DDIM, trailing timesteps; ``keep`` leaves the
+pipeline's own, e.g. a distilled student's LCM scheduler) and its default steps and guidance scales (saved in model_index.json, used when a call leaves them out), writes the per-class mean AU vectors
 of PREPARED's train split as au_targets.json, and swaps the folder into src/synfer/assets/generators/NAME. The model
 card (README.md in that folder) is kept if present.
 """
@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("pipeline", type=Path)
     ap.add_argument("prepared", type=Path)
     ap.add_argument("--name", default="ferplus-mini")
-    ap.add_argument("--scheduler", choices=["dpm", "ddim"], default="dpm")
+    ap.add_argument("--scheduler", choices=["dpm", "ddim", "keep"], default="dpm")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--text-scale", type=float, default=3.0)
     ap.add_argument("--au-scale", type=float, default=3.0)
@@ -39,7 +39,7 @@ def main() -> None:
     if args.scheduler == "dpm":
         pipe.scheduler = DPMSolverMultistepScheduler.from_config(
             pipe.scheduler.config, algorithm_type="dpmsolver++", timestep_spacing="trailing", final_sigmas_type="zero")
-    else:
+    elif args.scheduler == "ddim":
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
     pipe.set_generation_defaults(args.steps, args.text_scale, args.au_scale)
     dest = assets_dir() / KINDS["generator"].folder / args.name

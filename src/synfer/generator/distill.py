@@ -35,6 +35,7 @@ exported. The run folder::
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import shutil
 from pathlib import Path
@@ -87,8 +88,10 @@ class ConsistencyDistiller:
         self.teacher_adapter.requires_grad_(False).eval()
         self.teacher_adapter.install(self.teacher_unet)
         self.adapter.install(self.unet)
-        self.scheduler = LCMScheduler.from_config(pipe.scheduler.config, original_inference_steps=num_ddim_steps,
-                                                  timestep_spacing="leading", set_alpha_to_one=True)
+        # the teacher's noise schedule, and LCM's own settings for the rest (its other solver keys do not apply)
+        keep = set(inspect.signature(LCMScheduler.__init__).parameters) - {"timestep_spacing", "set_alpha_to_one"}
+        self.scheduler = LCMScheduler(**{k: v for k, v in pipe.scheduler.config.items() if k in keep
+                                         and k != "original_inference_steps"}, original_inference_steps=num_ddim_steps)
         self.alphas = self.scheduler.alphas_cumprod.float()
         n_train = self.scheduler.config.num_train_timesteps
         self.k = n_train // num_ddim_steps
