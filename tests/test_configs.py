@@ -28,3 +28,15 @@ def test_preset_parses(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     printed = yaml.safe_load(capsys.readouterr().out)
     for key, value in yaml.safe_load(path.read_text()).items():
         assert printed[key] == value, key
+
+
+def test_every_preset_is_referenced_by_a_doc_or_a_test() -> None:
+    """A preset reproduces a shipped model or a documented recipe: some doc (README, docs/, a model card) or test
+    names it."""
+    root = Path(__file__).resolve().parents[1]
+    texts = [p.read_text() for p in [root / "README.md", *(root / "docs").rglob("*.md"),
+                                     *(root / "src" / "synfer" / "assets").rglob("README.md"),
+                                     *(root / "tests").rglob("*.py")] if p.name != "test_configs.py"]
+    for path in CONFIGS:
+        rel = str(path.relative_to(root))
+        assert any(rel in t for t in texts), f"{rel} is named by no doc or test; document it or remove it"

@@ -1,6 +1,7 @@
 """Expression sets, the FACS action-unit catalogue, EMFACS prototypes and the dataset header type.
 
-Pure Python (no torch, no numpy at import): every stage and every test can import it cheaply.
+Pure Python (no torch, no numpy at import): every stage and every test can import it cheaply. One file past 400
+lines on purpose: the AU catalogue, the expression sets and their prototypes are one table of data, read together.
 
 Orders matter. An expression set or an AU list is an *ordered* tuple of names, stored in every dataset header and
 every model config; :func:`check_same_order` refuses a mismatch instead of silently re-indexing.

@@ -301,7 +301,7 @@ def test_fine_tune_a_stable_diffusion_checkpoint(gen_run: Path, faces: Path, tmp
 
 
 def test_caption_states_are_cached_on_disk_and_keyed_by_weights_and_captions(tmp_path: Path, monkeypatch) -> None:
-    from synfer.generator.train_unet import CaptionEmbedder
+    from synfer.generator.captions import CaptionEmbedder
 
     encoder = tiny_clip_encoder(tmp_path / "clip")
     captions, cache, cpu = ["a smiling face", "a frowning face"], tmp_path / "cache", torch.device("cpu")

@@ -1,5 +1,8 @@
 """The dataset folder: the one contract between synfer's stages.
 
+(One file past 400 lines on purpose: the reader and the writer share the record schema, the validation and the
+atomic-write rules, and must change together.)
+
 Layout::
 
     dataset.json              header (schema.DatasetHeader): expression order, AU order + scale, provenance, stats

@@ -51,9 +51,9 @@ from ..core.runtime import autocast, resolve_precision
 from ..core.splits import index_loader, load_split
 from ..core.training import EMA, Trainer, atomic_save_dir, start_run
 from ..models.denoiser import denoise
+from .captions import CaptionEmbedder
 from .guidance import predict_x0
 from .train_adapter import class_level_prompts
-from .train_unet import CaptionEmbedder
 from .train_vae import encode_latents
 
 #: Validation conditions sampled by teacher and student each epoch.

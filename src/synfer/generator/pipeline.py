@@ -1,5 +1,7 @@
 """SynferPipeline: text- and AU-conditioned latent diffusion sampling, one code path for both scales.
 
+(One file past 400 lines on purpose: a diffusers pipeline is one class, its steps methods of it.)
+
 Components: ``vae`` (AutoencoderKL), ``unet`` (the denoiser: :mod:`synfer.models.denoiser`), ``text_encoder`` (a
 :class:`~synfer.models.text_encoders.TextEncoder`: MiniLM + projection for the mini model, CLIP for SD checkpoints),
 ``scheduler`` (DDIM by default; DPM-Solver++ and any diffusers scheduler work) and ``au_adapter``

@@ -41,7 +41,8 @@ from ..core.provenance import provenance_entry
 from ..core.splits import Split, index_loader, load_split
 from ..core.training import Trainer, atomic_save_dir, start_run
 from ..models.au_adapter import AUAdapter
-from .train_unet import CaptionEmbedder, ValDraw, denoise_step, noise_loss, sample_grid, sample_prompts_from
+from .captions import CaptionEmbedder
+from .train_unet import ValDraw, denoise_step, noise_loss, sample_grid, sample_prompts_from
 from .train_vae import encode_latents
 
 

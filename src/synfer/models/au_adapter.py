@@ -1,5 +1,8 @@
 """The facial-action-unit (AU) adapter of SynFER (§2 of SYNFER_METHOD.md), in the style of IP-Adapter.
 
+(One file past 400 lines on purpose: the attention processor reads its weights from the adapter at call time,
+and the two are only correct together.)
+
 An MLP maps an AU vector (B, A) in [0, 1] to N tokens (B, N, D); every cross-attention layer of a diffusers
 denoiser (:mod:`synfer.models.denoiser`) gets its own key/value projections for those tokens, initialised from the
 layer's own text ``to_k`` / ``to_v`` (IP-Adapter's init, Ye et al. 2023), and its output becomes::

@@ -1,6 +1,6 @@
 """Benchmark: sampling speed of a candidate UNet layout against the bundled generator's, before training it.
 
-    python benchmarks/unet_layout_speed.py --attention-levels 2 3 [--block-out-channels 24 48 96 160] [--rounds 3]
+    python experiments/generator-history/unet_layout_speed.py --attention-levels 2 3 [--block-out-channels 24 48 96 160] [--rounds 3]
 
 Speed does not depend on the weights, so an untrained UNet of the candidate layout (with a fresh AU adapter) stands
 in the bundled pipeline's place: same VAE, text encoder, scheduler, guidance (the pipeline's defaults, three UNet

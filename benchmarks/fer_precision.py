@@ -1,0 +1,79 @@
+"""Benchmark: expression-classifier training and evaluation in bf16 against fp32 (speed and accuracy).
+
+    python benchmarks/fer_precision.py --train runs/ferplus_ce --val runs/ferplus [--epochs 10] [--seed 0]
+
+The bundled classifier's recipe (``fer_resnet_s``, stem stride 2, batch 128, SGD lr 0.1, EMA 0.999, soft labels)
+is trained twice from the same seed, ``--epochs`` epochs each, once with ``--precision fp32`` and once with
+``bf16``; reported: training images/s (median over epochs, the whole loop: augmentation, steps, EMA), the best
+validation accuracy (model selection on val) and that model's test accuracy (read once), and evaluation faces/s
+of the bf16 model in each precision with the share of test predictions that agree.
+Writes benchmarks/results/fer_precision.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from _common import machine_info, write_result
+
+from synfer.classifiers.evaluate import predict
+from synfer.classifiers.train import train_fer
+from synfer.core.metrics import classification_metrics
+from synfer.core.splits import load_split
+from synfer.models.classifiers import ExpressionClassifier
+
+RECIPE = {"architecture": "fer_resnet_s", "model_kwargs": {"stem_stride": 2}, "batch_size": 128, "lr": 0.1,
+          "ema_decay": 0.999}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--train", type=Path, default=Path("runs/ferplus_ce"))
+    ap.add_argument("--val", type=Path, default=Path("runs/ferplus"))
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", type=Path, default=Path("runs/bench/fer_precision"))
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "fer_precision.json")
+    args = ap.parse_args()
+
+    test = None
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        out = args.work / precision
+        train_fer([args.train], out, val=args.val, epochs=args.epochs, seed=args.seed, precision=precision,
+                  resume=out.exists(), **RECIPE)
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        model = ExpressionClassifier.from_pretrained(out)
+        test = test or load_split(args.val, "test", expressions=model.label_names)
+        pred = predict(model, test, torch.device("cpu")).argmax(1)
+        m = classification_metrics(test.labels.numpy(), pred, model.label_names)
+        runs[precision] = {"train_images_per_s": round(statistics.median(r["images_per_s"] for r in rows), 1),
+                           "best_val_accuracy": round(100 * max(r["val_accuracy"] for r in rows), 2),
+                           "test_accuracy": round(100 * m["accuracy"], 2), "epochs": len(rows)}
+        print(precision, runs[precision], flush=True)
+    model = ExpressionClassifier.from_pretrained(args.work / "bf16")
+    evals = {}
+    for precision in ("fp32", "bf16", "fp32", "bf16"):  # alternating; the second of each counts
+        t0 = time.perf_counter()
+        probs = predict(model, test, torch.device("cpu"), precision=precision)
+        evals[precision] = (len(test) / (time.perf_counter() - t0), probs.argmax(1))
+    agree = float((evals["fp32"][1] == evals["bf16"][1]).mean())
+    write_result(args.out, {
+        "benchmark": "fer_precision", "train": str(args.train), "val_test": str(args.val), "recipe": RECIPE,
+        "epochs": args.epochs, "seed": args.seed, "runs": runs,
+        "train_speedup_bf16": round(runs["bf16"]["train_images_per_s"] / runs["fp32"]["train_images_per_s"], 2),
+        "evaluation": {"faces_per_s": {k: round(v[0], 1) for k, v in evals.items()},
+                       "bf16_fp32_prediction_agreement": round(agree, 4)},
+        "command": f"python benchmarks/fer_precision.py --train {args.train} --val {args.val} --epochs {args.epochs} "
+                   f"--seed {args.seed}",
+        "torch_threads": torch.get_num_threads(), "machine": machine_info(),
+    })
+
+
+if __name__ == "__main__":
+    main()
