@@ -23,7 +23,8 @@ MediaPipe AU r of the per-face run (Pearson per AU over the faces MediaPipe sees
 A setting is ``key:value`` pairs: ``text`` and ``au`` (guidance scales; equal = two rows, 1 and 1 = the
 conditional row alone), ``steps``, ``precision`` (fp32, bf16, auto), ``interval`` (guidance interval ``lo-hi``),
 ``compile`` (1 = ``SynferPipeline.compile_denoiser``; its one-off cost is reported), ``pipeline`` (a folder or
-bundled name, e.g. the few-step student). Unset keys take the pipeline's saved defaults.
+bundled name, e.g. the few-step student), ``adapter_scale`` (the AU adapter's attention scale, 1 as trained).
+Unset keys take the pipeline's saved defaults.
 Writes benchmarks/results/generation_speed.json (``--out`` for other runs).
 """
 
@@ -92,6 +93,7 @@ class Setting:
         self.kwargs = {"num_inference_steps": int(opts.get("steps", d["num_inference_steps"])),
                        "guidance_scale_text": float(opts.get("text", d["guidance_scale_text"])),
                        "guidance_scale_au": float(opts.get("au", d["guidance_scale_au"])),
+                       "au_adapter_scale": float(opts.get("adapter_scale", d["au_adapter_scale"])),
                        "precision": opts.get("precision", "auto"),
                        "guidance_interval": None if interval is None else tuple(map(float, interval.split("-")))}
         if self.pipe.config.get("default_guidance_interval") is not None and interval is None:

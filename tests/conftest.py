@@ -131,3 +131,51 @@ def stopped_after_saves(monkeypatch: pytest.MonkeyPatch, saves: int = 1) -> Iter
             yield
     finally:
         monkeypatch.setattr(training, "save_state", real)
+
+
+def tiny_vae_unet():
+    """A 1-channel 16 px VAE (4x8x8 latents) and an 8x8-latent UNet with cross-attention width 32 (seeded)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=1, out_channels=1, latent_channels=4, block_out_channels=(8, 16),
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        layers_per_block=1, norm_num_groups=4, sample_size=16).eval()
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=8, norm_num_groups=8).eval()
+    return vae, unet
+
+
+@pytest.fixture()
+def parts(tmp_path: Path) -> dict:
+    """The parts of a tiny SynferPipeline: VAE, UNet, tiny CLIP text encoder, DDIM, a 2-AU adapter (AU01, AU12)."""
+    import torch
+    from diffusers import DDIMScheduler
+
+    from synfer.models.au_adapter import AUAdapter
+
+    vae, unet = tiny_vae_unet()
+    torch.manual_seed(1)
+    return {"vae": vae, "unet": unet, "text_encoder": tiny_clip_encoder(tmp_path / "tok"),
+            "scheduler": DDIMScheduler(), "au_adapter": AUAdapter.for_unet(unet, ["AU01", "AU12"], hidden_dim=16)}
+
+
+def make_pipe(parts: dict, adapter: bool = True, **overrides):
+    """A SynferPipeline from ``parts`` (without its AU adapter if ``adapter`` is False), progress bars off."""
+    from synfer.generator.pipeline import SynferPipeline
+
+    pipe = SynferPipeline(**{**parts, "au_adapter": parts["au_adapter"] if adapter else None, **overrides})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture()
+def pipe_dir(parts: dict, tmp_path: Path) -> Path:
+    """The tiny pipeline saved to a folder, sampling 2 steps by default."""
+    pipe = make_pipe(parts)
+    pipe.set_generation_defaults(num_inference_steps=2)
+    pipe.save_pretrained(tmp_path / "pipe")
+    return tmp_path / "pipe"

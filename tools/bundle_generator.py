@@ -1,11 +1,12 @@
 """Copy a trained SynferPipeline into the package as a bundled generator (maintainers' step, not a user verb).
 
     python tools/bundle_generator.py RUN/pipeline PREPARED [--name ferplus-mini] [--scheduler dpm] [--steps 10]
-        [--text-scale 3.0] [--au-scale 3.0]
+        [--text-scale 3.0] [--au-scale 3.0] [--adapter-scale 1.0]
 
 Sets the sampler the model was validated with (DPM-Solver++ or DDIM, trailing timesteps; ``keep`` leaves the
-pipeline's own, e.g. a distilled student's LCM scheduler) and its default steps and guidance scales (saved in model_index.json, used when a call leaves them out), writes the per-class mean AU vectors
-of PREPARED's train split as au_targets.json, and swaps the folder into src/synfer/assets/generators/NAME. The model
+pipeline's own, e.g. a distilled student's LCM scheduler) and its default steps, guidance scales and AU adapter
+scale (saved in model_index.json, used when a call leaves them out), writes the per-class mean AU vectors of
+PREPARED's train split as au_targets.json, and swaps the folder into src/synfer/assets/generators/NAME. The model
 card (README.md in that folder) is kept if present.
 """
 
@@ -31,6 +32,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--text-scale", type=float, default=3.0)
     ap.add_argument("--au-scale", type=float, default=3.0)
+    ap.add_argument("--adapter-scale", type=float, default=1.0)
     args = ap.parse_args()
 
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
@@ -41,7 +43,7 @@ def main() -> None:
             pipe.scheduler.config, algorithm_type="dpmsolver++", timestep_spacing="trailing", final_sigmas_type="zero")
     elif args.scheduler == "ddim":
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
-    pipe.set_generation_defaults(args.steps, args.text_scale, args.au_scale)
+    pipe.set_generation_defaults(args.steps, args.text_scale, args.au_scale, args.adapter_scale)
     dest = assets_dir() / KINDS["generator"].folder / args.name
     card = dest / "README.md"
     card_text = card.read_text() if card.is_file() else None

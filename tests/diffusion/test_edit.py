@@ -10,9 +10,8 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
 from PIL import Image
-from test_pipeline import make_pipe, parts  # noqa: F401  (the fixture)
-from test_sample import pipe_dir  # noqa: F401  (the fixture)
 
+from conftest import make_pipe
 from synfer.core.dataset import DatasetFolder, DatasetWriter, Record
 from synfer.generator.layout import encode_images, invert, read_faces, to_pipeline_images
 from synfer.schema import AUSet
@@ -26,7 +25,7 @@ def faces(n: int = 2, size: int = 16) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "dpm"])
-def test_inversion_lands_where_sampling_enters(parts: dict, scheduler: str,  # noqa: F811
+def test_inversion_lands_where_sampling_enters(parts: dict, scheduler: str,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """With a noise prediction that does not depend on the latents (here 0), DDIM inversion and sampling are exact
     inverses, so any misalignment of levels or steps between ``invert`` and ``strength`` shows as an error. (The
@@ -55,7 +54,7 @@ def test_inversion_lands_where_sampling_enters(parts: dict, scheduler: str,  # n
         assert torch.allclose(back, z0, atol=1e-4, rtol=1e-3), (steps, strength, (back - z0).abs().max())
 
 
-def test_strength_runs_the_tail_of_the_schedule(parts: dict) -> None:  # noqa: F811
+def test_strength_runs_the_tail_of_the_schedule(parts: dict) -> None:
     pipe = make_pipe(parts)
     seen: list[int] = []
 
@@ -88,7 +87,7 @@ def write_inputs(tmp_path: Path) -> tuple[Path, Path]:
     return files, tmp_path / "ds"
 
 
-def test_edit_writes_a_dataset_of_edits(pipe_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_edit_writes_a_dataset_of_edits(pipe_dir: Path, tmp_path: Path) -> None:
     files, ds = write_inputs(tmp_path)
     assert [n for n, _ in read_faces([files])] == ["alice smith", "bob"]
     assert [n for n, _ in read_faces([ds], split="test")] == ["r1", "r2"]
@@ -122,7 +121,7 @@ def make_pipe_from(folder: Path):
     return load_pipeline(folder)
 
 
-def test_edit_refuses_unclear_requests(pipe_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_edit_refuses_unclear_requests(pipe_dir: Path, tmp_path: Path) -> None:
     files, _ = write_inputs(tmp_path)
     with pytest.raises(ValueError, match="--expression"):
         edit([files], tmp_path / "o1", pipeline=str(pipe_dir))

@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_pipeline import make_pipe, parts  # noqa: F401  (the fixture)
-from test_sample import pipe_dir  # noqa: F401  (the fixture)
 
+from conftest import make_pipe
 from synfer.core.dataset import DatasetFolder, DatasetWriter, Record
 from synfer.core.provenance import refuse_judge
 from synfer.generator.guidance import SemanticGuidance, predict_x0
@@ -60,7 +59,7 @@ def test_plan_is_deterministic_and_draws_class_aus(prepared: Path) -> None:
     assert all(0 <= v <= 1 for f in jit for v in f.aus) and len({tuple(f.aus) for f in jit}) > 3
 
 
-def test_generate_writes_the_planned_records(pipe_dir: Path, prepared: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_generate_writes_the_planned_records(pipe_dir: Path, prepared: Path, tmp_path: Path) -> None:
     out = generate(tmp_path / "syn", pipeline=str(pipe_dir), counts={"happy": 2, "neutral": 3}, expressions=EXPR,
                    au_source=str(prepared), coarse=["an old man", "a young woman"], batch_size=2, seed=3)
     d = DatasetFolder(out, expect_expressions=EXPR, expect_aus=("AU01", "AU12"))
@@ -84,7 +83,7 @@ def test_generate_writes_the_planned_records(pipe_dir: Path, prepared: Path, tmp
         generate(tmp_path / "bad", pipeline=str(pipe_dir), counts={"fear": 1}, expressions=EXPR)
 
 
-def test_resume_after_sigkill(pipe_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_resume_after_sigkill(pipe_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "syn"
     cmd = [sys.executable, "-m", "synfer", "generate", str(out), "--pipeline", str(pipe_dir),
            "--expressions", "neutral,happiness", "--per-class", "40", "--batch-size", "2", "--flush-every", "4",
@@ -106,7 +105,7 @@ def test_resume_after_sigkill(pipe_dir: Path, tmp_path: Path) -> None:  # noqa: 
         d.load_image(r.image).load()
 
 
-def test_two_processes_share_the_plan(pipe_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_two_processes_share_the_plan(pipe_dir: Path, tmp_path: Path) -> None:
     """torchrun with 2 CPU processes (accelerate's PartialState on gloo): each writes its share into its own shards, the main process
     finalises; the folder equals a one-process run's plan, and a 1-process --resume of it has nothing to do."""
     out = tmp_path / "syn"
@@ -135,7 +134,7 @@ def test_two_processes_share_the_plan(pipe_dir: Path, tmp_path: Path) -> None:  
     assert len(DatasetFolder(out)) == 12
 
 
-def test_layout_initialisation_starts_from_real_faces(pipe_dir: Path, prepared: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_layout_initialisation_starts_from_real_faces(pipe_dir: Path, prepared: Path, tmp_path: Path) -> None:
     out = generate(tmp_path / "syn", pipeline=str(pipe_dir), expressions=EXPR, per_class=2, au_source="prototype",
                    layout=prepared, layout_strength=0.5, num_inference_steps=4, preview=False)
     d = DatasetFolder(out)
@@ -166,7 +165,7 @@ def guidance_step(pipe, guide: SemanticGuidance, aus: torch.Tensor):
     return embeds, new, loss_of
 
 
-def test_semantic_guidance_step_lowers_the_classifier_loss(parts: dict, tmp_path: Path) -> None:  # noqa: F811
+def test_semantic_guidance_step_lowers_the_classifier_loss(parts: dict, tmp_path: Path) -> None:
     pipe = make_pipe(parts)
     clf = ExpressionClassifier.from_pretrained(tiny_classifier(tmp_path / "clf"))
     targets = torch.tensor([1, 0])
@@ -178,7 +177,7 @@ def test_semantic_guidance_step_lowers_the_classifier_loss(parts: dict, tmp_path
     assert guide(pipe, 3, pipe.scheduler.timesteps[3], {}) == {}  # no step after the last one
 
 
-def test_guidance_model_never_judges_its_own_set(pipe_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_guidance_model_never_judges_its_own_set(pipe_dir: Path, tmp_path: Path) -> None:
     guide = tiny_classifier(tmp_path / "guide", seed=0)
     judge = tiny_classifier(tmp_path / "judge", seed=1)
     out = generate(tmp_path / "syn", pipeline=str(pipe_dir), per_class=2, expressions=EXPR, au_source="prototype",
@@ -197,7 +196,7 @@ def test_guidance_model_never_judges_its_own_set(pipe_dir: Path, tmp_path: Path)
     assert all(m["guidance"]["model_sha256"] for m in meta_lines)
 
 
-def test_au_only_guidance_lowers_the_au_loss(parts: dict, tmp_path: Path) -> None:  # noqa: F811
+def test_au_only_guidance_lowers_the_au_loss(parts: dict, tmp_path: Path) -> None:
     from synfer.annotate.au.distilled import DistilledAUEstimator
 
     pipe = make_pipe(parts)

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from PIL import Image
 
-from conftest import tiny_clip_encoder
+from conftest import make_pipe
 from synfer.generator.pipeline import SynferPipeline, guidance_weights
 from synfer.models.au_adapter import AUAdapter
 from synfer.models.text_encoders import CLIPTextEncoderWrapper, TextEncoder
@@ -29,32 +29,6 @@ AUS = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-
-
-def tiny_vae_unet() -> tuple[AutoencoderKL, UNet2DConditionModel]:
-    torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=1, out_channels=1, latent_channels=4, block_out_channels=(8, 16),
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        layers_per_block=1, norm_num_groups=4, sample_size=16).eval()
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-                                attention_head_dim=8, norm_num_groups=8).eval()
-    return vae, unet
-
-
-@pytest.fixture()
-def parts(tmp_path: Path) -> dict:
-    vae, unet = tiny_vae_unet()
-    torch.manual_seed(1)
-    return {"vae": vae, "unet": unet, "text_encoder": tiny_clip_encoder(tmp_path / "tok"),
-            "scheduler": DDIMScheduler(), "au_adapter": AUAdapter.for_unet(unet, ["AU01", "AU12"], hidden_dim=16)}
-
-
-def make_pipe(parts: dict, adapter: bool = True, **overrides) -> SynferPipeline:
-    pipe = SynferPipeline(**{**parts, "au_adapter": parts["au_adapter"] if adapter else None, **overrides})
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def sample(pipe: SynferPipeline, seed: int = 0, **kw) -> torch.Tensor:
@@ -179,21 +153,25 @@ def test_generation_defaults_travel_with_the_model(parts: dict, tmp_path: Path) 
 
     pipe = make_pipe(parts)
     assert pipe.generation_defaults() == {"num_inference_steps": 25, "guidance_scale_text": 5.0,
-                                          "guidance_scale_au": 2.0}
-    pipe.set_generation_defaults(num_inference_steps=2, guidance_scale_au=5.0)
+                                          "guidance_scale_au": 2.0, "au_adapter_scale": 1.0}
+    pipe.set_generation_defaults(num_inference_steps=2, guidance_scale_au=5.0, au_adapter_scale=1.5)
     pipe.save_pretrained(tmp_path / "pipe")
     loaded = load_pipeline(tmp_path / "pipe")
     loaded.set_progress_bar_config(disable=True)
     assert loaded.generation_defaults() == {"num_inference_steps": 2, "guidance_scale_text": 5.0,
-                                            "guidance_scale_au": 5.0}
+                                            "guidance_scale_au": 5.0, "au_adapter_scale": 1.5}
     steps = []
     g = torch.Generator().manual_seed(0)
     out = loaded(PROMPTS, aus=AUS, generator=g, output_type="pt",
                  callback_on_step_end=lambda p, i, t, kw: steps.append(i) or {}).images
     assert steps == [0, 1]  # the saved default, not 25
     explicit = loaded(PROMPTS, aus=AUS, num_inference_steps=2, guidance_scale_text=5.0, guidance_scale_au=5.0,
-                      generator=torch.Generator().manual_seed(0), output_type="pt").images
+                      au_adapter_scale=1.5, generator=torch.Generator().manual_seed(0), output_type="pt").images
     assert torch.equal(out, explicit)
+    unscaled = loaded(PROMPTS, aus=AUS, au_adapter_scale=1.0, generator=torch.Generator().manual_seed(0),
+                      output_type="pt").images
+    assert not torch.equal(out, unscaled)
+    assert set(loaded.au_adapter._scales.values()) == {1.0}  # the adapter's own scales are restored after a call
     with pytest.raises(FileNotFoundError, match="model_index.json"):
         load_pipeline(tmp_path / "nowhere")
 

@@ -8,20 +8,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_pipeline import make_pipe, parts  # noqa: F401  (the fixture)
 
 from synfer.core.dataset import DatasetWriter, Record
 from synfer.generator.au_targets import expression_au_targets, write_au_targets
 from synfer.schema import AUSet, OrderMismatchError
 from synfer.synthesize.sample import au_sweep, sample_grid
-
-
-@pytest.fixture()
-def pipe_dir(parts: dict, tmp_path: Path) -> Path:  # noqa: F811
-    pipe = make_pipe(parts)
-    pipe.set_generation_defaults(num_inference_steps=2)
-    pipe.save_pretrained(tmp_path / "pipe")
-    return tmp_path / "pipe"
 
 
 def prepared(tmp_path: Path, names: tuple[str, ...] = ("AU01", "AU12")) -> Path:
@@ -33,6 +24,12 @@ def prepared(tmp_path: Path, names: tuple[str, ...] = ("AU01", "AU12")) -> Path:
     return tmp_path / "prep"
 
 
+def cell(grid: np.ndarray, row: int, col: int, size: int = 16) -> np.ndarray:
+    """One face of a grid written with 1 px padding."""
+    top, left = 1 + row * (size + 1), 1 + col * (size + 1)
+    return grid[top:top + size, left:left + size]
+
+
 def test_grid_rows_are_expressions_and_columns_share_seeds(pipe_dir: Path, tmp_path: Path) -> None:
     out = sample_grid(tmp_path / "grid.png", pipeline=str(pipe_dir), expressions=["happy", "sad"],
                       per_expression=3, au_targets="prototype")
@@ -41,6 +38,14 @@ def test_grid_rows_are_expressions_and_columns_share_seeds(pipe_dir: Path, tmp_p
     again = np.asarray(Image.open(sample_grid(tmp_path / "again.png", pipeline=str(pipe_dir),
                                               expressions=["happy", "sad"], per_expression=3, au_targets="prototype")))
     assert np.array_equal(grid, again)  # seeded
+    # the same expression twice: the rows are equal column by column (a column is one seed), the columns differ
+    same = np.asarray(Image.open(sample_grid(tmp_path / "same.png", pipeline=str(pipe_dir),
+                                             expressions=["happy", "happy"], per_expression=3,
+                                             au_targets="prototype")))
+    assert np.array_equal(same[1:18], same[18:35])
+    assert np.array_equal(same[1:18], grid[1:18])  # and the happy row does not depend on the rows below it
+    assert not np.array_equal(cell(grid, 0, 0), cell(grid, 0, 1))
+    assert not np.array_equal(cell(grid, 0, 0), cell(grid, 1, 0))  # another expression, the same seed
 
 
 def test_au_targets_sources(pipe_dir: Path, tmp_path: Path) -> None:
@@ -62,6 +67,15 @@ def test_au_targets_sources(pipe_dir: Path, tmp_path: Path) -> None:
 def test_au_sweep(pipe_dir: Path, tmp_path: Path) -> None:
     out = au_sweep(tmp_path / "sweep.png", au="12", pipeline=str(pipe_dir), values=[0.0, 0.5, 1.0], seeds=2,
                    au_targets="prototype")
-    assert np.asarray(Image.open(out)).shape == (2 * 17 + 1, 3 * 17 + 1)
+    grid = np.asarray(Image.open(out))
+    assert grid.shape == (2 * 17 + 1, 3 * 17 + 1)
+    for row in range(2):  # the swept AU changes the face along each row
+        faces = [cell(grid, row, c).astype(int) for c in range(3)]
+        assert np.abs(faces[0] - faces[2]).mean() > np.abs(faces[0] - faces[1]).mean() > 0
+    assert not np.array_equal(cell(grid, 0, 0), cell(grid, 1, 0))  # rows are seeds
+    flat = np.asarray(Image.open(au_sweep(tmp_path / "flat.png", au="12", pipeline=str(pipe_dir),
+                                          values=[0.5, 0.5], seeds=1, au_targets="prototype")))
+    assert np.array_equal(cell(flat, 0, 0), cell(flat, 0, 1))  # only the AU differs between columns
+    assert np.array_equal(cell(flat, 0, 0), cell(grid, 0, 1))
     with pytest.raises(ValueError, match="not one of the adapter's AUs"):
         au_sweep(tmp_path / "x.png", au="AU04", pipeline=str(pipe_dir), au_targets="prototype")

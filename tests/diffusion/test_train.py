@@ -497,7 +497,7 @@ def test_distill_writes_a_few_step_student_and_leaves_the_teacher(adapter_run: P
     pipe = SynferPipeline.from_pretrained(out)
     assert isinstance(pipe.scheduler, LCMScheduler)
     assert pipe.generation_defaults() == {"num_inference_steps": 2, "guidance_scale_text": 1.0,
-                                          "guidance_scale_au": 1.0}
+                                          "guidance_scale_au": 1.0, "au_adapter_scale": 1.0}
     pipe.set_progress_bar_config(disable=True)
     calls = []
     real = pipe.unet.forward

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from conftest import PATTERN_CLASSES, write_pattern_dataset
+from synfer.classifiers.evaluate import predict
+from synfer.core.splits import load_split
 from synfer.labeling.label import label
 from synfer.models.classifiers import ClassifierConfig, ExpressionClassifier
 from synfer.study.quality import diversity, frechet_distance, kernel_distance, quality
@@ -49,7 +51,12 @@ def test_quality_reports_and_refuses_an_annotator_as_judge(tmp_path: Path) -> No
     judge = tiny_judge(tmp_path / "judge", 0)
     r = quality(syn, real, str(judge), kid_subsets=5, kid_subset_size=20, out=tmp_path / "q.json")
     assert r["faces"] == 30 and r["real_faces"] == 30 and (tmp_path / "q.json").is_file()
-    assert 0 <= r["expression_accuracy"] <= 100 and r["fd_fer"] >= 0
+    model = ExpressionClassifier.from_pretrained(judge)
+    faces = load_split(syn, "train", expressions=model.label_names)
+    judged = predict(model, faces, torch.device("cpu")).argmax(1)
+    truth = faces.labels.numpy()
+    assert r["expression_accuracy"] == pytest.approx(100 * np.mean(judged == truth), abs=0.01)
+    assert r["fd_fer"] > 0  # two different pattern sets
     assert set(r["diversity"]["synthetic"]) == {*PATTERN_CLASSES, "mean"}
     # judged against itself, a real set scores exactly the judge's reference on the real faces
     same = quality(real, real, str(judge), kid_subsets=5, kid_subset_size=20)

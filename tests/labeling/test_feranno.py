@@ -11,8 +11,13 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from conftest import PATTERN_CLASSES, stopped_after_saves, tiny_clip_encoder, write_pattern_dataset
-from diffusion.test_pipeline import tiny_vae_unet
+from conftest import (
+    PATTERN_CLASSES,
+    stopped_after_saves,
+    tiny_clip_encoder,
+    tiny_vae_unet,
+    write_pattern_dataset,
+)
 from synfer.core.dataset import DatasetFolder
 from synfer.generator.pipeline import SynferPipeline
 from synfer.labeling.annotators import FERAnnotator, load_annotator

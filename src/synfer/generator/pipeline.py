@@ -98,7 +98,7 @@ class SynferPipeline(DiffusionPipeline):
     def __init__(self, vae: AutoencoderKL, unet: torch.nn.Module, text_encoder: TextEncoder,
                  scheduler: SchedulerMixin, au_adapter: AUAdapter | None = None,
                  default_num_inference_steps: int = 25, default_guidance_scale_text: float = 5.0,
-                 default_guidance_scale_au: float = 2.0) -> None:
+                 default_guidance_scale_au: float = 2.0, default_au_adapter_scale: float = 1.0) -> None:
         super().__init__()
         self.register_modules(vae=vae, unet=unet, text_encoder=text_encoder, scheduler=scheduler,
                               au_adapter=au_adapter)
@@ -106,7 +106,8 @@ class SynferPipeline(DiffusionPipeline):
         # is fast and good at fewer steps than a Stable Diffusion checkpoint.
         self.register_to_config(default_num_inference_steps=int(default_num_inference_steps),
                                 default_guidance_scale_text=float(default_guidance_scale_text),
-                                default_guidance_scale_au=float(default_guidance_scale_au))
+                                default_guidance_scale_au=float(default_guidance_scale_au),
+                                default_au_adapter_scale=float(default_au_adapter_scale))
         self.check_components()
         self.active_precision = "fp32"  # the resolved precision of the running (or last) call, for callbacks
 
@@ -114,10 +115,11 @@ class SynferPipeline(DiffusionPipeline):
         """The settings ``__call__`` uses for arguments left at None (saved with the pipeline)."""
         return {"num_inference_steps": self.config.default_num_inference_steps,
                 "guidance_scale_text": self.config.default_guidance_scale_text,
-                "guidance_scale_au": self.config.default_guidance_scale_au}
+                "guidance_scale_au": self.config.default_guidance_scale_au,
+                "au_adapter_scale": self.config.get("default_au_adapter_scale", 1.0)}
 
     def set_generation_defaults(self, num_inference_steps: int | None = None, guidance_scale_text: float | None = None,
-                                guidance_scale_au: float | None = None) -> None:
+                                guidance_scale_au: float | None = None, au_adapter_scale: float | None = None) -> None:
         """Change the defaults saved with the pipeline (None keeps a value)."""
         current = self.generation_defaults()
         self.register_to_config(
@@ -125,7 +127,9 @@ class SynferPipeline(DiffusionPipeline):
             default_guidance_scale_text=float(current["guidance_scale_text"] if guidance_scale_text is None
                                               else guidance_scale_text),
             default_guidance_scale_au=float(current["guidance_scale_au"] if guidance_scale_au is None
-                                            else guidance_scale_au))
+                                            else guidance_scale_au),
+            default_au_adapter_scale=float(current["au_adapter_scale"] if au_adapter_scale is None
+                                           else au_adapter_scale))
 
     # -- components -----------------------------------------------------------------------------------------------
     @property
@@ -359,6 +363,7 @@ class SynferPipeline(DiffusionPipeline):
                  callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
                  guidance_interval: tuple[float, float] | None = None,
                  precision: str = "auto",
+                 au_adapter_scale: float | None = None,
                  return_dict: bool = True) -> SynferPipelineOutput | tuple:
         """Generate one image per prompt.
 
@@ -391,6 +396,9 @@ class SynferPipeline(DiffusionPipeline):
                 every step.
             precision: ``auto`` (bf16 where the device computes it natively, see :mod:`synfer.core.runtime`),
                 ``fp32``, ``bf16`` or ``fp16`` (CUDA): autocast for the text encoder, UNet and VAE decoder.
+            au_adapter_scale: the AU adapter's attention scale in every layer for this call (IP-Adapter's scale;
+                1 as trained; None: the saved default). Above 1 the AU tokens weigh more against the text, which
+                two guidance rows cannot do through ``guidance_scale_au``.
             return_dict: a :class:`SynferPipelineOutput`, else a tuple ``(images,)``.
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
@@ -399,6 +407,7 @@ class SynferPipeline(DiffusionPipeline):
         num_inference_steps = defaults["num_inference_steps"] if num_inference_steps is None else num_inference_steps
         guidance_scale_text = defaults["guidance_scale_text"] if guidance_scale_text is None else guidance_scale_text
         guidance_scale_au = defaults["guidance_scale_au"] if guidance_scale_au is None else guidance_scale_au
+        au_adapter_scale = defaults["au_adapter_scale"] if au_adapter_scale is None else au_adapter_scale
         # 1. Check inputs.
         prompts, negatives, aus = self.check_inputs(prompt, aus, height, width, num_inference_steps,
                                                     guidance_scale_text, guidance_scale_au, output_type,
@@ -431,12 +440,13 @@ class SynferPipeline(DiffusionPipeline):
         adapter = self.au_adapter
         installed = adapter is None or adapter.installed_on(self.unet)  # e.g. left installed by a trainer
         adapter_context = nullcontext() if installed else adapter.applied_to(self.unet)
+        scale_context = nullcontext() if adapter is None else adapter.scaled(au_adapter_scale)
 
         def conditions() -> dict[bool, torch.Tensor]:
             return {g: self.build_condition([r for r, _ in plan], prompt_embeds, negative_prompt_embeds, au_tokens,
                                             null_tokens) for g, plan in plans.items()}
 
-        with adapter_context, self.progress_bar(total=len(timesteps)) as progress:
+        with adapter_context, scale_context, self.progress_bar(total=len(timesteps)) as progress:
             condition = conditions()
             for i, t in enumerate(timesteps, start=start):  # i indexes the full schedule (callbacks' windows)
                 g = i in guided

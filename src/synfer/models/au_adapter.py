@@ -365,6 +365,19 @@ class AUAdapter(ModelMixin, ConfigMixin):
             raise ValueError(f"AU scale for {where!r} must be finite; got {value}.")
         return value
 
+    @contextmanager
+    def scaled(self, scale: float) -> Iterator[None]:
+        """Every layer at ``scale`` inside the block (1.0 leaves the current scales), the scales before after it."""
+        if float(scale) == 1.0:
+            yield
+            return
+        before = dict(self._scales)
+        self.set_scale(scale)
+        try:
+            yield
+        finally:
+            self._scales = before
+
     def layer_scale(self, name: str) -> float:
         """Current scale of one layer (by processor name)."""
         return self._scales[name]

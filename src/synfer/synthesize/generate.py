@@ -127,6 +127,7 @@ def generate(
     num_inference_steps: int | None = None,
     guidance_scale_text: float | None = None,
     guidance_scale_au: float | None = None,
+    au_adapter_scale: float | None = None,
     semantic_guidance: float = 0.0,
     guidance_window: tuple[float, float] = (0.6, 1.0),
     guidance_model: str = DEFAULT_CLASSIFIER,
@@ -158,6 +159,8 @@ def generate(
         seed: the run's seed; face k uses crc32("{seed}:{k}") for its noise, prompt, coarse pick and AU draw.
         batch_size: faces per pipeline call.
         num_inference_steps, guidance_scale_text, guidance_scale_au: sampler settings (None: the pipeline's).
+        au_adapter_scale: the AU adapter's attention scale (1 as trained, above 1 the AUs weigh more against the
+            text; None: the pipeline's).
         semantic_guidance: lambda of semantic guidance (0 = off; 0.05 is a reasonable start).
         guidance_window: fractions (start, end) of the steps where semantic guidance acts.
         guidance_model: the classifier that guides (folder or bundled name); recorded, so it never judges the set.
@@ -200,7 +203,7 @@ def generate(
     au_source = au_source if au_names is not None else "none"  # no adapter: text alone
     plan = plan_faces(want, au_names, au_source, seed, coarse, au_jitter, pipe_dir)
     run = _Run(pipe, exprs, au_names, au_source, split, _sampler(pipe, num_inference_steps, guidance_scale_text,
-                                                                  guidance_scale_au, precision),
+                                                                  guidance_scale_au, au_adapter_scale, precision),
                {"pipeline": str(pipeline), "sha256": files_sha256(pipe_dir)})
     # 2. semantic guidance and layout initialisation, each checked before anything is written
     run.guidance = _guidance(run, semantic_guidance, guidance_window, guidance_model, au_guidance, au_model)
@@ -261,12 +264,14 @@ def _wanted_counts(exprs: list[str], per_class: int | None, counts: dict[str, in
     return want
 
 
-def _sampler(pipe: Any, steps: int | None, text: float | None, au: float | None, precision: str) -> dict[str, Any]:
+def _sampler(pipe: Any, steps: int | None, text: float | None, au: float | None, adapter_scale: float | None,
+             precision: str) -> dict[str, Any]:
     """The sampler settings recorded on every face (None: the pipeline's saved defaults)."""
     d = pipe.generation_defaults()
     return {"scheduler": type(pipe.scheduler).__name__, "num_inference_steps": steps or d["num_inference_steps"],
             "guidance_scale_text": d["guidance_scale_text"] if text is None else text,
             "guidance_scale_au": d["guidance_scale_au"] if au is None else au,
+            "au_adapter_scale": d["au_adapter_scale"] if adapter_scale is None else float(adapter_scale),
             "precision": resolve_precision(precision, pipe.device)}
 
 
@@ -333,7 +338,8 @@ class _Run:
         s = self.sampler
         images = self.pipe(prompts, aus=aus, num_inference_steps=s["num_inference_steps"],
                            guidance_scale_text=s["guidance_scale_text"], guidance_scale_au=s["guidance_scale_au"],
-                           precision=s["precision"], generator=[torch.Generator().manual_seed(f.seed) for f in batch],
+                           au_adapter_scale=s["au_adapter_scale"], precision=s["precision"],
+                           generator=[torch.Generator().manual_seed(f.seed) for f in batch],
                            **kw).images
         out = []
         for f, prompt, image, j in zip(batch, prompts, images, starts, strict=True):
