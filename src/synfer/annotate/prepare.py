@@ -25,6 +25,7 @@ import time
 import zlib
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -143,21 +144,9 @@ def prepare(
                         images = [folder.load_image(r.image) for r in batch]
                     result = est.estimate(images)
                     for i, rec in enumerate(batch):
-                        presence = float(result.face_presence[i])
-                        found = presence >= min_face_presence
-                        pose = result.pose_dict(i) if found else None
                         with timed(timing, "captions"):
-                            text = cap.caption(_expression_input(rec, folder.expressions),
-                                               result.au_dict(i, names) if found else None, pose,
-                                               seed=caption_seed(seed, rec.id))
-                        meta = {**rec.meta, "face_presence": round(presence, 4)}
-                        if pose is not None:
-                            meta["head_pose"] = pose
-                        if keep_blendshapes and result.blendshapes is not None:
-                            meta["blendshapes"] = np.round(result.blendshapes[i], 4).tolist()
-                        row = Record(id=rec.id, split=rec.split, source=rec.source, expression=rec.expression,
-                                     label_probs=rec.label_probs, aus=result.aus[i].tolist() if found else None,
-                                     caption=text, meta=meta)
+                            row = _annotated(rec, result, i, names, cap, folder.expressions, seed,
+                                             min_face_presence, keep_blendshapes)
                         with timed(timing, "write"):
                             writer.add(row, folder.image_path(rec.image), link=True)
                     progress.update(len(batch))
@@ -168,17 +157,39 @@ def prepare(
                 stats["records_with_aus"] = sum(a is not None for a in aus_col)
                 stats["no_face"] = len(aus_col) - stats["records_with_aus"]
             finally:  # also when interrupted: the time spent is recorded, summed over runs
-                timing.update({k: v for k, v in getattr(est, "timings", {}).items()})
-                total = stats.setdefault("timing_s", {})
-                for k, v in timing.items():
-                    total[k] = round(total.get(k, 0.0) + v, 3)
-                total["wall"] = round(total.get("wall", 0.0) + time.perf_counter() - t_start, 3)
-                stats["runs"] = stats.get("runs", 0) + 1
-                fallbacks = getattr(cap, "fallbacks", None)
-                if fallbacks:
-                    stats["caption_fallbacks"] = stats.get("caption_fallbacks", 0) + fallbacks
+                _add_timing(stats, {**timing, **getattr(est, "timings", {})}, time.perf_counter() - t_start,
+                            getattr(cap, "fallbacks", None))
 
     return out
+
+
+def _annotated(rec: Record, result: Any, i: int, names: tuple[str, ...], cap: Any, expressions: tuple[str, ...],
+               seed: int, min_face_presence: float, keep_blendshapes: bool) -> Record:
+    """``rec`` with face ``i`` of the estimator's ``result``: its AUs (None where no face was found), caption and
+    face presence, head pose and blendshapes in ``meta``."""
+    presence = float(result.face_presence[i])
+    found = presence >= min_face_presence
+    pose = result.pose_dict(i) if found else None
+    text = cap.caption(_expression_input(rec, expressions), result.au_dict(i, names) if found else None, pose,
+                       seed=caption_seed(seed, rec.id))
+    meta = {**rec.meta, "face_presence": round(presence, 4)}
+    if pose is not None:
+        meta["head_pose"] = pose
+    if keep_blendshapes and result.blendshapes is not None:
+        meta["blendshapes"] = np.round(result.blendshapes[i], 4).tolist()
+    return Record(id=rec.id, split=rec.split, source=rec.source, expression=rec.expression,
+                  label_probs=rec.label_probs, aus=result.aus[i].tolist() if found else None, caption=text, meta=meta)
+
+
+def _add_timing(stats: dict[str, Any], timing: dict[str, float], wall: float, fallbacks: int | None) -> None:
+    """Add one run's seconds per stage, wall time and caption fallbacks to the header's running totals."""
+    total = stats.setdefault("timing_s", {})
+    for k, v in timing.items():
+        total[k] = round(total.get(k, 0.0) + v, 3)
+    total["wall"] = round(total.get("wall", 0.0) + wall, 3)
+    stats["runs"] = stats.get("runs", 0) + 1
+    if fallbacks:
+        stats["caption_fallbacks"] = stats.get("caption_fallbacks", 0) + fallbacks
 
 def au_table(path: Path) -> str:
     """The mean intensity of each AU per expression of a dataset folder, as a text table (rows: expressions in

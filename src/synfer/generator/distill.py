@@ -38,6 +38,7 @@ import copy
 import inspect
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -222,13 +223,7 @@ def distill(
     from .pipeline import load_pipeline
 
     out = Path(out)
-    for name, p in (("class_prompts", class_prompts), ("au_dropout", au_dropout)):
-        if not 0 <= p <= 1:
-            raise ValueError(f"{name} must be in [0, 1]; got {p}.")
-    if not 1 <= sample_steps <= num_ddim_steps:
-        raise ValueError(f"sample_steps must be in 1..num_ddim_steps ({num_ddim_steps}); got {sample_steps}.")
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1; got {epochs}.")
+    _check_options(class_prompts, au_dropout, sample_steps, num_ddim_steps, epochs)
     teacher_dir = resolve("generator", pipeline)
     probe = load_split(data, split, labelled=False, need_captions=True, need_aus=True, limit=1)
     teacher = load_pipeline(teacher_dir)
@@ -268,15 +263,7 @@ def distill(
                          vectors.to(device), use.to(device))
 
     # 2. the fixed validation draw (faces with AUs): class-level prompts, their AUs, noise, the teacher's samples
-    g = torch.Generator().manual_seed(seed)
-    with_aus = torch.nonzero(val.has_aus).flatten()
-    keep = with_aus[torch.randperm(len(with_aus), generator=g)[:VAL_FACES]]
-    val_prompts = [val_alt[i] for i in keep.tolist()]
-    val_text = embed(embed.ids_of(val_prompts))
-    val_aus = val.aus[keep].to(device)
-    val_noise = torch.randn(len(keep), cfg.latent_channels, *_size(teacher.unet.config.sample_size), generator=g)
-    val_seeds = [seed * 1_000_003 + i for i in range(len(keep))]
-    teacher_latents = _teacher_samples(teacher, val_prompts, val_aus, val_noise, precision)
+    draw = _ValDraw.of(teacher, val, val_alt, embed, seed, precision)
 
     options = {"data": [str(Path(p).resolve()) for p in data], "split": split, "size": list(size),
                "pipeline": str(teacher_dir.resolve()), "num_ddim_steps": num_ddim_steps,
@@ -291,21 +278,21 @@ def distill(
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "train_config.json", provenance_entry(
             "distill", {**options, "epochs": epochs, "sample_steps": sample_steps},
-            data={"train_faces": len(train), "with_aus": int(has_aus.sum()), "val_faces": len(keep)},
+            data={"train_faces": len(train), "with_aus": int(has_aus.sum()), "val_faces": len(draw.seeds)},
             processes=accel.num_processes))
 
     def end_epoch(epoch: int) -> dict[str, Any]:
         scores, samples = {}, {}
         for which in ("raw", "ema") if trainer.ema is not None else ("raw",):
             with trainer.weights(which), torch.no_grad():
-                cond = dist.adapter.condition(val_text, val_aus)
-                samples[which] = dist.sample(dist.unet, cond, val_noise.to(device), sample_steps, val_seeds)
-            scores[which] = float(F.mse_loss(samples[which].cpu(), teacher_latents))
+                cond = dist.adapter.condition(draw.text, draw.aus)
+                samples[which] = dist.sample(dist.unet, cond, draw.noise.to(device), sample_steps, draw.seeds)
+            scores[which] = float(F.mse_loss(samples[which].cpu(), draw.teacher_latents))
         pick = min(scores, key=scores.get)
         with trainer.weights(pick):
             _export(out / "pipeline", teacher, dist, sample_steps, teacher_dir / AU_TARGETS_FILE)
         with torch.no_grad():
-            grid = torch.cat([teacher.decode_latents(teacher_latents[:8].to(device)),
+            grid = torch.cat([teacher.decode_latents(draw.teacher_latents[:8].to(device)),
                               teacher.decode_latents(samples[pick][:8])])
         save_grid(grid, out / "samples" / f"epoch_{epoch + 1:03d}.png", nrow=8)
         return {"val_mse_to_teacher": scores[pick], **{f"val_mse_{k}": v for k, v in scores.items()}, "weights": pick}
@@ -316,6 +303,41 @@ def distill(
         dist.close()
     accel.print(f"student exported to {out / 'pipeline'} ({sample_steps} steps; SynferPipeline.from_pretrained)")
     return out / "pipeline"
+
+
+def _check_options(class_prompts: float, au_dropout: float, sample_steps: int, num_ddim_steps: int,
+                   epochs: int) -> None:
+    for name, p in (("class_prompts", class_prompts), ("au_dropout", au_dropout)):
+        if not 0 <= p <= 1:
+            raise ValueError(f"{name} must be in [0, 1]; got {p}.")
+    if not 1 <= sample_steps <= num_ddim_steps:
+        raise ValueError(f"sample_steps must be in 1..num_ddim_steps ({num_ddim_steps}); got {sample_steps}.")
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1; got {epochs}.")
+
+
+@dataclass
+class _ValDraw:
+    """The fixed validation draw: up to VAL_FACES val faces with AUs, their class-level prompts' text states
+    (N, L, D), AUs (N, A), starting noise (N, c, h, w), per-face seeds and the teacher's final latents from it."""
+
+    text: torch.Tensor
+    aus: torch.Tensor
+    noise: torch.Tensor
+    seeds: list[int]
+    teacher_latents: torch.Tensor
+
+    @classmethod
+    def of(cls, teacher: Any, val: Any, prompts: list[str], embed: Any, seed: int, precision: str) -> _ValDraw:
+        g = torch.Generator().manual_seed(seed)
+        with_aus = torch.nonzero(val.has_aus).flatten()
+        keep = with_aus[torch.randperm(len(with_aus), generator=g)[:VAL_FACES]]
+        picked = [prompts[i] for i in keep.tolist()]
+        aus = val.aus[keep].to(teacher.device)
+        noise = torch.randn(len(keep), teacher.vae.config.latent_channels, *_size(teacher.unet.config.sample_size),
+                            generator=g)
+        return cls(embed(embed.ids_of(picked)), aus, noise, [seed * 1_000_003 + i for i in range(len(keep))],
+                   _teacher_samples(teacher, picked, aus, noise, precision))
 
 
 @torch.no_grad()

@@ -207,6 +207,32 @@ def _export_unet(unet: nn.Module, lora: bool) -> nn.Module:
     return fused
 
 
+def _components(pretrained: str | None, vae: Path | None, text_encoder: str, cross_attention_dim: int,
+                block_out_channels: tuple[int, ...], layers_per_block: int, attention_head_dim: int,
+                attention_levels: tuple[int, ...] | None, scheduler: str) -> tuple[Any, Any, Any, Any, Any]:
+    """(VAE, text encoder, UNet, training noise schedule, sampling scheduler): a pretrained pipeline's (SD or
+    synfer), or the mini path's: ``vae`` loaded, a new UNet sized to its latents, the MiniLM encoder."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    from .pipeline import SynferPipeline
+
+    if pretrained is not None:
+        local = Path(pretrained)
+        base = (SynferPipeline.from_pretrained(local) if _is_synfer_pipeline(local)
+                else SynferPipeline.from_stable_diffusion(pretrained))
+        return (base.vae, base.text_encoder, base.unet, DDPMScheduler.from_config(base.scheduler.config),
+                base.scheduler)
+    vae_model = load_vae(vae)
+    encoder = load_text_encoder(text_encoder, cross_attention_dim)
+    factor = 2 ** (len(vae_model.config.block_out_channels) - 1)
+    unet = build_unet(vae_model.config.sample_size // factor, vae_model.config.latent_channels,
+                      tuple(block_out_channels), layers_per_block, attention_head_dim, encoder.output_dim,
+                      None if attention_levels is None else tuple(attention_levels))
+    train_sched = noise_schedule(scheduler)
+    sample_sched = DDIMScheduler.from_config(train_sched.config, timestep_spacing="trailing", set_alpha_to_one=False)
+    return vae_model, encoder, unet, train_sched, sample_sched
+
+
 def train_generator(
     data: list[Path],
     out: Path,
@@ -274,8 +300,6 @@ def train_generator(
     Returns:
         ``OUT/pipeline``.
     """
-    from diffusers import DDIMScheduler, DDPMScheduler
-
     from .pipeline import SynferPipeline
 
     out = Path(out)
@@ -290,23 +314,9 @@ def train_generator(
     accel, resume = start_run(out, resume, overwrite, precision, seed)
 
     # 1. components
-    if pretrained is not None:
-        local = Path(pretrained)
-        base = (SynferPipeline.from_pretrained(local) if _is_synfer_pipeline(local)
-                else SynferPipeline.from_stable_diffusion(pretrained))
-        vae_model, encoder, unet = base.vae, base.text_encoder, base.unet
-        train_sched = DDPMScheduler.from_config(base.scheduler.config)
-        sample_sched = base.scheduler
-    else:
-        vae_model = load_vae(vae)
-        encoder = load_text_encoder(text_encoder, cross_attention_dim)
-        factor = 2 ** (len(vae_model.config.block_out_channels) - 1)
-        unet = build_unet(vae_model.config.sample_size // factor, vae_model.config.latent_channels,
-                          tuple(block_out_channels), layers_per_block, attention_head_dim, encoder.output_dim,
-                          None if attention_levels is None else tuple(attention_levels))
-        train_sched = noise_schedule(scheduler)
-        sample_sched = DDIMScheduler.from_config(train_sched.config, timestep_spacing="trailing",
-                                                 set_alpha_to_one=False)
+    vae_model, encoder, unet, train_sched, sample_sched = _components(
+        pretrained, vae, text_encoder, cross_attention_dim, block_out_channels, layers_per_block, attention_head_dim,
+        attention_levels, scheduler)
     vae_model.requires_grad_(False).eval().to(accel.device)
     encoder.to(accel.device)
     unet.to(accel.device)
@@ -342,7 +352,8 @@ def train_generator(
                "pretrained": pretrained if pretrained is None or not Path(pretrained).exists()
                else str(Path(pretrained).resolve()),
                "unet": dict(unet.config) if pretrained is None else None, "lora_rank": lora_rank,
-               "caption_dropout": caption_dropout, "class_balance": class_balance, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
+               "caption_dropout": caption_dropout, "class_balance": class_balance, "batch_size": batch_size, "lr": lr,
+               "ema_decay": ema_decay,
                "snr_gamma": snr_gamma, "scheduler": dict(train_sched.config), "seed": seed, "limit": limit}
     trainer = Trainer(accel, out, {"unet": unet, "text_encoder": encoder}, epochs, len(loader), lr,
                       ema_decay=ema_decay, fingerprint=options)

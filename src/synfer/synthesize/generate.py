@@ -27,6 +27,9 @@ it last. Any process count works, also for ``--resume`` of a run made with anoth
 Every record carries its generation parameters in ``meta`` (seed, coarse description, sampler, scales, semantic
 guidance and the guidance model with its weights' hash, the generator's hash); ``aus`` holds the target AUs and
 ``caption`` the prompt.
+
+(One file past 400 lines on purpose: the verb's recipe and its small steps (plan, sampler, guidance, layout,
+writer, sharding) share the run's state and read top to bottom in one place.)
 """
 
 from __future__ import annotations
