@@ -108,7 +108,6 @@ def load_annotator(spec: str | Path, device: str | torch.device = "cpu", pipelin
     from ..models.classifiers import ExpressionClassifier
 
     if is_feranno(spec):
-        from ..core.provenance import files_sha256
         from ..generator.pipeline import load_generator
 
         head = FERAnnoHead.from_pretrained(spec)
@@ -116,8 +115,7 @@ def load_annotator(spec: str | Path, device: str | torch.device = "cpu", pipelin
             pipeline, folder = load_generator(head.config.generator, device)
             want = head.config.generator_sha256
             sha = read_weights_sha256(folder)
-            # heads trained before the hash covered only the components read hold the whole folder's hash
-            if want and want != sha and want != files_sha256(folder):
+            if want and want != sha:
                 raise ValueError(f"{spec} was trained on the UNet of generator {head.config.generator!r} with weights "
                                  f"{want[:12]}..., but the VAE, UNet and text encoder of that generator are now "
                                  f"{sha[:12]}...; retrain it (`synfer train-annotator`) for this generator.")
