@@ -5,7 +5,7 @@
 
 Pinned, all in fp32 on the CPU (bf16 kernels differ between CPU generations):
 * ``faces``: the bundled generator at explicit settings (8 faces, one per FER+ expression, class-mean AU targets,
-  two-row guidance 5/5, 8 DPM-Solver++ steps; 4 of them again with semantic guidance by the bundled classifier;
+  two-row guidance 5/5, AU adapter scale 1, 8 DPM-Solver++ steps; 4 of them again with semantic guidance by the bundled classifier;
   2 of them DDIM-inverted and edited toward happiness): the SHA-256 of each face's uint8 pixels;
 * ``classifier``: the bundled classifier's predicted class for every face of the FER+ test split (majority
   protocol), where ../shared/data is present.
@@ -47,7 +47,7 @@ def faces() -> dict[str, list[str]]:
     prompts = [PROMPT.format(e) for e in names]
     aus = torch.tensor([targets[e] for e in names])
     kw: dict[str, Any] = {"num_inference_steps": 8, "guidance_scale_text": 5.0, "guidance_scale_au": 5.0,
-                          "precision": "fp32", "output_type": "pt"}
+                          "au_adapter_scale": 1.0, "precision": "fp32", "output_type": "pt"}
     plain = pipe(prompts, aus=aus, generator=[torch.Generator().manual_seed(i) for i in range(8)], **kw).images
     clf = ExpressionClassifier.from_pretrained(DEFAULT_CLASSIFIER)
     guide = SemanticGuidance(clf, torch.arange(4), 0.1, (0.6, 0.9))
