@@ -41,6 +41,10 @@ def test_tiny_backbone_learns_easy_task(trained, pattern_data, tmp_path):
     assert cfg["label_names"] == list(PATTERN_CLASSES) and cfg["extra"]["selected_on"].endswith("val accuracy")
     tta = evaluate(str(trained), pattern_data, split="test", tta=True)
     assert "TTA" in tta
+    assert m["precision"] == "fp32"  # exact by default
+    evaluate(str(trained), pattern_data, split="test", out=tmp_path / "bf16", precision="bf16")
+    low = json.loads((tmp_path / "bf16" / "metrics.json").read_text())
+    assert low["precision"] == "bf16" and abs(low["accuracy"] - m["accuracy"]) <= 1 / 36
 
 
 def test_label_order_mismatch_refused(trained, tmp_path):

@@ -78,6 +78,7 @@ def evaluate(
     tta: bool = False,
     batch_size: int = 256,
     device: str = "auto",
+    precision: str = "fp32",
 ) -> str:
     """Evaluate a classifier on a split of a dataset folder.
 
@@ -90,6 +91,9 @@ def evaluate(
         tta: average predictions over the face and its mirror image.
         batch_size: faces per forward pass.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...
+        precision: autocast of the forward passes (``fp32``, ``bf16``, ``fp16``, ``auto``; see
+            :mod:`synfer.core.runtime`); fp32 by default so that reported figures are exact (bf16 changes a few
+            predictions in a thousand: benchmarks/fer_precision.py).
 
     Returns:
         a printable summary (the CLI prints it).
@@ -100,10 +104,11 @@ def evaluate(
     dev = resolve_device(device)
     clf = ExpressionClassifier.from_pretrained(model)
     split_data = load_split(data, split, expressions=clf.label_names, input_size=tuple(clf.config.input_size))
-    probs = predict(clf, split_data, dev, batch_size=batch_size, tta=tta)
+    probs = predict(clf, split_data, dev, batch_size=batch_size, tta=tta, precision=precision)
     pred = probs.argmax(1)
     m = classification_metrics(split_data.labels.numpy(), pred, clf.label_names)
-    m.update({"model": str(model), "data": str(data), "split": split, "tta": tta})
+    m.update({"model": str(model), "data": str(data), "split": split, "tta": tta,
+              "precision": resolve_precision(precision, dev)})
     title = f"{model} on {data}:{split}{' (TTA: mirror)' if tta else ''}"
     if out is not None:
         out = Path(out)
