@@ -25,13 +25,16 @@ conditional row alone), ``steps``, ``precision`` (fp32, bf16, auto), ``interval`
 ``compile`` (1 = ``SynferPipeline.compile_denoiser``; its one-off cost is reported), ``pipeline`` (a folder or
 bundled name, e.g. the few-step student), ``adapter_scale`` (the AU adapter's attention scale, 1 as trained).
 Unset keys take the pipeline's saved defaults.
-Writes benchmarks/results/generation_speed.json (``--out`` for other runs).
+Writes benchmarks/results/generation_speed.json (``--out`` for other runs); with ``--skip-speed`` the speed section of
+an existing result file is kept (its command as ``speed_command``), so quality can be judged again apart. A
+setting's speed does not depend on the AU adapter's scale (the same arithmetic), only its quality does.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 import time
 from pathlib import Path
@@ -56,8 +59,8 @@ BASELINE_STEPS = 10
 SETTINGS: dict[str, dict[str, Any]] = {
     "default": {},
     "default-adapter1": {"adapter_scale": 1.0},  # the AU adapter at its trained scale
-    "previous-default": {"text": 4, "au": 6, "precision": "fp32", "steps": 10},  # three rows (4/6), fp32
-    "3rows-bf16": {"text": 4, "au": 6, "precision": "bf16", "steps": 10},
+    "previous-default": {"text": 4, "au": 6, "precision": "fp32", "steps": 10, "adapter_scale": 1.0},  # 3 rows
+    "3rows-bf16": {"text": 4, "au": 6, "precision": "bf16", "steps": 10, "adapter_scale": 1.0},
     "default-fp32": {"precision": "fp32"},
     "default-compiled": {"compile": 1},
     "student-4steps": {"pipeline": "ferplus-mini-lcm", "steps": 4},
@@ -226,6 +229,11 @@ def main() -> None:
         "machine": machine_info(args.note),
         "command": "python benchmarks/generation_speed.py " + " ".join(_argv()),
     }
+    if args.skip_speed and args.out.is_file():  # keep the speed section of an earlier run of the same settings
+        earlier = json.loads(args.out.read_text())
+        result.update({k: earlier[k] for k in ("speed", "baseline") if k in earlier})
+        if "speed" in earlier:
+            result["speed_command"] = earlier.get("speed_command", earlier["command"])
     if not args.skip_speed:
         # one batch: batch / 8 faces of each class, spread over the plan
         per = max(1, args.batch // 8)
