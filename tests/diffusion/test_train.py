@@ -494,6 +494,8 @@ def test_distill_writes_a_few_step_student_and_leaves_the_teacher(adapter_run: P
         assert student.keys() == tensors.keys() and any(not torch.equal(student[k], tensors[k]) for k in tensors)
     rows = metrics(tmp_path / "straight")
     assert len(rows) == 2 and all(r["val_mse_to_teacher"] >= 0 and r["weights"] in ("raw", "ema") for r in rows)
+    config = json.loads((tmp_path / "straight" / "train_config.json").read_text())["config"]
+    assert config["teacher_adapter_scale"] == 1.0  # the teacher's saved default
     pipe = SynferPipeline.from_pretrained(out)
     assert isinstance(pipe.scheduler, LCMScheduler)
     assert pipe.generation_defaults() == {"num_inference_steps": 2, "guidance_scale_text": 1.0,
@@ -513,6 +515,25 @@ def test_distill_writes_a_few_step_student_and_leaves_the_teacher(adapter_run: P
     for name in ("unet", "au_adapter"):
         a, b = weights(out / name), weights(tmp_path / "run" / "pipeline" / name)
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_distiller_reads_the_teacher_at_its_adapter_scale(adapter_run: Path) -> None:
+    from synfer.generator.distill import ConsistencyDistiller
+
+    teacher = SynferPipeline.from_pretrained(adapter_run / "pipeline")
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    t, t_prev = torch.tensor([499, 499]), torch.tensor([479, 479])
+    text = teacher.encode_prompt(["a happy face", "a sad face"], torch.device("cpu"))[0]
+    empty = teacher.encode_prompt(["", ""], torch.device("cpu"))[0]
+    aus, use = torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.tensor([True, True])
+    steps = {}
+    for scale in (1.0, 3.0):
+        dist = ConsistencyDistiller(teacher, 10, 0.95, "fp32", adapter_scale=scale)
+        assert set(dist.adapter._scales.values()) == {1.0}  # the student starts at scale 1
+        steps[scale] = dist.teacher_step(z, t, t_prev, text, empty, aus, use)
+        dist.close()
+        assert set(teacher.au_adapter._scales.values()) == {1.0}  # the teacher as it was
+    assert not torch.allclose(steps[1.0], steps[3.0])
 
 
 def test_distill_refuses_a_teacher_without_an_adapter(gen_run: Path, faces: Path, tmp_path: Path) -> None:

@@ -4,8 +4,9 @@
 quality on the device (``benchmarks/generation_speed.py`` and ``benchmarks/fer_precision.py``):
 
 * a CUDA GPU: bf16 where the GPU has it (Ampere and later), else fp16;
-* a CPU with native bf16 arithmetic (AVX-512 BF16 or AMX): bf16 (1.7-2.3x faster generation and 1.7x faster
-  classifier training than fp32 on a 2-core AMD EPYC, with the judge's accuracy and AU r unchanged within noise);
+* a CPU with native bf16 arithmetic (AVX-512 BF16 or AMX): bf16 (1.6x faster generation and a 1.7x faster
+  classifier training step than fp32 on a 2-core AMD EPYC, with the judge's accuracy and AU r unchanged within
+  noise);
 * any other CPU: fp32 (bf16 would be emulated there, slower than fp32).
 
 Mixed precision here means autocast: weights stay fp32 and only the matrix products and convolutions run in the

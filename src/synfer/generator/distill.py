@@ -69,9 +69,11 @@ class ConsistencyDistiller:
         num_ddim_steps: N, the DDIM grid the teacher steps on.
         target_decay: EMA decay of the target network.
         precision: a resolved precision (autocast of every UNet call; the loss in fp32).
+        adapter_scale: the teacher's AU adapter scale (None: its saved default).
     """
 
-    def __init__(self, pipe: Any, num_ddim_steps: int, target_decay: float, precision: str) -> None:
+    def __init__(self, pipe: Any, num_ddim_steps: int, target_decay: float, precision: str,
+                 adapter_scale: float | None = None) -> None:
         from diffusers import LCMScheduler
 
         if pipe.au_adapter is None:
@@ -82,13 +84,17 @@ class ConsistencyDistiller:
         self.pipe, self.precision = pipe, precision
         defaults = pipe.generation_defaults()
         self.w_text, self.w_au = defaults["guidance_scale_text"], defaults["guidance_scale_au"]
+        self.adapter_scale = float(defaults["au_adapter_scale"] if adapter_scale is None else adapter_scale)
         self.teacher_unet, self.teacher_adapter = pipe.unet, pipe.au_adapter
         self.unet = copy.deepcopy(pipe.unet).requires_grad_(True)
         self.adapter = copy.deepcopy(pipe.au_adapter).requires_grad_(True)
         self.teacher_unet.requires_grad_(False).eval()
         self.teacher_adapter.requires_grad_(False).eval()
         self.teacher_adapter.install(self.teacher_unet)
+        self.teacher_scales = dict(self.teacher_adapter._scales)
+        self.teacher_adapter.set_scale(self.adapter_scale)
         self.adapter.install(self.unet)
+        self.adapter.set_scale(1.0)
         # the teacher's noise schedule, and LCM's own settings for the rest (its other solver keys do not apply)
         keep = set(inspect.signature(LCMScheduler.__init__).parameters) - {"timestep_spacing", "set_alpha_to_one"}
         self.scheduler = LCMScheduler(**{k: v for k, v in pipe.scheduler.config.items() if k in keep
@@ -104,6 +110,7 @@ class ConsistencyDistiller:
 
     def close(self) -> None:
         """Take the adapters off the UNets (the teacher pipeline is as it was)."""
+        self.teacher_adapter._scales = self.teacher_scales
         self.teacher_adapter.remove(self.teacher_unet)
         self.adapter.remove(self.unet)
 
@@ -190,6 +197,7 @@ def distill(
     lr: float = 5e-5,
     target_decay: float = 0.95,
     ema_decay: float = 0.999,
+    teacher_adapter_scale: float | None = None,
     precision: str = "auto",
     seed: int = 0,
     limit: int | None = None,
@@ -211,6 +219,8 @@ def distill(
         epochs, batch_size, lr: AdamW with warm-up and cosine decay over the student's UNet and adapter.
         target_decay: EMA decay of the target network (LCM's 0.95).
         ema_decay: EMA of the student for export (the better of raw and EMA on validation is exported).
+        teacher_adapter_scale: the teacher's AU adapter scale (None: its saved default); the student learns the AU
+            condition at that strength and samples at adapter scale 1.
         precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` (every UNet call; losses in fp32).
         seed, limit, resume, overwrite: as in ``train-generator``.
         text_cache: a folder for the frozen caption states (as ``train-generator``).
@@ -236,7 +246,7 @@ def distill(
     teacher.to(device)
     teacher.text_encoder.requires_grad_(False).eval()
     teacher.vae.requires_grad_(False).eval()
-    dist = ConsistencyDistiller(teacher, num_ddim_steps, target_decay, precision)
+    dist = ConsistencyDistiller(teacher, num_ddim_steps, target_decay, precision, teacher_adapter_scale)
 
     # 1. data: latents once, captions once (class-level prompts beside them), AU vectors
     cfg = teacher.vae.config
@@ -263,13 +273,14 @@ def distill(
                          vectors.to(device), use.to(device))
 
     # 2. the fixed validation draw (faces with AUs): class-level prompts, their AUs, noise, the teacher's samples
-    draw = _ValDraw.of(teacher, val, val_alt, embed, seed, precision)
+    draw = _ValDraw.of(teacher, val, val_alt, embed, seed, precision, dist.adapter_scale)
 
     options = {"data": [str(Path(p).resolve()) for p in data], "split": split, "size": list(size),
                "pipeline": str(teacher_dir.resolve()), "num_ddim_steps": num_ddim_steps,
                "class_prompts": class_prompts, "au_dropout": au_dropout, "batch_size": batch_size, "lr": lr,
                "target_decay": target_decay, "ema_decay": ema_decay, "precision": precision, "seed": seed,
-               "limit": limit, "teacher_guidance": [dist.w_text, dist.w_au]}
+               "limit": limit, "teacher_guidance": [dist.w_text, dist.w_au],
+               "teacher_adapter_scale": dist.adapter_scale}
     trainer = Trainer(accel, out, {"unet": dist.unet, "adapter": dist.adapter}, epochs, len(loader), lr,
                       ema_decay=ema_decay, fingerprint=options, extra_state={"target": dist.target})
     if resume:
@@ -328,7 +339,8 @@ class _ValDraw:
     teacher_latents: torch.Tensor
 
     @classmethod
-    def of(cls, teacher: Any, val: Any, prompts: list[str], embed: Any, seed: int, precision: str) -> _ValDraw:
+    def of(cls, teacher: Any, val: Any, prompts: list[str], embed: Any, seed: int, precision: str,
+           adapter_scale: float) -> _ValDraw:
         g = torch.Generator().manual_seed(seed)
         with_aus = torch.nonzero(val.has_aus).flatten()
         keep = with_aus[torch.randperm(len(with_aus), generator=g)[:VAL_FACES]]
@@ -337,15 +349,17 @@ class _ValDraw:
         noise = torch.randn(len(keep), teacher.vae.config.latent_channels, *_size(teacher.unet.config.sample_size),
                             generator=g)
         return cls(embed(embed.ids_of(picked)), aus, noise, [seed * 1_000_003 + i for i in range(len(keep))],
-                   _teacher_samples(teacher, picked, aus, noise, precision))
+                   _teacher_samples(teacher, picked, aus, noise, precision, adapter_scale))
 
 
 @torch.no_grad()
 def _teacher_samples(teacher: Any, prompts: list[str], aus: torch.Tensor, noise: torch.Tensor, precision: str,
-                     batch: int = 64) -> torch.Tensor:
-    """The teacher's final latents (N, c, h, w) for the validation conditions, at its saved defaults."""
+                     adapter_scale: float, batch: int = 64) -> torch.Tensor:
+    """The teacher's final latents (N, c, h, w) for the validation conditions, at its saved guidance and the
+    distillation's adapter scale."""
     return torch.cat([teacher(prompts[s:s + batch], aus=aus[s:s + batch], latents=noise[s:s + batch].to(teacher.device),
-                              output_type="latent", precision=precision).images.float().cpu()
+                              output_type="latent", precision=precision,
+                              au_adapter_scale=adapter_scale).images.float().cpu()
                       for s in range(0, len(prompts), batch)])
 
 
