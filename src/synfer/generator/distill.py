@@ -91,8 +91,8 @@ class ConsistencyDistiller:
         self.teacher_unet.requires_grad_(False).eval()
         self.teacher_adapter.requires_grad_(False).eval()
         self.teacher_adapter.install(self.teacher_unet)
-        self.teacher_scales = dict(self.teacher_adapter._scales)
-        self.teacher_adapter.set_scale(self.adapter_scale)
+        self._teacher_scale = self.teacher_adapter.scaled(self.adapter_scale)  # undone by close()
+        self._teacher_scale.__enter__()
         self.adapter.install(self.unet)
         self.adapter.set_scale(1.0)
         # the teacher's noise schedule, and LCM's own settings for the rest (its other solver keys do not apply)
@@ -110,7 +110,7 @@ class ConsistencyDistiller:
 
     def close(self) -> None:
         """Take the adapters off the UNets (the teacher pipeline is as it was)."""
-        self.teacher_adapter._scales = self.teacher_scales
+        self._teacher_scale.__exit__(None, None, None)
         self.teacher_adapter.remove(self.teacher_unet)
         self.adapter.remove(self.unet)
 
