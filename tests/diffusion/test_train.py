@@ -159,7 +159,7 @@ def test_generator_resume_replays_the_same_run(gen_run: Path, faces: Path, clip:
     state_json = tmp_path / "run" / "state" / "state.json"
     state = json.loads(state_json.read_text())
     assert "_use_default_values" not in state["fingerprint"]["unet"]  # bookkeeping is not saved ...
-    # ... and states saved with it (as before) resume whatever its order
+    # ... and a state that carries it anyway resumes, whatever its order
     state["fingerprint"]["unet"]["_use_default_values"] = ["sample_size", "act_fn"]
     state_json.write_text(json.dumps(state))
     train_generator([faces], tmp_path / "run", vae=vae_run, text_encoder=str(clip), resume=True, **GEN)

@@ -183,7 +183,7 @@ class Trainer:
         """Restore ``OUT/state`` (weights, optimizer, schedule, EMA, RNG, epoch). Call it right before :meth:`fit`
         (anything drawing random numbers in between would make the resumed run differ from an uninterrupted one)."""
         st = load_state(self.out / "state")
-        saved_fp = st["fingerprint"]
+        saved_fp = canonical_fingerprint(st["fingerprint"])  # bookkeeping keys are never compared
         if saved_fp != self.fingerprint:
             diff = {k: (saved_fp.get(k), self.fingerprint.get(k)) for k in set(saved_fp) | set(self.fingerprint)
                     if saved_fp.get(k) != self.fingerprint.get(k)}
