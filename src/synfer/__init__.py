@@ -4,11 +4,20 @@ prove their worth.
 The public API is imported on first use (``import synfer`` stays light: no torch until a name below is touched)::
 
     from synfer import load_pipeline, SynferPipeline, DatasetFolder, ExpressionClassifier
+
+A synfer generator folder also loads with plain diffusers once ``synfer`` is imported (before or after diffusers)::
+
+    import synfer
+    from diffusers import DiffusionPipeline
+    pipe = DiffusionPipeline.from_pretrained(folder)  # a SynferPipeline
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
 from typing import Any
 
 from .core import __version__
@@ -47,3 +56,47 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
+
+
+# -- diffusers --------------------------------------------------------------------------------------------------------
+# DiffusionPipeline.from_pretrained finds a folder's pipeline class by its model_index.json ``_class_name`` on the
+# ``diffusers`` module alone; synfer adds SynferPipeline there. Done as diffusers finishes importing (or now, if it
+# already has), so ``import synfer`` alone still imports no torch.
+def _register_with_diffusers(module: Any) -> None:
+    if "synfer.generator.pipeline" in sys.modules:  # imported (or being imported): it registers itself at its end
+        return
+    from .generator.pipeline import SynferPipeline
+
+    if getattr(module, "SynferPipeline", None) is not SynferPipeline:
+        module.SynferPipeline = SynferPipeline
+
+
+class _DiffusersImportHook(importlib.abc.MetaPathFinder):
+    """Wraps the loader of the ``diffusers`` package once, registering SynferPipeline right after it executes."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != "diffusers":
+            return None
+        sys.meta_path.remove(self)  # one use; the lookup below must not find this finder again
+        spec = importlib.util.find_spec("diffusers")
+        if spec is None or spec.loader is None:
+            return spec
+        loader_exec = spec.loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            loader_exec(module)
+            _register_with_diffusers(module)
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+def _hook_diffusers() -> None:
+    loaded = sys.modules.get("diffusers")
+    if loaded is not None and hasattr(loaded, "DiffusionPipeline"):
+        _register_with_diffusers(loaded)
+    elif loaded is None and not any(isinstance(f, _DiffusersImportHook) for f in sys.meta_path):
+        sys.meta_path.insert(0, _DiffusersImportHook())
+
+
+_hook_diffusers()

@@ -12,6 +12,7 @@ Target AUs per expression come from (``au_targets``):
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -46,7 +47,14 @@ def expression_au_targets(expressions: list[str], au_names: tuple[str, ...], au_
     """(len(expressions), A) target AU vectors in ``au_names`` order (see the module docs for ``au_targets``)."""
     if au_targets == "auto":
         stored = None if pipeline_dir is None else Path(pipeline_dir) / AU_TARGETS_FILE
-        au_targets = str(stored) if stored is not None and stored.is_file() else "prototype"
+        if stored is not None and stored.is_file():
+            au_targets = str(stored)
+        else:
+            warnings.warn(f"{pipeline_dir or 'this pipeline'} has no {AU_TARGETS_FILE}: target AUs 'auto' fall back "
+                          "to the EMFACS prototypes, not the per-class means of real faces; pass a prepared folder "
+                          "(--au_source) or store its means with synfer.generator.au_targets.write_au_targets.",
+                          stacklevel=2)
+            au_targets = "prototype"
     if au_targets == "prototype":
         aus = AUSet(tuple(au_names))
         return torch.tensor([prototype_vector(e, aus) for e in expressions])

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import numpy as np
 import PIL.Image
 import torch
@@ -55,10 +56,13 @@ from ..core.runtime import autocast, resolve_precision
 from ..models.au_adapter import AUAdapter
 from ..models.denoiser import denoise, load_denoiser
 from ..models.text_encoders import CLIPTextEncoderWrapper, TextEncoder
+from .au_targets import AU_TARGETS_FILE
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 #: Guidance rows in batch order: "" prompt + null AU tokens, prompt + null AU tokens, prompt + AU tokens.
 ROWS = ("uncond", "text", "text_au")
+#: Files beside the components that travel with a pipeline folder (``save_pretrained`` copies them).
+EXTRA_FILES = (AU_TARGETS_FILE, "README.md")
 
 
 @dataclass
@@ -168,36 +172,82 @@ class SynferPipeline(DiffusionPipeline):
 
     @classmethod
     def from_stable_diffusion(cls, checkpoint: str | Path, au_adapter: AUAdapter | None = None,
-                              scheduler: SchedulerMixin | None = None, torch_dtype: torch.dtype | None = None,
-                              **hub_kwargs: Any) -> SynferPipeline:
+                              scheduler: SchedulerMixin | None = None, dtype: torch.dtype | None = None,
+                              torch_dtype: torch.dtype | None = None, **hub_kwargs: Any) -> SynferPipeline:
         """A diffusers SD 1.x/2.x checkpoint (folder or hub id; vae/, unet/, text_encoder/, tokenizer/,
-        scheduler/), safetensors only. The scheduler defaults to DDIM with the checkpoint's noise schedule."""
-        kw = {"torch_dtype": torch_dtype, **hub_kwargs}
+        scheduler/), safetensors only, its weights in ``dtype`` (``torch_dtype``: the older name diffusers still
+        accepts). The scheduler defaults to DDIM with the checkpoint's noise schedule."""
+        if dtype is not None and torch_dtype is not None:
+            raise ValueError("pass dtype or torch_dtype (its older name), not both.")
+        dtype = dtype if dtype is not None else torch_dtype
+        kw = {"dtype": dtype, **hub_kwargs}
         vae = AutoencoderKL.from_pretrained(str(checkpoint), subfolder="vae", use_safetensors=True, **kw)
         unet = load_denoiser(str(checkpoint), "unet", **kw)
-        text_encoder = CLIPTextEncoderWrapper.from_stable_diffusion(checkpoint, torch_dtype, **hub_kwargs)
+        text_encoder = CLIPTextEncoderWrapper.from_stable_diffusion(checkpoint, dtype, **hub_kwargs)
         if scheduler is None:
             scheduler = DDIMScheduler.from_pretrained(str(checkpoint), subfolder="scheduler", **hub_kwargs)
         return cls(vae=vae, unet=unet, text_encoder=text_encoder, scheduler=scheduler, au_adapter=au_adapter)
 
+    def source_folder(self) -> Path | None:
+        """The local folder this pipeline was loaded from (diffusers records it as ``_name_or_path``), else None."""
+        name = self.config.get("_name_or_path")
+        return Path(name) if name and Path(name).is_dir() else None
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
+        """diffusers' ``save_pretrained`` (safetensors only), plus the files beside the components that change
+        what ``generate`` does or say what the model is (:data:`EXTRA_FILES`: the AU targets ``auto`` samples at,
+        the model card), copied from the folder it was loaded from."""
+        if kwargs.get("safe_serialization", True) is not True:
+            raise ValueError("SynferPipeline saves safetensors only; drop safe_serialization=False.")
+        source = self.source_folder()
+        # read first: saving over the folder it was loaded from must not lose them
+        extras = {n: (source / n).read_bytes() for n in EXTRA_FILES if source and (source / n).is_file()}
+        super().save_pretrained(save_directory, **{**kwargs, "safe_serialization": True})
+        for name, data in extras.items():
+            (Path(save_directory) / name).write_bytes(data)
+
     # -- steps ----------------------------------------------------------------------------------------------------
-    def check_inputs(self, prompt: str | Sequence[str], aus: torch.Tensor | None, height: int | None,
-                     width: int | None, num_inference_steps: int, guidance_scale_text: float,
-                     guidance_scale_au: float, output_type: str, callback_tensor_inputs: Sequence[str],
-                     negative_prompt: str | Sequence[str] | None = None
-                     ) -> tuple[list[str], list[str] | None, torch.Tensor | None]:
-        """Validate the call; returns the prompts as a list, the negative prompts as a list of as many (or None) and
-        ``aus`` as (B, A) float (one row is broadcast)."""
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise ValueError(f"prompt must be a string or a non-empty list of strings; got {prompt!r}.")
+    def check_prompts(self, prompt: str | Sequence[str] | None, negative_prompt: str | Sequence[str] | None,
+                      prompt_embeds: torch.Tensor | None, negative_prompt_embeds: torch.Tensor | None
+                      ) -> tuple[list[str] | None, list[str] | None, int]:
+        """Validate the text inputs: prompts (or their embeddings, (B, L, D) as the text encoder makes them) and
+        negative prompts (or embeddings of the same shape); returns both as lists (None where embeddings stand in)
+        and the batch size B."""
+        if (prompt is None) == (prompt_embeds is None):
+            raise ValueError("give prompt or prompt_embeds, exactly one of them.")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("give negative_prompt or negative_prompt_embeds, not both.")
+        prompts = None
+        if prompt is not None:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            if not prompts or not all(isinstance(p, str) for p in prompts):
+                raise ValueError(f"prompt must be a string or a non-empty list of strings; got {prompt!r}.")
+        width = (self.text_encoder.max_length, self.text_encoder.output_dim)
+        for name, emb in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
+            if emb is not None and (emb.ndim != 3 or emb.shape[2] != width[1] or emb.shape[0] < 1):
+                raise ValueError(f"{name} must be (B, L, {width[1]}) as this text encoder makes them; got "
+                                 f"{tuple(emb.shape)}.")
+        batch = len(prompts) if prompts is not None else prompt_embeds.shape[0]
+        if negative_prompt_embeds is not None and negative_prompt_embeds.shape[:2] != (
+                batch, prompt_embeds.shape[1] if prompt_embeds is not None else width[0]):
+            raise ValueError(f"negative_prompt_embeds {tuple(negative_prompt_embeds.shape)} must match the prompt "
+                             f"embeddings' batch and length.")
         negatives = None
         if negative_prompt is not None:
-            negatives = ([negative_prompt] * len(prompts) if isinstance(negative_prompt, str)
-                         else list(negative_prompt))
-            if len(negatives) != len(prompts) or not all(isinstance(n, str) for n in negatives):
-                raise ValueError(f"negative_prompt must be a string or a list of {len(prompts)} strings (one per "
+            negatives = [negative_prompt] * batch if isinstance(negative_prompt, str) else list(negative_prompt)
+            if len(negatives) != batch or not all(isinstance(n, str) for n in negatives):
+                raise ValueError(f"negative_prompt must be a string or a list of {batch} strings (one per "
                                  f"prompt); got {negative_prompt!r}.")
+        return prompts, negatives, batch
+
+    def check_inputs(self, batch: int, aus: torch.Tensor | None, height: int | None,
+                     width: int | None, num_inference_steps: int, guidance_scale_text: float,
+                     guidance_scale_au: float, output_type: str, callback_tensor_inputs: Sequence[str],
+                     num_images_per_prompt: int = 1) -> torch.Tensor | None:
+        """Validate the call's other arguments for ``batch`` prompts; returns ``aus`` as (batch *
+        num_images_per_prompt, A) float (one row is broadcast, each prompt's row repeated for its images)."""
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be an integer >= 1; got {num_images_per_prompt!r}.")
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1; got {num_inference_steps}.")
         if not (np.isfinite(guidance_scale_text) and np.isfinite(guidance_scale_au)):
@@ -213,7 +263,7 @@ class SynferPipeline(DiffusionPipeline):
             if size is not None and (size < f or size % f):
                 raise ValueError(f"{name}={size} must be a positive multiple of the VAE's scale factor {f}.")
         if aus is None:
-            return prompts, negatives, None
+            return None
         if self.au_adapter is None:
             raise ValueError("aus were given but this pipeline has no AU adapter; attach one with "
                              "pipe.set_au_adapter(AUAdapter.from_pretrained(folder)) or pass aus=None.")
@@ -221,26 +271,33 @@ class SynferPipeline(DiffusionPipeline):
         aus = torch.as_tensor(aus, dtype=torch.float32)
         rows = aus.reshape(1, -1) if aus.ndim == 1 else aus
         if rows.ndim != 2 or rows.shape[1] != len(names):
-            raise ValueError(f"aus must be ({len(prompts)}, {len(names)}) or ({len(names)},): one value per AU of the "
+            raise ValueError(f"aus must be ({batch}, {len(names)}) or ({len(names)},): one value per AU of the "
                              f"adapter, in the order {names}; got shape {tuple(aus.shape)}.")
         if rows.shape[0] == 1:
-            rows = rows.expand(len(prompts), -1)
-        if rows.shape[0] != len(prompts):
-            raise ValueError(f"{rows.shape[0]} AU rows for {len(prompts)} prompts; give one row per prompt or one "
+            rows = rows.expand(batch, -1)
+        if rows.shape[0] != batch:
+            raise ValueError(f"{rows.shape[0]} AU rows for {batch} prompts; give one row per prompt or one "
                              "row for all.")
-        return prompts, negatives, rows
+        return rows.repeat_interleave(num_images_per_prompt, dim=0)
 
-    def encode_prompt(self, prompts: list[str], device: torch.device,
-                      negative_prompts: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_prompt(self, prompts: list[str] | None, device: torch.device,
+                      negative_prompts: list[str] | None = None, prompt_embeds: torch.Tensor | None = None,
+                      negative_prompt_embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt and negative-prompt embeddings, each (B, L, D) in the UNet's dtype; the negative row is the ""
-        embedding (what the model saw with its captions dropped) unless ``negative_prompts`` are given."""
+        embedding (what the model saw with its captions dropped) unless ``negative_prompts`` are given. Embeddings
+        passed in (``prompt_embeds`` instead of ``prompts``, as diffusers' pipelines take them) are used as they
+        are."""
         dtype = self.unet.dtype
-        prompt_embeds = self.text_encoder.encode(prompts, device).to(dtype)
-        if negative_prompts is None:
-            negative = self.text_encoder.empty_embedding(len(prompts), device)
+        if prompt_embeds is None:
+            prompt_embeds = self.text_encoder.encode(prompts, device)
+        batch = prompt_embeds.shape[0]
+        if negative_prompt_embeds is not None:
+            negative = negative_prompt_embeds
+        elif negative_prompts is None:
+            negative = self.text_encoder.empty_embedding(batch, device)
         else:
             negative = self.text_encoder.encode(negative_prompts, device)
-        return prompt_embeds, negative.to(dtype)
+        return prompt_embeds.to(device, dtype), negative.to(device, dtype)
 
     def encode_aus(self, aus: torch.Tensor | None, batch_size: int,
                    device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -350,9 +407,11 @@ class SynferPipeline(DiffusionPipeline):
 
     # -- the recipe -----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def __call__(self, prompt: str | list[str], aus: torch.Tensor | None = None,
+    def __call__(self, prompt: str | list[str] | None = None, aus: torch.Tensor | None = None,
                  num_inference_steps: int | None = None, guidance_scale_text: float | None = None,
-                 guidance_scale_au: float | None = None,
+                 guidance_scale_au: float | None = None, guidance_scale: float | None = None,
+                 num_images_per_prompt: int = 1, prompt_embeds: torch.Tensor | None = None,
+                 negative_prompt_embeds: torch.Tensor | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None,
                  negative_prompt: str | list[str] | None = None,
                  latents: torch.Tensor | None = None, strength: float = 1.0, output_type: str = "pil",
@@ -368,13 +427,18 @@ class SynferPipeline(DiffusionPipeline):
         """Generate one image per prompt.
 
         Args:
-            prompt: one prompt or B prompts.
+            prompt: one prompt or B prompts (or None with ``prompt_embeds``).
             aus: AU intensities in [0, 1], (B, A) or (A,) for every prompt, in ``au_adapter.au_names`` order;
                 None samples without AU guidance (the adapter, if any, sees its null tokens).
             num_inference_steps: scheduler steps (None: the pipeline's saved default, see
                 :meth:`generation_defaults`; 25 unless the model says otherwise).
             guidance_scale_text, guidance_scale_au: w_t and w_a of the module docstring's rule (None: the saved
                 defaults, 5.0 and 2.0 unless the model says otherwise).
+            guidance_scale: Stable Diffusion's name for the text scale w_t (give one of the two); the AU scale keeps
+                its default unless given.
+            num_images_per_prompt: images per prompt (each prompt's images are consecutive, as in diffusers).
+            prompt_embeds, negative_prompt_embeds: (B, L, D) text embeddings instead of ``prompt`` /
+                ``negative_prompt`` (the text encoder's L and D).
             generator: seeds the initial noise (and stochastic schedulers); one per prompt for per-row seeds.
             negative_prompt: text for the unconditional row of classifier-free guidance, one for all prompts or
                 one per prompt (None: the "" embedding); guidance then also pushes away from it.
@@ -403,23 +467,31 @@ class SynferPipeline(DiffusionPipeline):
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        if guidance_scale is not None and guidance_scale_text is not None and guidance_scale != guidance_scale_text:
+            raise ValueError(f"guidance_scale ({guidance_scale}) is the text scale guidance_scale_text "
+                             f"({guidance_scale_text}); give one of them.")
+        guidance_scale_text = guidance_scale if guidance_scale is not None else guidance_scale_text
         defaults = self.generation_defaults()
         num_inference_steps = defaults["num_inference_steps"] if num_inference_steps is None else num_inference_steps
         guidance_scale_text = defaults["guidance_scale_text"] if guidance_scale_text is None else guidance_scale_text
         guidance_scale_au = defaults["guidance_scale_au"] if guidance_scale_au is None else guidance_scale_au
         au_adapter_scale = defaults["au_adapter_scale"] if au_adapter_scale is None else au_adapter_scale
         # 1. Check inputs.
-        prompts, negatives, aus = self.check_inputs(prompt, aus, height, width, num_inference_steps,
-                                                    guidance_scale_text, guidance_scale_au, output_type,
-                                                    callback_on_step_end_tensor_inputs, negative_prompt)
+        prompts, negatives, batch = self.check_prompts(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
+        aus = self.check_inputs(batch, aus, height, width, num_inference_steps, guidance_scale_text,
+                                guidance_scale_au, output_type, callback_on_step_end_tensor_inputs,
+                                num_images_per_prompt)
         guided = guided_steps(num_inference_steps, guidance_interval)
         start = self.first_step(num_inference_steps, strength, latents)
-        device, batch = self._execution_device, len(prompts)
+        device, batch = self._execution_device, batch * num_images_per_prompt
         precision = self.active_precision = resolve_precision(precision, device)
 
         # 2. Encode the prompts and the "" (or negative) prompt: classifier-free guidance's unconditional row.
         with autocast(device, precision):
-            prompt_embeds, negative_prompt_embeds = self.encode_prompt(prompts, device, negatives)
+            prompt_embeds, negative_prompt_embeds = self.encode_prompt(prompts, device, negatives, prompt_embeds,
+                                                                       negative_prompt_embeds)
+        prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+        negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
 
         # 3. AU tokens (null tokens stand in for "no AU condition" in the other rows).
         au_tokens, null_tokens = self.encode_aus(aus, batch, device)
@@ -474,6 +546,11 @@ class SynferPipeline(DiffusionPipeline):
                 images = self.postprocess(self.decode_latents(latents), output_type)
         self.maybe_free_model_hooks()
         return SynferPipelineOutput(images=images) if return_dict else (images,)
+
+
+# DiffusionPipeline.from_pretrained looks a folder's ``_class_name`` up on the diffusers module (see synfer/__init__).
+if getattr(diffusers, "SynferPipeline", None) is not SynferPipeline:
+    diffusers.SynferPipeline = SynferPipeline
 
 
 def load_pipeline(path_or_name: str | Path | None = None, **kwargs: Any) -> SynferPipeline:

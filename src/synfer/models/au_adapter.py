@@ -444,7 +444,7 @@ class AUAdapter(ModelMixin, ConfigMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, **kwargs: Any) -> AUAdapter:
         """Load a saved adapter folder (safetensors only: a folder holding only .bin/.pt weights is refused)."""
-        if kwargs.get("use_safetensors", True) is not True:
+        if kwargs.get("use_safetensors") is False:  # None (diffusers' default) reads safetensors here too
             raise ValueError("AUAdapter loads safetensors only; drop use_safetensors=False.")
         kwargs["use_safetensors"] = True
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)

@@ -38,6 +38,14 @@ TOKENIZER_DIR = "tokenizer"
 MINILM_MAX_LENGTH = 48
 
 
+def _to_dtype(module: nn.Module, dtype: torch.dtype | None, torch_dtype: torch.dtype | None) -> Any:
+    """``module`` in ``dtype`` (or ``torch_dtype``, the older name diffusers still forwards); unchanged if neither."""
+    if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+        raise ValueError(f"dtype={dtype} and torch_dtype={torch_dtype} disagree; pass one.")
+    dtype = dtype if dtype is not None else torch_dtype
+    return module.to(dtype) if dtype is not None else module
+
+
 def _check_load_kwargs(cls_name: str, kwargs: dict[str, Any]) -> None:
     """Refuse the ``from_pretrained`` options a DiffusionPipeline may forward that these encoders cannot honour."""
     if kwargs.get("use_safetensors") is False:
@@ -138,7 +146,7 @@ class TextProjection(ModelMixin, ConfigMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> TextProjection:
-        if kwargs.get("use_safetensors", True) is not True:
+        if kwargs.get("use_safetensors") is False:  # None (diffusers' default) reads safetensors here too
             raise ValueError("TextProjection loads safetensors only; drop use_safetensors=False.")
         kwargs["use_safetensors"] = True
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
@@ -221,8 +229,8 @@ class MiniLMTextEncoder(TextEncoder):
         self.projection.save_pretrained(Path(save_directory) / PROJECTION_DIR)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, torch_dtype: torch.dtype | None = None,
-                        **kwargs: Any) -> MiniLMTextEncoder:
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, dtype: torch.dtype | None = None,
+                        torch_dtype: torch.dtype | None = None, **kwargs: Any) -> MiniLMTextEncoder:
         """Rebuild from a folder written by :meth:`save_pretrained` (backbone from its config, projection from
         ``projection/``). Extra keyword arguments a DiffusionPipeline forwards are accepted and ignored."""
         _check_load_kwargs(cls.__name__, kwargs)
@@ -235,7 +243,7 @@ class MiniLMTextEncoder(TextEncoder):
             raise ValueError(f"{folder / PROJECTION_DIR} maps {got[0]} -> {got[1]} but the encoder's config needs "
                              f"{want[0]} -> {want[1]}; the folder's two configs disagree (re-save the encoder).")
         encoder.projection = projection
-        return encoder.to(torch_dtype) if torch_dtype is not None else encoder
+        return _to_dtype(encoder, dtype, torch_dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -288,8 +296,8 @@ class CLIPTextEncoderWrapper(TextEncoder):
         self.tokenizer.save_pretrained(folder / TOKENIZER_DIR)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, torch_dtype: torch.dtype | None = None,
-                        **kwargs: Any) -> CLIPTextEncoderWrapper:
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, dtype: torch.dtype | None = None,
+                        torch_dtype: torch.dtype | None = None, **kwargs: Any) -> CLIPTextEncoderWrapper:
         """Load a folder written by :meth:`save_pretrained` (local files only)."""
         from transformers import AutoModel, AutoTokenizer
 
@@ -299,10 +307,10 @@ class CLIPTextEncoderWrapper(TextEncoder):
         model = AutoModel.from_pretrained(str(folder / TEXT_MODEL_DIR), local_files_only=True, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR), local_files_only=True)
         encoder = cls(model, tokenizer, max_length=config.get("max_length"))
-        return encoder.to(torch_dtype) if torch_dtype is not None else encoder
+        return _to_dtype(encoder, dtype, torch_dtype)
 
     @classmethod
-    def from_stable_diffusion(cls, checkpoint: str | Path, torch_dtype: torch.dtype | None = None,
+    def from_stable_diffusion(cls, checkpoint: str | Path, dtype: torch.dtype | None = None,
                               **hub_kwargs: Any) -> CLIPTextEncoderWrapper:
         """The ``text_encoder/`` and ``tokenizer/`` of a diffusers SD 1.x/2.x checkpoint (a folder, or a hub id
         resolved by transformers; ``hub_kwargs`` such as ``local_files_only`` or ``revision`` go to it).
@@ -313,4 +321,4 @@ class CLIPTextEncoderWrapper(TextEncoder):
                                               **hub_kwargs)
         tokenizer = CLIPTokenizer.from_pretrained(str(checkpoint), subfolder="tokenizer", **hub_kwargs)
         encoder = cls(model, tokenizer)
-        return encoder.to(torch_dtype) if torch_dtype is not None else encoder
+        return encoder.to(dtype) if dtype is not None else encoder

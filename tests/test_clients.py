@@ -1,0 +1,119 @@
+"""synfer's models and exports with the clients users already have, used as their own documentation says.
+
+diffusers: ``DiffusionPipeline.from_pretrained`` on a synfer folder, ``save_pretrained`` copies that generate the same
+faces, Stable Diffusion's call arguments and ``dtype``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_pipe
+from synfer.generator.pipeline import SynferPipeline
+
+PROMPTS = ["a happy face", "a sad face"]
+AUS = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+def sample(pipe: SynferPipeline, seed: int = 0, **kw) -> torch.Tensor:
+    kw = {"num_inference_steps": 2, "output_type": "pt", **kw}
+    return pipe(generator=torch.Generator().manual_seed(seed), **kw).images
+
+
+# -- diffusers ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("first", ["synfer", "diffusers"])
+def test_diffusion_pipeline_loads_a_synfer_folder(pipe_dir: Path, first: str) -> None:
+    """In a new process, `import synfer` before or after diffusers: DiffusionPipeline.from_pretrained gives a
+    SynferPipeline drawing the same faces as SynferPipeline.from_pretrained."""
+    imports = ["import synfer", "from diffusers import DiffusionPipeline"]
+    code = "\n".join([*(imports if first == "synfer" else imports[::-1]), f"""
+import torch
+from synfer.generator.pipeline import SynferPipeline
+a = DiffusionPipeline.from_pretrained({str(pipe_dir)!r})
+b = SynferPipeline.from_pretrained({str(pipe_dir)!r})
+out = [p("a happy face", aus=[0.9, 0.1], generator=torch.Generator().manual_seed(0), output_type="pt").images
+       for p in (a, b)]
+print(type(a).__name__, torch.equal(*out))
+"""])
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split()[-2:] == ["SynferPipeline", "True"]
+
+
+def test_save_pretrained_copy_generates_the_same_faces(tmp_path: Path) -> None:
+    """The bundled generator loaded and saved elsewhere keeps its AU targets and model card, and `generate` with
+    its defaults writes byte-identical faces from the copy."""
+    from synfer import load_pipeline, resolve
+    from synfer.core.dataset import DatasetFolder
+    from synfer.synthesize.generate import generate
+
+    source = resolve("generator", "bundled")
+    load_pipeline(source).save_pretrained(tmp_path / "copy")
+    for name in ("au_targets.json", "README.md"):
+        assert (tmp_path / "copy" / name).read_bytes() == (source / name).read_bytes()
+    runs = {}
+    for name, pipe in (("original", source), ("copy", tmp_path / "copy")):
+        generate(tmp_path / f"faces-{name}", pipeline=str(pipe), per_class=1, expressions=["happiness", "sadness"], seed=3)
+        folder = DatasetFolder(tmp_path / f"faces-{name}")
+        runs[name] = [(r.aus, (folder.path / r.image).read_bytes()) for r in folder.records()]
+    assert runs["copy"] == runs["original"] and len(runs["copy"]) == 2
+
+
+def test_auto_au_targets_without_the_file_say_so(pipe_dir: Path) -> None:
+    from synfer.generator.au_targets import expression_au_targets
+
+    with pytest.warns(UserWarning, match="has no au_targets.json.*prototypes"):
+        expression_au_targets(["happiness"], ("AU01", "AU12"), "auto", pipe_dir)
+
+
+def test_stable_diffusion_call_arguments(parts: dict) -> None:
+    pipe = make_pipe(parts)
+    base = sample(pipe, prompt=PROMPTS, aus=AUS, guidance_scale_text=3.0)
+    assert torch.equal(sample(pipe, prompt=PROMPTS, aus=AUS, guidance_scale=3.0), base)
+    with pytest.raises(ValueError, match="give one of them"):
+        sample(pipe, prompt=PROMPTS, guidance_scale=3.0, guidance_scale_text=4.0)
+    # num_images_per_prompt: each prompt's images consecutive, as if the prompts had been repeated
+    twice = sample(pipe, prompt=PROMPTS, aus=AUS, num_images_per_prompt=2)
+    repeated = sample(pipe, prompt=[p for p in PROMPTS for _ in range(2)], aus=AUS.repeat_interleave(2, 0))
+    assert twice.shape[0] == 4 and torch.equal(twice, repeated)
+    # prompt_embeds / negative_prompt_embeds stand in for the text (fp32: encoded here as in the call)
+    embeds, negative = pipe.encode_prompt(PROMPTS, torch.device("cpu"), ["blurry", "dark"])
+    with_text = sample(pipe, prompt=PROMPTS, aus=AUS, negative_prompt=["blurry", "dark"], precision="fp32")
+    assert torch.equal(sample(pipe, prompt_embeds=embeds, negative_prompt_embeds=negative, aus=AUS,
+                              precision="fp32"), with_text)
+    assert torch.equal(sample(pipe, prompt_embeds=embeds, aus=AUS, precision="fp32"),
+                       sample(pipe, prompt=PROMPTS, aus=AUS, precision="fp32"))
+    with pytest.raises(ValueError, match="exactly one"):
+        sample(pipe, prompt=PROMPTS, prompt_embeds=embeds)
+    with pytest.raises(ValueError, match=r"\(B, L, 32\)"):
+        sample(pipe, prompt_embeds=embeds[..., :8])
+    with pytest.raises(ValueError, match="num_images_per_prompt"):
+        sample(pipe, prompt=PROMPTS, num_images_per_prompt=0)
+
+
+def test_from_stable_diffusion_takes_dtype(parts: dict, tmp_path: Path) -> None:
+    sd = tmp_path / "sd"
+    for name in ("vae", "unet", "scheduler"):
+        parts[name].save_pretrained(sd / name)
+    parts["text_encoder"].text_model.save_pretrained(sd / "text_encoder")
+    parts["text_encoder"].tokenizer.save_pretrained(sd / "tokenizer")
+    pipe = SynferPipeline.from_stable_diffusion(sd, dtype=torch.bfloat16)
+    assert {pipe.unet.dtype, pipe.vae.dtype, next(pipe.text_encoder.parameters()).dtype} == {torch.bfloat16}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # diffusers' own notice that torch_dtype is the older name
+        assert SynferPipeline.from_stable_diffusion(sd, torch_dtype=torch.bfloat16).unet.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="not both"):
+        SynferPipeline.from_stable_diffusion(sd, dtype=torch.bfloat16, torch_dtype=torch.float32)
