@@ -1,7 +1,8 @@
 """synfer's models and exports with the clients users already have, used as their own documentation says.
 
 diffusers: ``DiffusionPipeline.from_pretrained`` on a synfer folder, ``save_pretrained`` copies that generate the same
-faces, Stable Diffusion's call arguments and ``dtype``.
+faces, Stable Diffusion's call arguments and ``dtype``. Hugging Face ``datasets``, torchvision and ``webdataset`` on the
+three exports: splits, class indices in the folder's order, AU columns with their kind and mask.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import pytest
 import torch
 
 from conftest import make_pipe
+from synfer.core.dataset import DatasetFolder
 from synfer.generator.pipeline import SynferPipeline
+from synfer.schema import AUSet
+from test_export import EXPR, make_dataset
 
 PROMPTS = ["a happy face", "a sad face"]
 AUS = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
@@ -117,3 +121,90 @@ def test_from_stable_diffusion_takes_dtype(parts: dict, tmp_path: Path) -> None:
         assert SynferPipeline.from_stable_diffusion(sd, torch_dtype=torch.bfloat16).unet.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="not both"):
         SynferPipeline.from_stable_diffusion(sd, dtype=torch.bfloat16, torch_dtype=torch.float32)
+
+
+# -- exports ------------------------------------------------------------------------------------------------------
+@pytest.fixture()
+def src(tmp_path: Path) -> Path:
+    """3 splits x 3 classes (neutral, happiness, surprise) with AUs, one unlabelled train face."""
+    return make_dataset(tmp_path / "src", aus=AUSet.from_names(["AU01", "AU12"]))
+
+
+def truth(src: Path) -> dict[str, tuple[int, str]]:
+    """id -> (class index in the folder's order, split) of every labelled face."""
+    f = DatasetFolder(src)
+    return {r.id: (f.header.expressions.index(r.expression), r.split) for r in f.records() if r.expression}
+
+
+def check_hf(ds, src: Path) -> None:
+    """A DatasetDict from an export: HF split names, `label` a ClassLabel in the folder's order, AU kind + mask."""
+    import datasets
+
+    want = truth(src)
+    assert sorted(ds) == ["test", "train", "validation"]
+    for split, part in ds.items():
+        label = part.features["label"]
+        assert isinstance(label, datasets.ClassLabel) and label.names == list(EXPR)
+        rows = part.remove_columns([c for c in part.column_names if c in ("image",)]).to_list()
+        assert {r["split"] for r in rows} == {"val" if split == "validation" else split}
+        for r in rows:
+            if r["id"] in want:
+                assert r["label"] == want[r["id"]][0] and label.int2str(r["label"]) == r["label_name"]
+            else:
+                assert r["label"] == -1 and r["has_aus"] is False and r["AU01"] is None
+        assert {r["aus_kind"] for r in rows if r["has_aus"]} == {"measured"}
+    assert sum(len(p) for p in ds.values()) == len(DatasetFolder(src))
+    torch_rows = ds["train"].with_format("torch")[:]
+    assert torch_rows["has_aus"].dtype == torch.bool and torch.isnan(torch_rows["AU01"][~torch_rows["has_aus"]]).all()
+
+
+def test_datasets_and_torchvision_read_the_imagefolder_export(src: Path, tmp_path: Path) -> None:
+    import datasets
+    import torchvision
+
+    from synfer.core.export import export_imagefolder
+
+    out = export_imagefolder(src, tmp_path / "hf")
+    cache = str(tmp_path / "cache")
+    for ds in (datasets.load_dataset(str(out), cache_dir=cache),
+               datasets.load_dataset("imagefolder", data_dir=str(out), cache_dir=cache)):
+        check_hf(ds, src)
+        assert ds["train"][0]["image"].size == (6, 6)
+    want = truth(src)
+    for split in ("train", "validation", "test"):
+        tv = torchvision.datasets.ImageFolder(str(out / split))
+        assert tv.classes[:3] == ["00_neutral", "01_happiness", "02_surprise"]
+        for path, target in tv.samples:
+            rid = Path(path).stem
+            assert target == want[rid][0] if rid in want else tv.classes[target] == "unlabelled"
+
+
+def test_datasets_reads_the_parquet_export(src: Path, tmp_path: Path) -> None:
+    import datasets
+
+    from synfer.core.export import export_parquet
+
+    export_parquet(src, tmp_path / "pq", rows_per_file=4)
+    cache = str(tmp_path / "cache")
+    for ds in (datasets.load_dataset(str(tmp_path / "pq"), cache_dir=cache),
+               datasets.load_dataset("parquet", data_dir=str(tmp_path / "pq"), cache_dir=cache)):
+        check_hf(ds, src)
+        assert ds["validation"][0]["image"].size == (6, 6)
+
+
+def test_webdataset_reads_the_shards(src: Path, tmp_path: Path) -> None:
+    import webdataset as wds
+
+    from synfer.core.export import export_webdataset
+
+    shards = export_webdataset(src, tmp_path / "wds", shard_size=5)
+    want, f = truth(src), DatasetFolder(src)
+    captions = {r.id: r.caption or "" for r in f.records()}
+    pipeline = wds.WebDataset([str(p) for p in shards], shardshuffle=False).decode("pil").to_tuple(
+        "png", "cls", "txt", "json")
+    seen = 0
+    for image, cls, txt, meta in pipeline:
+        assert image.size == (6, 6) and txt == captions[meta["id"]]
+        assert cls == (want[meta["id"]][0] if meta["id"] in want else -1)
+        seen += 1
+    assert seen == len(f)

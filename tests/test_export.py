@@ -1,4 +1,7 @@
-"""Exports round-trip: ImageFolder, Parquet and WebDataset tars hold the source records and image bytes."""
+"""Exports round-trip: ImageFolder, Parquet and WebDataset tars hold the source records and image bytes.
+
+(The standard readers on these exports: tests/test_clients.py.)
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,14 @@ from PIL import Image
 
 import synfer.core.export as export
 from synfer.core.dataset import DatasetError, DatasetFolder, DatasetWriter, Record
-from synfer.core.export import export_imagefolder, export_parquet, export_webdataset, flat_record, json_row
+from synfer.core.export import (
+    export_imagefolder,
+    export_parquet,
+    export_webdataset,
+    flat_record,
+    hf_split,
+    json_row,
+)
 from synfer.core.provenance import provenance_entry
 from synfer.schema import AUSet
 
@@ -71,30 +81,39 @@ def assert_same_row(got: dict, want: dict) -> None:
 def test_flat_record_names_columns_for_people(ds: Path) -> None:
     f = DatasetFolder(ds)
     row = flat_record(next(f.records("val")), f.header)
-    assert row["label"] == "neutral" and row["label_id"] == 0 and row["split"] == "val"
-    assert ("AU01" in row) == (f.header.aus is not None)
+    assert row["label_name"] == "neutral" and row["label"] == 0 and row["split"] == "val"
+    assert ("AU01" in row) == ("aus_kind" in row) == ("has_aus" in row) == (f.header.aus is not None)
+    if f.header.aus is not None:
+        assert row["aus_kind"] == "measured" and row["has_aus"] is True
     unl = flat_record(next(r for r in f.records() if r.expression is None), f.header)
-    assert unl["label"] is None and unl["label_id"] is None and unl["label_probs"] is None
+    assert unl["label_name"] is None and unl["label"] == -1 and unl["label_probs"] is None
+    assert unl.get("has_aus", False) is False and unl.get("aus_kind") is None
     assert json.loads(flat_record(next(r for r in f.records() if r.meta), f.header)["meta"])["k"] >= 0
-    assert unl["meta"] == "{}" and json_row(unl) == dict(unl, label="", label_id=-1, caption="")
+    assert unl["meta"] == "{}" and json_row(unl) == dict(unl, label_name="", caption="", **(
+        {"aus_kind": ""} if "aus_kind" in unl else {}))
+    generated = Record("g", "train", "synfer-generate", "happiness", aus=[0.5, 0.5])
+    if f.header.aus is not None:
+        assert flat_record(generated, f.header)["aus_kind"] == "target"
 
 
 def test_imagefolder_round_trip(ds: Path, tmp_path: Path) -> None:
     out = export_imagefolder(ds, tmp_path / "hf")
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "test", "train", "val"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "test", "train", "validation"]
     for split in PLAN:
         want = expected_rows(ds, split)
-        lines = [json.loads(x) for x in (out / split / "metadata.jsonl").read_text().splitlines()]
+        base = out / hf_split(split)
+        assert sorted(p.name for p in base.iterdir() if p.is_dir()) == (
+            ["00_neutral", "01_happiness", "02_surprise"] + (["unlabelled"] if split == "train" else []))
+        lines = pq.read_table(base / "metadata.parquet").to_pylist()
         assert [x["id"] for x in lines] == list(want)
         for line in lines:
             row, data = want[line["id"]]
-            assert line["file_name"] == f"{line['id']}.png"
-            assert (out / split / line["file_name"]).read_bytes() == data
-            if row["label"] is None:  # typed placeholders keep column types equal across splits
-                assert (line["label"], line["label_id"]) == ("", -1)
-            assert_same_row(line, json_row(row))
+            folder = row["label_name"] and f"{row['label']:02d}_{row['label_name']}" or "unlabelled"
+            assert line["file_name"] == f"{folder}/{line['id']}.png"
+            assert (base / line["file_name"]).read_bytes() == data
+            assert_same_row({k: v for k, v in line.items() if k != "file_name"}, row)
     card = (out / "README.md").read_text()
-    assert "FER test licence" in card and "| 1 | happiness |" in card and "- split: val" in card
+    assert "FER test licence" in card and "| 1 | happiness |" in card and "- split: validation" in card
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     with pytest.raises(DatasetError, match="already exists"):
         export_imagefolder(ds, out)
@@ -115,7 +134,7 @@ def test_killed_export_leaves_nothing(ds: Path, tmp_path: Path, monkeypatch: pyt
         return real(rec, header)
 
     monkeypatch.setattr(export, "flat_record", dies_late)
-    for fn, target in ((export_imagefolder, "hf"), (export_parquet, "d.parquet"), (export_webdataset, "wds")):
+    for fn, target in ((export_imagefolder, "hf"), (export_parquet, "pq"), (export_webdataset, "wds")):
         calls["n"] = 0
         with pytest.raises(KeyboardInterrupt):
             fn(ds, tmp_path / target)
@@ -123,30 +142,37 @@ def test_killed_export_leaves_nothing(ds: Path, tmp_path: Path, monkeypatch: pyt
 
 
 def test_parquet_round_trip(ds: Path, tmp_path: Path) -> None:
-    path = export_parquet(ds, tmp_path / "out" / "data.parquet")
-    table = pq.read_table(path)
-    assert table.column_names[:4] == ["image", "id", "split", "label"]
+    files = export_parquet(ds, tmp_path / "out", rows_per_file=5)
+    assert [p.relative_to(tmp_path / "out").as_posix() for p in files] == [
+        "data/train-00000-of-00003.parquet", "data/train-00001-of-00003.parquet", "data/train-00002-of-00003.parquet",
+        "data/validation-00000-of-00002.parquet", "data/validation-00001-of-00002.parquet",
+        "data/test-00000-of-00001.parquet"]
+    table = pq.read_table(files[0])
+    assert table.column_names[:5] == ["image", "id", "split", "label", "label_name"]
     hf = json.loads(table.schema.metadata[b"huggingface"])
-    assert hf["info"]["features"]["label_id"]["names"] == list(EXPR)
+    assert hf["info"]["features"]["label"]["names"] == list(EXPR)
     want = expected_rows(ds)
-    rows = table.to_pylist()
+    rows = [r for f in files for r in pq.read_table(f).to_pylist()]
     assert [r["id"] for r in rows] == [i for s in PLAN for i in expected_rows(ds, s)]
     for r in rows:
         row, data = want[r["id"]]
         assert r["image"] == {"bytes": data, "path": f"{r['id']}.png"}
         assert_same_row(r, row)
-    val = pq.read_table(export_parquet(ds, tmp_path / "val.parquet", splits=["val"]))
-    assert set(val.column("split").to_pylist()) == {"val"} and val.num_rows == 6
+    assert "path: data/validation-*" in (tmp_path / "out" / "README.md").read_text()
+    (val,) = export_parquet(ds, tmp_path / "val", splits=["val"])
+    assert set(pq.read_table(val).column("split").to_pylist()) == {"val"} and pq.read_table(val).num_rows == 6
     with pytest.raises(DatasetError, match="already exists"):
-        export_parquet(ds, path)
-    export_parquet(ds, path, splits=["test"], overwrite=True)
-    assert pq.read_table(path).num_rows == 3
+        export_parquet(ds, tmp_path / "out")
+    (test,) = export_parquet(ds, tmp_path / "out", splits=["test"], overwrite=True)
+    assert pq.read_table(test).num_rows == 3
+    with pytest.raises(DatasetError, match="writes a folder"):
+        export_parquet(ds, tmp_path / "one.parquet")
 
 
 def test_webdataset_round_trip(ds: Path, tmp_path: Path) -> None:
     shards = export_webdataset(ds, tmp_path / "wds", shard_size=5)
     assert [p.name for p in shards] == ["train-000000.tar", "train-000001.tar", "train-000002.tar",
-                                        "val-000000.tar", "val-000001.tar", "test-000000.tar"]
+                                        "validation-000000.tar", "validation-000001.tar", "test-000000.tar"]
     info = json.loads((tmp_path / "wds" / "info.json").read_text())
     assert info["expressions"] == list(EXPR) and sum(info["shards"].values()) == len(DatasetFolder(ds))
     want = expected_rows(ds)
@@ -167,8 +193,8 @@ def test_webdataset_round_trip(ds: Path, tmp_path: Path) -> None:
             row, data = want[meta["id"]]
             assert key == meta["id"].replace(".", "_") and sample["png"] == data
             assert_same_row(meta, json_row(row))
-            assert sorted(sample) == ["cls", "json", "png"]
-            assert int(sample["cls"]) == json_row(row)["label_id"]
+            assert sorted(sample) == ["cls", "json", "png", "txt"]
+            assert int(sample["cls"]) == row["label"] and sample["txt"].decode() == (row["caption"] or "")
             seen.append(meta["id"])
     assert sorted(seen) == sorted(want)
 
@@ -185,7 +211,7 @@ def test_webdataset_refuses_key_collisions(tmp_path: Path) -> None:
 def test_exports_never_modify_input(ds: Path, tmp_path: Path) -> None:
     before = snapshot(ds)
     export_imagefolder(ds, tmp_path / "a")
-    export_parquet(ds, tmp_path / "b.parquet")
+    export_parquet(ds, tmp_path / "b")
     export_webdataset(ds, tmp_path / "c")
     assert snapshot(ds) == before
     with pytest.raises(DatasetError, match="overlaps"):
