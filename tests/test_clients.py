@@ -2,7 +2,8 @@
 
 diffusers: ``DiffusionPipeline.from_pretrained`` on a synfer folder, ``save_pretrained`` copies that generate the same
 faces, Stable Diffusion's call arguments and ``dtype``. Hugging Face ``datasets``, torchvision and ``webdataset`` on the
-three exports: splits, class indices in the folder's order, AU columns with their kind and mask.
+three exports: splits, class indices in the folder's order, AU columns with their kind and mask. timm: synfer's
+classifiers by bundled name or folder, with their data config; no config reaches for remote weights.
 """
 
 from __future__ import annotations
@@ -208,3 +209,54 @@ def test_webdataset_reads_the_shards(src: Path, tmp_path: Path) -> None:
         assert cls == (want[meta["id"]][0] if meta["id"] in want else -1)
         seen += 1
     assert seen == len(f)
+
+
+# -- timm ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("where", ["bundled name", "local-dir folder"])
+def test_timm_builds_synfer_classifiers(where: str, tmp_path: Path) -> None:
+    """timm.create_model on a bundled name and on a classifier folder gives the same logits as synfer's loader;
+    resolve_data_config reads the folder's input size, channels and mean/std; timm's classifier accessors work."""
+    import timm
+    from timm.data import resolve_data_config
+
+    from synfer.models.classifiers import ExpressionClassifier
+
+    ours = ExpressionClassifier.from_pretrained("ferplus-vgg13s-judge")
+    if where == "bundled name":
+        name = "ferplus-vgg13s-judge"
+    else:
+        ours.save_pretrained(tmp_path / "clf")
+        name = f"local-dir:{tmp_path / 'clf'}"
+    model = timm.create_model(name, pretrained=True).eval()
+    x = torch.rand(3, 1, 48, 48)
+    assert torch.allclose(model(ours.preprocess(x)), ours(x), atol=1e-6)
+    data = {k: tuple(v) if isinstance(v, list) else v for k, v in resolve_data_config(model=model).items()}
+    assert data == {"input_size": (1, 48, 48), "interpolation": "bilinear",
+                                                "mean": (0.5,), "std": (0.25,), "crop_pct": 1.0,
+                                                "crop_mode": "center"}
+    assert model.pretrained_cfg["label_names"] == ours.label_names and model.num_classes == 8
+    model.reset_classifier(3)
+    assert model.get_classifier().out_features == 3 and model(torch.rand(1, 1, 48, 48)).shape == (1, 3)
+
+
+def test_timm_lists_synfer_architectures() -> None:
+    import timm
+
+    assert {"fer_resnet_s", "fer_vgg13", "ferplus-resnet-s"} <= set(timm.list_models("fer*"))
+    assert timm.create_model("fer_resnet_xs", num_classes=5, in_chans=3)(torch.rand(2, 3, 48, 48)).shape == (2, 5)
+
+
+def test_classifier_configs_never_reach_for_remote_weights(tmp_path: Path) -> None:
+    """A hub-style architecture or a weight-source argument in a classifier's config.json is refused on load."""
+    import json
+
+    from synfer.models.classifiers import ExpressionClassifier
+
+    ExpressionClassifier.from_pretrained("ferplus-resnet-s").save_pretrained(tmp_path / "clf")
+    config = json.loads((tmp_path / "clf" / "config.json").read_text())
+    for change, message in (({"architecture": "hf-hub:timm/resnet18.a1_in1k"}, "refers to a hub"),
+                            ({"model_kwargs": {"timm_pretrained": True}}, "download or unpickle"),
+                            ({"model_kwargs": {"pretrained_cfg_overlay": {"file": "x.pth"}}}, "download or unpickle")):
+        (tmp_path / "clf" / "config.json").write_text(json.dumps({**config, **change}))
+        with pytest.raises(ValueError, match=message):
+            ExpressionClassifier.from_pretrained(tmp_path / "clf")

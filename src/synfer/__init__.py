@@ -58,45 +58,69 @@ def __dir__() -> list[str]:
     return sorted(__all__)
 
 
-# -- diffusers --------------------------------------------------------------------------------------------------------
+# -- diffusers and timm -----------------------------------------------------------------------------------------------
 # DiffusionPipeline.from_pretrained finds a folder's pipeline class by its model_index.json ``_class_name`` on the
-# ``diffusers`` module alone; synfer adds SynferPipeline there. Done as diffusers finishes importing (or now, if it
-# already has), so ``import synfer`` alone still imports no torch.
+# ``diffusers`` module alone, and timm.create_model finds architectures in timm's registry: synfer adds its own to
+# both as each library finishes importing (or now, if it already has), so ``import synfer`` alone imports no torch.
 def _register_with_diffusers(module: Any) -> None:
     if "synfer.generator.pipeline" in sys.modules:  # imported (or being imported): it registers itself at its end
         return
-    from .generator.pipeline import SynferPipeline
-
-    if getattr(module, "SynferPipeline", None) is not SynferPipeline:
-        module.SynferPipeline = SynferPipeline
+    importlib.import_module("synfer.generator.pipeline")
 
 
-class _DiffusersImportHook(importlib.abc.MetaPathFinder):
-    """Wraps the loader of the ``diffusers`` package once, registering SynferPipeline right after it executes."""
+def _register_with_timm(module: Any) -> None:
+    importlib.import_module("synfer.models.timm_models").register()
+
+
+_REGISTRARS = {"diffusers": _register_with_diffusers, "timm": _register_with_timm}
+
+
+class _ImportHook(importlib.abc.MetaPathFinder):
+    """Wraps the loader of each package in :data:`_REGISTRARS` once, registering synfer's classes with it right
+    after it executes."""
+
+    def __init__(self) -> None:
+        self.pending = {name for name in _REGISTRARS if name not in sys.modules}
+        self.busy: set[str] = set()
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname != "diffusers":
+        if fullname not in self.pending or fullname in self.busy:
             return None
-        sys.meta_path.remove(self)  # one use; the lookup below must not find this finder again
-        spec = importlib.util.find_spec("diffusers")
+        self.busy.add(fullname)  # the lookup below must not find this finder again
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self.busy.discard(fullname)
         if spec is None or spec.loader is None:
             return spec
         loader_exec = spec.loader.exec_module
 
         def exec_module(module: Any) -> None:
             loader_exec(module)
-            _register_with_diffusers(module)
+            # done only now: importlib.util.find_spec (availability checks) also asks this finder, without importing
+            self.pending.discard(fullname)
+            if not self.pending and self in sys.meta_path:
+                sys.meta_path.remove(self)
+            _REGISTRARS[fullname](module)
 
         spec.loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec
 
 
-def _hook_diffusers() -> None:
-    loaded = sys.modules.get("diffusers")
-    if loaded is not None and hasattr(loaded, "DiffusionPipeline"):
-        _register_with_diffusers(loaded)
-    elif loaded is None and not any(isinstance(f, _DiffusersImportHook) for f in sys.meta_path):
-        sys.meta_path.insert(0, _DiffusersImportHook())
+def _hook_imports() -> None:
+    for name, registrar in _REGISTRARS.items():
+        loaded = sys.modules.get(name)
+        if loaded is not None and getattr(loaded, "__spec__", None) is not None and name not in _loading():
+            registrar(loaded)
+    if not any(isinstance(f, _ImportHook) for f in sys.meta_path):
+        hook = _ImportHook()
+        if hook.pending:
+            sys.meta_path.insert(0, hook)
 
 
-_hook_diffusers()
+def _loading() -> set[str]:
+    """Packages whose import is under way (in sys.modules, not yet initialised)."""
+    return {n for n in _REGISTRARS if getattr(getattr(sys.modules.get(n), "__spec__", None), "_initializing", False)}
+
+
+_hook_imports()

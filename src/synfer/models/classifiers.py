@@ -106,6 +106,15 @@ class FerResNet(nn.Module):
         x = x.mean(dim=(2, 3))
         return x if pre_logits else self.fc(self.drop(x))
 
+    def get_classifier(self) -> nn.Module:
+        """The final linear layer (timm's accessor)."""
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new, randomly initialised final layer for ``num_classes`` (timm's; ``global_pool`` is fixed here)."""
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.fc.in_features, num_classes) if num_classes > 0 else nn.Identity()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
@@ -139,9 +148,21 @@ class FerVGG(nn.Module):
         x = self.pre(x)
         return x if pre_logits else self.fc(x)
 
+    def get_classifier(self) -> nn.Module:
+        """The final linear layer (timm's accessor)."""
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new, randomly initialised final layer for ``num_classes`` (timm's; ``global_pool`` is fixed here)."""
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.fc.in_features, num_classes) if num_classes > 0 else nn.Identity()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+
+#: timm's name of each backbone's first conv (timm adapts it when a checkpoint's channel count differs).
+FIRST_CONV = {FerResNet: "stem.0", FerVGG: "body.0"}
 
 SYNFER_BACKBONES: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     "fer_resnet18": (FerResNet, {"widths": (64, 128, 256, 512), "depths": (2, 2, 2, 2)}),
@@ -152,13 +173,24 @@ SYNFER_BACKBONES: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
 }
 
 
+#: Backbone arguments that would make timm fetch or unpickle weights; a classifier's weights come from its folder.
+WEIGHT_SOURCE_KWARGS = ("pretrained", "timm_pretrained", "pretrained_cfg", "pretrained_cfg_overlay",
+                        "checkpoint_path", "cache_dir")
+
+
 def create_backbone(name: str, num_classes: int, in_chans: int = 1, input_size: int = 48,
                     **kwargs: Any) -> nn.Module:
-    """A backbone by name: one of synfer's (``fer_resnet_s``, ``fer_vgg13`` ...) or any timm model.
-
-    timm models are built with random weights here (``pretrained`` hub downloads are the user's choice, made with
-    ``timm_pretrained=True`` in ``kwargs``, never by default).
-    """
+    """A backbone by name, with random weights: one of synfer's (``fer_resnet_s``, ``fer_vgg13`` ...) or any timm
+    architecture. Hub or path references (``hf-hub:...``) and arguments naming a weight source
+    (:data:`WEIGHT_SOURCE_KWARGS`) are refused: nothing reaches the network or reads a pickle here; trained weights
+    load from a classifier folder's ``model.safetensors`` (:meth:`ExpressionClassifier.from_pretrained`)."""
+    if ":" in name:
+        raise ValueError(f"architecture {name!r} refers to a hub or a path; give an architecture name (synfer's: "
+                         f"{', '.join(SYNFER_BACKBONES)}, or timm's) and load weights from a classifier folder.")
+    sources = [k for k in WEIGHT_SOURCE_KWARGS if k in kwargs]
+    if sources:
+        raise ValueError(f"model_kwargs {sources} would make timm download or unpickle weights; remove them "
+                         "(weights load from the classifier folder's model.safetensors).")
     if name in SYNFER_BACKBONES:
         cls, defaults = SYNFER_BACKBONES[name]
         model = cls(num_classes=num_classes, in_chans=in_chans, **{**defaults, **kwargs})
@@ -168,14 +200,27 @@ def create_backbone(name: str, num_classes: int, in_chans: int = 1, input_size: 
         return model
     import timm
 
-    pretrained = bool(kwargs.pop("timm_pretrained", False))
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
     except RuntimeError as e:  # timm raises RuntimeError('Unknown model ...')
         raise ValueError(
             f"Unknown backbone {name!r}: not one of synfer's ({', '.join(SYNFER_BACKBONES)}) nor a timm model "
             f"({e}). List timm's with timm.list_models()."
         ) from e
+
+
+def timm_pretrained_cfg(architecture: str, label_names: list[str] | None, input_size: tuple[int, int, int],
+                        mean: tuple[float, ...], std: tuple[float, ...]) -> dict[str, Any]:
+    """timm's ``pretrained_cfg`` for a classifier (what ``timm.data.resolve_data_config`` reads): input size,
+    channels, mean/std, the label names, and the layer names timm's helpers look for."""
+    cfg: dict[str, Any] = {"architecture": architecture, "input_size": tuple(input_size),
+                           "fixed_input_size": True, "interpolation": "bilinear", "crop_pct": 1.0,
+                           "crop_mode": "center", "mean": tuple(mean), "std": tuple(std)}
+    if label_names is not None:
+        cfg.update(num_classes=len(label_names), label_names=list(label_names))
+    if architecture in SYNFER_BACKBONES:
+        cfg.update(first_conv=FIRST_CONV[SYNFER_BACKBONES[architecture][0]], classifier="fc")
+    return cfg
 
 
 @dataclass
@@ -204,6 +249,11 @@ class ClassifierConfig:
         d["input_size"] = list(self.input_size)
         d["mean"], d["std"] = list(self.mean), list(self.std)
         d["format"] = "synfer-classifier"
+        # timm's keys, so that timm.create_model("local-dir:<folder>") rebuilds it (synfer reads the ones above)
+        d["num_classes"] = len(self.label_names)
+        d["model_args"] = dict(self.model_kwargs)
+        d["pretrained_cfg"] = timm_pretrained_cfg(self.architecture, self.label_names, self.input_size, self.mean,
+                                                  self.std)
         return d
 
     @classmethod
