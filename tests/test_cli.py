@@ -46,11 +46,12 @@ def test_list_options_take_commas(tmp_path):
     from synfer._cli_util import normalise_args
     from synfer.core.ops import merge_datasets
 
-    assert normalise_args(["--srcs", "a,b", "--prefix-ids"], merge_datasets) == ["--srcs=[a,b]", "--prefix_ids=true"]
-    assert normalise_args(["--no-prefix-ids", "--out", "x"], merge_datasets) == ["--prefix_ids=false", "--out=x"]
+    assert normalise_args(["--srcs", "a,b", "--prefix-ids"], merge_datasets) == ["[a,b]", "--prefix_ids=true"]
+    assert normalise_args(["--no-prefix-ids", "--out", "x"], merge_datasets) == ["x", "--prefix_ids=false"]
     # positional lists too, and option values that look like positionals are not taken for them
-    assert normalise_args(["a,b", "--overwrite", "o"], merge_datasets) == ["[a,b]", "--overwrite=true", "o"]
-    assert normalise_args(["--seed", "3", "a", "o"], merge_datasets) == ["--seed=3", "[a]", "o"]
+    assert normalise_args(["a,b", "--overwrite", "o"], merge_datasets) == ["[a,b]", "o", "--overwrite=true"]
+    assert normalise_args(["--seed", "3", "a", "o"], merge_datasets) == ["[a]", "o", "--seed=3"]
+    assert normalise_args(["a", "b", "c", "o"], merge_datasets) == ["[a,b,c]", "o"]  # synfer merge A B C OUT
 
 
 def test_user_error_is_one_line_exit_2(tmp_path, capsys):
@@ -60,3 +61,99 @@ def test_user_error_is_one_line_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--overwrite" in err and "Traceback" not in err
     assert main(["import-ferplus", str(src), str(tmp_path / "out"), "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize("verb", list(COMMANDS))
+def test_every_option_has_help_text(verb):
+    """Every parameter of every verb is documented in its function's Args (shared ``a, b: text`` entries count
+    for each name), so `synfer VERB --help` explains every option."""
+    import inspect
+
+    import docstring_parser
+
+    from synfer._cli_util import cli_function, resolve
+
+    fn = cli_function(resolve(COMMANDS[verb]))
+    documented = {p.arg_name for p in docstring_parser.parse(fn.__doc__ or "").params if p.description}
+    assert [n for n in inspect.signature(fn).parameters if n not in documented] == []
+
+
+def test_bare_synfer_prints_usage_and_fails(capsys):
+    assert main([]) == 2
+    assert "usage: synfer VERB" in capsys.readouterr().err
+
+
+def test_print_config_with_dashes(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train-fer", "a", "b", "--print-config"])
+    assert e.value.code == 0 and "epochs: 30" in capsys.readouterr().out
+
+
+def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    import synfer.core.report as report
+
+    monkeypatch.delenv("SYNFER_DEBUG", raising=False)
+    src = write_ferplus_fixture(tmp_path / "src", ROWS)
+    assert main(["import-ferplus", str(src), str(tmp_path / "out")]) == 0
+
+    def broken(path: str) -> str:
+        """A verb with a bug.
+
+        Args:
+            path: a folder.
+        """
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(report, "info", broken)
+    assert main(["info", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "unexpected error (RuntimeError: boom)" in err and "--debug" in err and "Traceback" not in err
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["info", str(tmp_path / "out"), "--debug"])
+    (tmp_path / "out" / "dataset.json").write_text("{not json")
+    monkeypatch.undo()
+    assert main(["info", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "dataset.json" in err and "Traceback" not in err
+
+
+def documented_commands() -> list[tuple[str, list[str]]]:
+    """Every `synfer VERB ...` line in the README's and docs' bash blocks: (where, argv) with continuations
+    joined and comments dropped."""
+    import shlex
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        blocks, fence = [], None  # the bodies of ``` blocks whose language is bash, sh or none
+        for line in doc.read_text().splitlines():
+            if line.lstrip().startswith("```"):
+                fence = None if fence is not None else line.strip()[3:]
+                if fence in ("bash", "sh", ""):
+                    blocks.append("")
+            elif fence in ("bash", "sh", ""):
+                blocks[-1] += line + "\n"
+        for block in blocks:
+            for line in block.replace("\\\n", " ").splitlines():
+                argv = shlex.split(line, comments=True)
+                if len(argv) > 1 and argv[0] == "synfer" and argv[1] in COMMANDS:
+                    found.append((f"{doc.name}: {line.strip()[:60]}", argv[1:]))
+    return found
+
+
+@pytest.mark.parametrize("where,argv", documented_commands(), ids=lambda v: v if isinstance(v, str) else "")
+def test_documented_commands_parse(where, argv, monkeypatch):
+    """The README's and docs' command lines are accepted by the CLI's parser as written (not run)."""
+    from pathlib import Path
+
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from synfer._cli_util import cli_function, normalise_args, resolve
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # --config paths are relative to the checkout
+    fn = cli_function(resolve(COMMANDS[argv[0]]))
+    parser = ArgumentParser(prog=f"synfer {argv[0]}", exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_function_arguments(fn, as_positional=True)
+    parser.parse_args(normalise_args(argv[1:], fn))

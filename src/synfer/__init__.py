@@ -101,7 +101,10 @@ class _ImportHook(importlib.abc.MetaPathFinder):
             self.pending.discard(fullname)
             if not self.pending and self in sys.meta_path:
                 sys.meta_path.remove(self)
-            _REGISTRARS[fullname](module)
+            # a synfer module importing the package is itself half-imported: registering now would import it
+            # again, circularly (synfer.generator.pipeline registers itself when it finishes)
+            if not _synfer_importing():
+                _REGISTRARS[fullname](module)
 
         spec.loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec
@@ -116,6 +119,12 @@ def _hook_imports() -> None:
         hook = _ImportHook()
         if hook.pending:
             sys.meta_path.insert(0, hook)
+
+
+def _synfer_importing() -> bool:
+    """Whether some synfer module is part way through its import."""
+    return any(getattr(getattr(m, "__spec__", None), "_initializing", False)
+               for n, m in list(sys.modules.items()) if n.startswith("synfer."))
 
 
 def _loading() -> set[str]:

@@ -201,6 +201,12 @@ def export_imagefolder(src: Path, out: Path, splits: list[str] | None = None,
     ``out/README.md``, the dataset card whose YAML header names the splits. ``datasets.load_dataset(str(out))`` and
     ``torchvision.datasets.ImageFolder(out / split)`` then give every face the same class index, the header's.
 
+    Args:
+        src: the dataset folder to export (read only).
+        out: the export folder to write (must not exist, be empty, or be replaced with ``overwrite``).
+        splits: only these splits (default all), e.g. ``train,val``.
+        overwrite: replace ``out`` if it exists.
+
     Returns:
         ``out``.
     """
@@ -241,6 +247,13 @@ def export_parquet(src: Path, out: Path, splits: list[str] | None = None, overwr
     rows each; the image as a struct {bytes, path} then the :func:`flat_record` columns, ``label`` a ClassLabel)
     and ``out/README.md``, the dataset card. ``datasets.load_dataset(str(out))`` and
     ``load_dataset("parquet", data_dir=str(out))`` both give one split per source split.
+
+    Args:
+        src: the dataset folder to export (read only).
+        out: the export folder to write (must not exist, be empty, or be replaced with ``overwrite``).
+        splits: only these splits (default all), e.g. ``train,val``.
+        overwrite: replace ``out`` if it exists.
+        rows_per_file: faces per Parquet file (a split with more is written as several files).
 
     Returns:
         the Parquet files, in split then file order.
@@ -287,6 +300,13 @@ def export_webdataset(src: Path, out_dir: Path, shard_size: int = 10000, splits:
     :func:`json_row`), ``<key>.cls`` (``label`` as text, ``-1`` when unlabelled) and ``<key>.txt`` (the caption,
     empty without one). ``out_dir/info.json`` records the expression order, AU set and each shard's sample count.
     Each shard is written under a temporary name and renamed; the whole folder is staged and renamed at the end.
+
+    Args:
+        src: the dataset folder to export (read only).
+        out_dir: the folder of shards to write (must not exist, be empty, or be replaced with ``overwrite``).
+        shard_size: faces per tar shard.
+        splits: only these splits (default all), e.g. ``train,val``.
+        overwrite: replace ``out_dir`` if it exists.
 
     Returns:
         the shard paths, in split then shard order.

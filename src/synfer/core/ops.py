@@ -183,6 +183,19 @@ def split_dataset(
     each class gives floor(fraction * n) records, and the rounding remainders go to the classes with the
     largest fractional parts until the total is round(fraction * N).
 
+    Args:
+        src: the dataset folder to split (read only).
+        out: the new folder to write.
+        from_split: the split faces are moved out of.
+        to_split: the new split they form (it must not exist yet).
+        fraction: the share of ``from_split`` that moves, strictly between 0 and 1.
+        seed: seeds the choice of faces (the same seed picks the same faces).
+        stratify: keep every expression's share equal in both splits.
+        overwrite: replace ``out`` if it exists.
+
+    Returns:
+        ``out``.
+
     Raises:
         DatasetError: ``to_split`` already has records, ``from_split`` has none, or nothing would move.
     """

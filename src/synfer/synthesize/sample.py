@@ -39,7 +39,9 @@ def sample_grid(
         au_targets: ``auto``, ``prototype``, a prepared dataset folder or an ``au_targets.json`` (module docs).
         coarse: a coarse description of the person for the prompts ("an old man"); "" for anyone.
         seed: first seed.
-        num_inference_steps, guidance_scale_text, guidance_scale_au: sampler settings (None: the pipeline's).
+        num_inference_steps: sampler steps (None: the pipeline's).
+        guidance_scale_text: text guidance scale (None: the pipeline's).
+        guidance_scale_au: AU guidance scale (None: the pipeline's).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda:1`` ...
         precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` (CUDA) (see :mod:`synfer.core.runtime`).
 
@@ -86,7 +88,24 @@ def au_sweep(
     """One AU from 0 to 1 with everything else fixed: rows are seeds, columns the AU's value.
 
     The prompt is the expression's (template, no AU words), the other AUs stay at the expression's targets.
-    Options as in :func:`sample_grid`.
+
+    Args:
+        out: the PNG to write.
+        au: the AU to sweep (``AU12`` or ``12``); one of the adapter's.
+        pipeline: a SynferPipeline folder or bundled name (``bundled``: the mini FER+ model shipped with synfer).
+        expression: the expression whose prompt and target AUs the other AUs keep.
+        values: the AU's values, one per column (default 0, 0.2, ..., 1).
+        seeds: rows; row j uses seed ``seed + j`` in every column.
+        au_targets: ``auto``, ``prototype``, a prepared dataset folder or an ``au_targets.json`` (module docs).
+        seed: first seed.
+        num_inference_steps: sampler steps (None: the pipeline's).
+        guidance_scale_text: text guidance scale (None: the pipeline's).
+        guidance_scale_au: AU guidance scale (None: the pipeline's).
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda:1`` ...
+        precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` (CUDA) (see :mod:`synfer.core.runtime`).
+
+    Returns:
+        the PNG path.
     """
     from ..core.images import save_grid
     from ..schema import au_code

@@ -141,7 +141,8 @@ def train_au_estimator(
         precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` (CUDA) for the forward passes (:mod:`synfer.core.runtime`).
         seed: seeds weights, order and augmentation.
         limit: at most this many faces per split (quick runs and tests).
-        resume / overwrite: continue the run in ``out`` / start it again.
+        resume: continue the interrupted run in ``out``.
+        overwrite: start the run in ``out`` again.
 
     Returns:
         the run folder.
