@@ -157,3 +157,15 @@ def test_documented_commands_parse(where, argv, monkeypatch):
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_function_arguments(fn, as_positional=True)
     parser.parse_args(normalise_args(argv[1:], fn))
+
+
+def test_every_training_verb_takes_report_to():
+    import inspect
+
+    from synfer._cli_util import resolve
+
+    training = [v for v in COMMANDS if v.startswith("train-") or v == "distill"]
+    assert len(training) == 7
+    for verb in training:
+        param = inspect.signature(resolve(COMMANDS[verb])).parameters.get("report_to")
+        assert param is not None and param.default == "none", verb

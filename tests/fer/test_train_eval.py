@@ -133,3 +133,21 @@ def test_one_channel_batches_get_plain_nchw_strides_and_train_with_threads() -> 
             model(stack_nchw([np.random.randint(0, 255, (16, 16, 1), np.uint8) for _ in range(5)])).sum().backward()
     finally:
         torch.set_num_threads(threads)
+
+
+def test_report_to_tensorboard_logs_every_epoch(pattern_data, tmp_path):
+    """--report-to tensorboard: accelerate's tracker writes each epoch's metrics under OUT/logs, the same values and
+    steps as metrics.jsonl; an unknown tracker is refused before the run folder exists."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train_fer([pattern_data], tmp_path / "run", epochs=2, augment="none", report_to="tensorboard", **TINY)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    (events,) = {p.parent for p in (tmp_path / "run" / "logs").rglob("events.out.tfevents.*")}
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    for key in ("train_loss", "val_accuracy"):
+        logged = [(e.step, e.value) for e in acc.Scalars(key)]
+        assert logged == [(r["step"], pytest.approx(r[key], rel=1e-6)) for r in rows]
+    with pytest.raises(ValueError, match="report_to must be one of"):
+        train_fer([pattern_data], tmp_path / "bad", epochs=1, report_to="mlflowx", **TINY)
+    assert not (tmp_path / "bad").exists()

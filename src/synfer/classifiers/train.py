@@ -91,6 +91,7 @@ def train_fer(
     limit: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    report_to: str = "none",
 ) -> Path:
     """Train an expression classifier on one or more dataset folders; export the best epoch on validation.
 
@@ -121,6 +122,8 @@ def train_fer(
         seed: seeds weights, sampling and augmentation; recorded.
         limit: read at most this many faces per split (quick runs and tests).
         resume: continue the run in ``out`` from its last finished epoch.
+        report_to: also log each epoch's metrics through accelerate's trackers: ``tensorboard`` (under
+            ``out/logs``; ``pip install synfer[tracking]``) or ``wandb``; ``none``: ``metrics.jsonl`` only.
         overwrite: start again in an existing ``out``.
 
     Returns:
@@ -132,7 +135,7 @@ def train_fer(
         raise ValueError(f"labels must be soft, hard or sample; got {labels!r}.")
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1; got {epochs}.")
-    accel, resume = start_run(out, resume, overwrite, precision, seed)
+    accel, resume = start_run(out, resume, overwrite, precision, seed, report_to=report_to)
     data = _load_data(train, train_split, val, val_split, input_size, limit)
     sampler = MixSampler([len(p) for p in data.parts], [p.labels for p in data.parts], ratios=ratios, counts=counts,
                          epoch_size=epoch_size, balanced=balanced, seed=seed)

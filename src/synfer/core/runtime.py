@@ -17,6 +17,7 @@ classifier-free guidance combination are computed on fp32 tensors (callers cast 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -89,8 +90,10 @@ def accelerate_mixed_precision(precision: str, device: torch.device) -> str:
     return "no" if resolved == "fp32" else resolved
 
 
-def make_accelerator(precision: str, device: torch.device | None = None) -> Any:
-    """An ``accelerate.Accelerator`` for one training run at ``precision`` (on the CPU where ``device`` is one).
+def make_accelerator(precision: str, device: torch.device | None = None, log_with: str | None = None,
+                     project_dir: Path | None = None) -> Any:
+    """An ``accelerate.Accelerator`` for one training run at ``precision`` (on the CPU where ``device`` is one),
+    logging to the tracker ``log_with`` (None: none) under ``project_dir``.
 
     accelerate keeps one process-wide state fixed at the first Accelerator's mixed precision; a process that runs
     several trainings (``synfer experiment``, a notebook, the tests) may want another precision for the next one,
@@ -104,4 +107,5 @@ def make_accelerator(precision: str, device: torch.device | None = None) -> Any:
     state = AcceleratorState._shared_state
     if state and state.get("_mixed_precision", mixed) != mixed:
         AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=mixed, cpu=device.type == "cpu")
+    return Accelerator(mixed_precision=mixed, cpu=device.type == "cpu", log_with=log_with,
+                       project_dir=None if project_dir is None else str(project_dir))

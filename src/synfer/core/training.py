@@ -35,19 +35,40 @@ from .dataset import DatasetError, replace_path
 from .runtime import make_accelerator, resolve_device, resolve_precision
 from .train_state import load_state, open_run_dir, rng_state, save_state, set_rng_state, warmup_cosine
 
-
 # -- run folder and accelerator ----------------------------------------------------------------------------------
-def start_run(out: Path, resume: bool, overwrite: bool, precision: str, seed: int) -> tuple[Any, bool]:
-    """Check the run folder, make the Accelerator (``precision``: see :mod:`synfer.core.runtime`) and seed everything;
-    returns ``(accelerator, resume)``.
+#: ``report_to`` values: accelerate's tracker name and the package it needs.
+TRACKERS = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+def check_report_to(report_to: str) -> str | None:
+    """The accelerate tracker for ``report_to`` (None for ``none``); refused, before anything is written, when
+    unknown or when its package is missing."""
+    import importlib.util
+
+    if report_to not in TRACKERS:
+        raise ValueError(f"report_to must be one of {', '.join(TRACKERS)}; got {report_to!r}.")
+    package = TRACKERS[report_to]
+    if package is not None and importlib.util.find_spec(package) is None:
+        raise ValueError(f"report_to={report_to} needs the {package} package: pip install 'synfer[tracking]' "
+                         f"(or pip install {package}).")
+    return package and report_to
+
+
+def start_run(out: Path, resume: bool, overwrite: bool, precision: str, seed: int,
+              report_to: str = "none") -> tuple[Any, bool]:
+    """Check the run folder, make the Accelerator (``precision``: see :mod:`synfer.core.runtime`; ``report_to``:
+    :data:`TRACKERS`, logging under ``out/logs``) and seed everything; returns ``(accelerator, resume)``.
 
     ``resume`` comes back False where the folder holds no finished epoch yet (start from scratch in it).
     """
     from accelerate.utils import set_seed
 
     resolve_precision(precision, resolve_device("auto"))  # checked before the run folder is touched
+    tracker = check_report_to(report_to)
     resume = open_run_dir(out, resume, overwrite)
-    accel = make_accelerator(precision)
+    accel = make_accelerator(precision, log_with=tracker, project_dir=out / "logs" if tracker else None)
+    if tracker:
+        accel.init_trackers(out.name)
     set_seed(seed, device_specific=True)  # each process its own noise draws
     return accel, resume
 
@@ -266,6 +287,8 @@ class Trainer:
                 row.update(end_epoch(epoch))
                 row["epoch_s"] = time.perf_counter() - t0
                 append_metrics(self.out, row)
+                accel.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                          step=self.step)  # the trackers of report_to (none: nothing)
                 accel.print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
                 save_state(self.out / "state", {
                     "modules": {k: trainable_state(m) for k, m in self.modules.items()},
@@ -275,6 +298,7 @@ class Trainer:
                     "epoch": epoch, "step": self.step, "fingerprint": self.fingerprint, "best": self.best,
                 })
             accel.wait_for_everyone()
+        accel.end_training()  # flush and close the trackers
 
     @contextmanager
     def weights(self, which: str) -> Iterator[None]:

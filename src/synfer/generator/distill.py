@@ -203,6 +203,7 @@ def distill(
     limit: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    report_to: str = "none",
     text_cache: Path | None = None,
 ) -> Path:
     """Distil a generator into a few-step student (latent consistency distillation; see the module docs).
@@ -222,6 +223,8 @@ def distill(
         teacher_adapter_scale: the teacher's AU adapter scale (None: its saved default); the student learns the AU
             condition at that strength and samples at adapter scale 1.
         precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` (every UNet call; losses in fp32).
+        report_to: also log each epoch's metrics through accelerate's trackers: ``tensorboard`` (under
+            ``out/logs``; ``pip install synfer[tracking]``) or ``wandb``; ``none``: ``metrics.jsonl`` only.
         seed, limit, resume, overwrite: as in ``train-generator``.
         text_cache: a folder for the frozen caption states (as ``train-generator``).
 
@@ -240,7 +243,7 @@ def distill(
     if teacher.au_adapter is None:
         raise ValueError(f"{pipeline} has no AU adapter; distill needs one (train it with `synfer train-adapter`).")
     teacher.au_adapter.check_aus(probe.au_names, str(data[0]))
-    accel, resume = start_run(out, resume, overwrite, "fp32", seed)  # autocast is applied per call here
+    accel, resume = start_run(out, resume, overwrite, "fp32", seed, report_to=report_to)  # autocast is applied per call here
     device = accel.device
     precision = resolve_precision(precision, device)
     teacher.to(device)

@@ -70,6 +70,7 @@ def train_adapter(
     limit: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    report_to: str = "none",
     precision: str = "auto",
     text_cache: Path | None = None,
     au_loss: float = 0.0,
@@ -96,6 +97,8 @@ def train_adapter(
             validation draw uses class-level prompts for the same share of its faces (fixed).
         epochs, batch_size, lr, ema_decay, snr_gamma: as in ``train-generator``.
         sample_every_epochs, sample_steps: sample grids (validation captions with their AUs).
+        report_to: also log each epoch's metrics through accelerate's trackers: ``tensorboard`` (under
+            ``out/logs``; ``pip install synfer[tracking]``) or ``wandb``; ``none``: ``metrics.jsonl`` only.
         seed, limit, resume, overwrite, precision: as in ``train-vae``.
         text_cache: as in ``train-generator`` (one folder can serve both; an entry is reused for the same caption
             set, which differs here with class_prompts or faces without AUs).
@@ -128,7 +131,7 @@ def train_adapter(
     if init is not None:
         init.check_aus(au_names, str(data[0]))
     estimator = _au_term_estimator(data, au_names, au_loss, au_estimator)
-    accel, resume = start_run(out, resume, overwrite, precision, seed)
+    accel, resume = start_run(out, resume, overwrite, precision, seed, report_to=report_to)
 
     # 2. the frozen pipeline, the adapter (and the UNet with train_unet), the faces and their conditions
     pipe = SynferPipeline.from_pretrained(pipeline)

@@ -262,6 +262,7 @@ def train_generator(
     limit: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    report_to: str = "none",
     precision: str = "auto",
     text_cache: Path | None = None,
 ) -> Path:
@@ -292,6 +293,8 @@ def train_generator(
         sample_every_epochs: epochs between sample grids (the last epoch always gets one).
         sample_prompts: grid prompts (default up to 8 distinct validation captions).
         sample_steps: DDIM steps for the grids.
+        report_to: also log each epoch's metrics through accelerate's trackers: ``tensorboard`` (under
+            ``out/logs``; ``pip install synfer[tracking]``) or ``wandb``; ``none``: ``metrics.jsonl`` only.
         seed, limit, resume, overwrite, precision: as in ``train-vae``.
         text_cache: a folder to keep the frozen text states of the captions in and reuse them from (safetensors,
             keyed by the frozen text weights and the caption set; 0.8 GB for FER+'s 22k distinct captions), so a
@@ -311,7 +314,7 @@ def train_generator(
         raise ValueError("lora_rank fine-tunes a pretrained UNet; pass pretrained=<SD checkpoint> with it.")
     if pretrained is not None and text_encoder != "minilm":
         raise ValueError("pretrained brings its own text encoder; leave text_encoder at its default.")
-    accel, resume = start_run(out, resume, overwrite, precision, seed)
+    accel, resume = start_run(out, resume, overwrite, precision, seed, report_to=report_to)
 
     # 1. components
     vae_model, encoder, unet, train_sched, sample_sched = _components(

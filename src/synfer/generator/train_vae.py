@@ -110,6 +110,7 @@ def train_vae(
     limit: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    report_to: str = "none",
     precision: str = "auto",
 ) -> Path:
     """Train an AutoencoderKL from scratch on the faces of one or more dataset folders.
@@ -131,6 +132,8 @@ def train_vae(
         seed: seeds weights, batches and posterior samples; recorded.
         limit: at most this many faces per split and folder (quick runs, tests).
         resume: continue the run in ``out`` from its last finished epoch.
+        report_to: also log each epoch's metrics through accelerate's trackers: ``tensorboard`` (under
+            ``out/logs``; ``pip install synfer[tracking]``) or ``wandb``; ``none``: ``metrics.jsonl`` only.
         overwrite: start again in an existing ``out``.
         precision: ``auto`` (bf16 on GPUs and on CPUs with native bf16, else fp32), ``fp32``, ``bf16``,
             ``fp16`` (CUDA): autocast of the forward passes (:mod:`synfer.core.runtime`); losses stay fp32.
@@ -151,7 +154,7 @@ def train_vae(
             raise ImportError("perceptual=True needs the lpips package: pip install lpips (it downloads VGG weights "
                               "from torchvision on first use, so it needs the network once).") from e
         lpips_net = lpips.LPIPS(net="vgg", verbose=False).eval().requires_grad_(False)
-    accel, resume = start_run(out, resume, overwrite, precision, seed)
+    accel, resume = start_run(out, resume, overwrite, precision, seed, report_to=report_to)
 
     # 1. faces in memory, uint8
     size = (channels, image_size, image_size) if channels and image_size else None

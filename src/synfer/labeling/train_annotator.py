@@ -103,6 +103,7 @@ def train_annotator(
     precision: str = "auto",
     resume: bool = False,
     overwrite: bool = False,
+    report_to: str = "none",
 ) -> Path:
     """Train a FERAnno head on a generator's frozen UNet features.
 
@@ -130,6 +131,8 @@ def train_annotator(
             are read in fp32).
         resume: continue the run in ``out`` from its last finished epoch (the features come from the cache, or are
             read again).
+        report_to: also log each epoch's metrics through accelerate's trackers: ``tensorboard`` (under
+            ``out/logs``; ``pip install synfer[tracking]``) or ``wandb``; ``none``: ``metrics.jsonl`` only.
         overwrite: start again in an existing ``out``.
 
     Returns:
@@ -140,7 +143,7 @@ def train_annotator(
     out = Path(out)
     if kind not in ("feranno", "probe"):
         raise ValueError(f"kind must be feranno or probe; got {kind!r}.")
-    accel, resume = start_run(out, resume, overwrite, precision, seed)
+    accel, resume = start_run(out, resume, overwrite, precision, seed, report_to=report_to)
     pipe, folder = load_generator(pipeline, accel.device)
     annotator = FERAnnotator(pipe, None, prompt, timestep, attention_tokens, seed)
     size = (pipe.vae.config.in_channels, pipe.vae.config.sample_size, pipe.vae.config.sample_size)

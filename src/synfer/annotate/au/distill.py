@@ -125,6 +125,7 @@ def train_au_estimator(
     limit: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    report_to: str = "none",
 ) -> Path:
     """Distil the AU estimator whose outputs a prepared dataset folder holds into a small CNN.
 
@@ -142,6 +143,8 @@ def train_au_estimator(
         seed: seeds weights, order and augmentation.
         limit: at most this many faces per split (quick runs and tests).
         resume: continue the interrupted run in ``out``.
+        report_to: also log each epoch's metrics through accelerate's trackers: ``tensorboard`` (under
+            ``out/logs``; ``pip install synfer[tracking]``) or ``wandb``; ``none``: ``metrics.jsonl`` only.
         overwrite: start the run in ``out`` again.
 
     Returns:
@@ -156,7 +159,7 @@ def train_au_estimator(
     val = _au_split(data, val_split, tuple(train.images.shape[1:]), limit)
     if len(train) < batch_size:
         raise DatasetError(f"{len(train)} training faces is less than one batch of {batch_size}.")
-    accel, resume = start_run(out, resume, overwrite, precision, seed)
+    accel, resume = start_run(out, resume, overwrite, precision, seed, report_to=report_to)
     model = _student(architecture, model_kwargs, init, train).to(accel.device)
     loader = accel.prepare(index_loader(len(train), batch_size, seed, lambda idx: (torch.tensor(idx),)))
     options = {"data": str(data), "architecture": model.config.architecture, "model_kwargs": model.config.model_kwargs,
