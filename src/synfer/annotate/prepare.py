@@ -68,6 +68,8 @@ def prepare(
     caption_model: str | None = None,
     keep_blendshapes: bool = False,
     num_threads: int | None = None,
+    align: str | None = None,
+    align_size: int = 128,
 ) -> Path:
     """Add AU intensities, captions and face presence to a dataset folder, writing a new folder.
 
@@ -89,6 +91,11 @@ def prepare(
         caption_model: text-generation model folder or hub id for ``--captioner llm``.
         keep_blendshapes: also store the 52 raw blendshape scores in each record's meta.
         num_threads: CPU threads of the AU estimator (default: the runtime's choice).
+        align: MediaPipe's ``face_landmarker.task`` to find and align the face of each image first (ordinary
+            photos; FER+ and RAF-DB's aligned crops need none): the output holds the aligned crops, each record's
+            ``meta["aligned_crop"]`` says where it came from (:mod:`synfer.annotate.align`); an image without a
+            face keeps its pixels and gets no AUs.
+        align_size: side of the aligned crops in pixels.
 
     Returns:
         the output folder.
@@ -114,13 +121,18 @@ def prepare(
     with ExitStack() as cleanup:
         if hasattr(est, "close"):  # the Tasks API landmarker holds native resources
             cleanup.callback(est.close)
+        aligner = None
+        if align is not None:
+            from .align import FaceAligner
+
+            aligner = cleanup.enter_context(FaceAligner(align, size=align_size))
         cap = create_captioner(captioner, caption_model)
         config = {
             "source": str(src.resolve()),
             "estimator": getattr(est, "describe", lambda: {"estimator": estimator})(),
             "captioner": getattr(cap, "describe", lambda: {"captioner": captioner})(),
             "splits": splits, "seed": seed, "limit": limit, "min_face_presence": min_face_presence,
-            "keep_blendshapes": keep_blendshapes,
+            "keep_blendshapes": keep_blendshapes, "align": aligner.describe() if aligner else None,
         }
         config["captioner"].pop("fallbacks", None)  # a count, not an option
         writer = open_output(out, folder.expressions, "prepare", config, aus=est.au_set, overwrite=overwrite,
@@ -142,13 +154,25 @@ def prepare(
                     batch = todo[start:start + batch_size]
                     with timed(timing, "decode"):
                         images = [folder.load_image(r.image) for r in batch]
+                    aligned = None
+                    if aligner is not None:
+                        with timed(timing, "align"):
+                            aligned = [aligner.align(im) for im in images]
+                        images = [a[0] if a else im for a, im in zip(aligned, images, strict=True)]
                     result = est.estimate(images)
                     for i, rec in enumerate(batch):
+                        if aligned is not None and aligned[i] is None:
+                            result.face_presence[i] = 0.0  # the aligner found no face: no AUs either
                         with timed(timing, "captions"):
                             row = _annotated(rec, result, i, names, cap, folder.expressions, seed,
                                              min_face_presence, keep_blendshapes)
                         with timed(timing, "write"):
-                            writer.add(row, folder.image_path(rec.image), link=True)
+                            if aligned is None:
+                                writer.add(row, folder.image_path(rec.image), link=True)
+                                continue
+                            if aligned[i] is not None:
+                                row.meta["aligned_crop"] = aligned[i][1].to_dict()
+                            writer.add(row, images[i])
                     progress.update(len(batch))
                 progress.close()
                 writer.flush()

@@ -131,6 +131,32 @@ def list_faces(inputs: Sequence[str | Path], split: str | None = None, limit: in
     return found[:limit]
 
 
+def align_faces(faces: Sequence[tuple[str, Image.Image]], model_path: str | Path, size: int = 128
+                ) -> list[tuple[str, Image.Image, Any]]:
+    """The faces of ordinary photos found and aligned (:class:`synfer.annotate.align.FaceAligner`): (name, aligned
+    crop, :class:`~synfer.annotate.align.Alignment`) for each photo with a face. Photos without one are named in a
+    warning, and none at all is an error."""
+    import warnings
+
+    from ..annotate.align import FaceAligner
+
+    found, missing = [], []
+    with FaceAligner(model_path, size=size) as aligner:
+        for name, photo in faces:
+            hit = aligner.align(photo)
+            if hit is None:
+                missing.append(name)
+            else:
+                found.append((name, hit[0], hit[1]))
+    if not found:
+        raise DatasetError(f"No face found in any of the {len(faces)} images ({', '.join(missing[:5])}"
+                           f"{' ...' if len(missing) > 5 else ''}); give photos with a visible face.")
+    if missing:
+        warnings.warn(f"No face found in {len(missing)} of {len(faces)} images, left out: {', '.join(missing[:10])}"
+                      f"{' ...' if len(missing) > 10 else ''}.", stacklevel=2)
+    return found
+
+
 def _open_image(path: Path) -> Image.Image:
     try:
         with Image.open(path) as im:

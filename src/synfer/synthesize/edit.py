@@ -4,7 +4,8 @@ Each face is DDIM-inverted under a class-agnostic condition to ``strength`` of t
 (:func:`synfer.generator.layout.invert`) and denoised from there under the target prompt and AUs. Low strength keeps
 more of the face (identity, pose, lighting), high strength follows the target more. The result is a dataset folder
 (one record per input face: target expression, target AUs, the prompt, and in ``meta`` the source, strength and
-sampler) and ``OUT/preview.png`` with each source face above its edit.
+sampler) and ``OUT/preview.png`` with each source face above its edit. Ordinary photos are found and aligned first
+with ``--align`` (:mod:`synfer.annotate.align`), and the edits pasted back into them (``OUT/pasted/``).
 
 Example::
 
@@ -17,19 +18,24 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from ..annotate.align import paste_back
 from ..annotate.prompts import enrich_prompt
 from ..core.dataset import Record
 from ..core.provenance import files_sha256
 from ..core.runtime import resolve_precision
 from ..generator.au_targets import expression_au_targets
-from ..generator.layout import invert, read_faces, to_pipeline_images
+from ..generator.layout import align_faces, invert, read_faces, to_pipeline_images
 from ..generator.pipeline import load_generator
 from ..importers.common import open_output
 from ..schema import FERPLUS8, AUSet, canonical_expression
+
+#: ``edit --align``: the photos with their edit pasted back, one per record.
+PASTED_DIR = "pasted"
 
 
 def target_aus(expression: str | None, aus: dict[str, float] | None, au_names: tuple[str, ...] | None,
@@ -77,6 +83,8 @@ def edit(
     compile: bool = False,
     preview: bool = True,
     overwrite: bool = False,
+    align: str | None = None,
+    align_size: int = 128,
 ) -> Path:
     """Edit faces toward a target expression / AUs; write the edits as a dataset folder.
 
@@ -103,6 +111,10 @@ def edit(
         compile: compile the generator's UNet first (see ``generate``).
         preview: write ``OUT/preview.png`` (sources above edits, up to 16).
         overwrite: replace ``out``.
+        align: MediaPipe's ``face_landmarker.task`` to find and align the face of each input first (ordinary
+            photos): the crop is edited, its record's ``meta["aligned_crop"]`` says where it came from, and
+            ``OUT/pasted/<id>.png`` is the photo with the edit pasted back in. Inputs without a face are left out.
+        align_size: side of the aligned crops in pixels.
 
     Returns:
         the dataset folder.
@@ -115,6 +127,11 @@ def edit(
     if target is not None and target not in exprs:
         raise ValueError(f"expression {expression!r} is not in the label set {exprs}.")
     faces = read_faces(inputs, split, limit)
+    photos: dict[str, tuple[Any, Any]] = {}  # name -> (photo, alignment) with ``align``
+    if align is not None:
+        aligned = align_faces(faces, align, align_size)
+        photos = dict(zip((n for n, _, _ in aligned), ((dict(faces)[n], a) for n, _, a in aligned), strict=True))
+        faces = [(name, crop) for name, crop, _ in aligned]
     pipe, pipe_dir = load_generator(pipeline, device)
     pipe.set_progress_bar_config(disable=True)
     precision = resolve_precision(precision, pipe.device)
@@ -132,7 +149,7 @@ def edit(
     pipe.first_step(sampler["num_inference_steps"], strength, torch.zeros(1))  # validates strength early
     config = {"pipeline": str(pipeline), "generator_sha256": files_sha256(pipe_dir), "inputs": [str(p) for p in inputs],
               "expression": target, "prompt": text, "aus": vector, "strength": strength,
-              "source_prompt": source_prompt, **sampler}
+              "source_prompt": source_prompt, "align": None if align is None else str(align), **sampler}
     writer = open_output(out, exprs, "edit", config, aus=AUSet(au_names) if au_names else None, overwrite=overwrite)
     if compile:
         pipe.compile_denoiser()
@@ -156,8 +173,14 @@ def edit(
                 stem = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:180]  # record ids: letters, digits, ._-
                 n = ids[stem] = ids.get(stem, -1) + 1  # the same name twice (two folders) gets a suffix
                 rid = f"edit-{stem}" if n == 0 else f"edit-{stem}-{n}"
+                meta = {"source": name, "strength": strength, **sampler}
+                if name in photos:
+                    photo, where = photos[name]
+                    meta["aligned_crop"] = where.to_dict()
+                    (out / PASTED_DIR).mkdir(exist_ok=True)
+                    paste_back(photo, image, where).save(out / PASTED_DIR / f"{rid}.png")
                 writer.add(Record(id=rid, split=out_split, source="synfer-edit", expression=target, aus=vector,
-                                  caption=text, meta={"source": name, "strength": strength, **sampler}), image)
+                                  caption=text, meta=meta), image)
             if preview and len(pairs) < 16:
                 pairs += [torch.stack([a, b]) for a, b in zip(images.cpu(), edited.cpu(), strict=True)]
             bar.update(len(chunk))

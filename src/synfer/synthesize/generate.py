@@ -139,6 +139,7 @@ def generate(
     layout: Path | None = None,
     layout_strength: float = 0.7,
     layout_split: str = "train",
+    layout_align: str | None = None,
     split: str = "train",
     device: str = "auto",
     precision: str = "auto",
@@ -174,6 +175,8 @@ def generate(
             from the DDIM inversion of one of them (picked by its seed) instead of pure noise.
         layout_strength: share of the schedule run from the inverted face (lower keeps more of its pose and look).
         layout_split: the split of a dataset folder ``layout`` draws from.
+        layout_align: MediaPipe's ``face_landmarker.task`` to find and align the faces of ``layout`` first
+            (ordinary photos; a prepared folder of aligned crops needs none).
         split: the split name written on every record.
         device: ``auto`` (this process's GPU when there are GPUs, else the CPU), ``cpu``, ``cuda``, ``cuda:1`` ...
         precision: ``auto`` (bf16 on GPUs and on CPUs with native bf16, else fp32), ``fp32``, ``bf16``, ``fp16``
@@ -210,7 +213,7 @@ def generate(
                {"pipeline": str(pipeline), "sha256": files_sha256(pipe_dir)})
     # 2. semantic guidance and layout initialisation, each checked before anything is written
     run.guidance = _guidance(run, semantic_guidance, guidance_window, guidance_model, au_guidance, au_model)
-    run.layout = _layout(run, layout, layout_strength, layout_split)
+    run.layout = _layout(run, layout, layout_strength, layout_split, layout_align)
     config = {"pipeline": str(pipeline), "generator_sha256": run.generator["sha256"], "counts": want,
               "coarse": coarse, "au_source": au_source, "au_jitter": au_jitter, "seed": seed, **run.sampler,
               "semantic_guidance": run.guidance.record if run.guidance else None, "split": split,
@@ -375,16 +378,21 @@ def _guidance(run: _Run, scale: float, window: tuple[float, float], model: str, 
     return _Guidance(classifier, estimator, scale, tuple(window), au_weight, record)
 
 
-def _layout(run: _Run, layout: Path | None, strength: float, split: str) -> _Layout | None:
-    """Layout initialisation's real faces (the strength checked first); None when off."""
+def _layout(run: _Run, layout: Path | None, strength: float, split: str, align: str | None) -> _Layout | None:
+    """Layout initialisation's real faces (the strength checked first; aligned first with ``align``, a face
+    landmarker model); None when off."""
     if layout is None:
         return None
-    from ..generator.layout import list_faces
+    from ..generator.layout import align_faces, list_faces
 
     run.pipe.first_step(run.sampler["num_inference_steps"], strength, torch.zeros(1))  # validates the strength
     faces = list_faces([layout], split if (Path(layout) / "dataset.json").is_file() else None)
-    return _Layout(faces, strength, {"source": str(layout), "strength": strength, "split": split,
-                                     "faces": len(faces)})
+    record = {"source": str(layout), "strength": strength, "split": split}
+    if align is not None:
+        aligned = align_faces([(name, load()) for name, load in faces], align)
+        faces = [(name, lambda crop=crop: crop) for name, crop, _ in aligned]
+        record["aligned_with"] = str(align)
+    return _Layout(faces, strength, {**record, "faces": len(faces)})
 
 
 def _open_writer(out: Path, state: Any, exprs: list[str], au_names: tuple[str, ...] | None, config: dict[str, Any],
