@@ -98,7 +98,7 @@ def test_flat_record_names_columns_for_people(ds: Path) -> None:
 
 def test_imagefolder_round_trip(ds: Path, tmp_path: Path) -> None:
     out = export_imagefolder(ds, tmp_path / "hf")
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "test", "train", "validation"]
+    assert sorted(p.name for p in out.iterdir()) == [".synfer", "README.md", "test", "train", "validation"]
     for split in PLAN:
         want = expected_rows(ds, split)
         base = out / hf_split(split)
@@ -118,7 +118,7 @@ def test_imagefolder_round_trip(ds: Path, tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="already exists"):
         export_imagefolder(ds, out)
     only = export_imagefolder(ds, out, splits=["test"], overwrite=True)
-    assert sorted(p.name for p in only.iterdir()) == ["README.md", "test"]
+    assert sorted(p.name for p in only.iterdir()) == [".synfer", "README.md", "test"]
     with pytest.raises(DatasetError, match="no split"):
         export_imagefolder(ds, tmp_path / "x", splits=["dev"])
 

@@ -23,6 +23,8 @@ import json
 import os
 import re
 import shutil
+import socket
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +40,12 @@ from ..schema import AUSet, DatasetHeader, check_same_order
 
 HEADER_FILE = "dataset.json"
 IMAGES_DIR = "images"
+#: The writer's lock in an output folder (see :class:`FolderLock`).
+LOCK_FILE = ".synfer-lock"
+#: Written into every output folder synfer makes that has no other sign of it (exports, run folders).
+MARKER_FILE = ".synfer"
+#: Files that show synfer made a folder, so that ``--overwrite`` may replace it.
+_OURS = (HEADER_FILE, MARKER_FILE, "metrics.jsonl", "train_config.json")
 _SHARD_RE = re.compile(r"^records(?:-([A-Za-z0-9_]+))?-(\d{5})\.parquet$|^records\.parquet$")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _SPLIT_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -102,6 +110,90 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def check_replaceable(path: Path) -> None:
+    """Refuse ``--overwrite`` on anything synfer did not make: a folder may be replaced only when it is empty or
+    holds synfer's own files (:data:`_OURS`), and never through a symbolic link (the link's target would go)."""
+    path = Path(path)
+    if path.is_symlink():
+        raise DatasetError(f"{path} is a symbolic link; synfer does not replace links. Give the real folder's path "
+                           "or another output path.")
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise DatasetError(f"{path} is a file, not a folder synfer made; --overwrite only replaces synfer's own "
+                           "output folders. Choose another output path.")
+    if any(path.iterdir()) and not any((path / name).exists() for name in _OURS):
+        raise DatasetError(f"{path} holds files synfer did not make (none of {', '.join(_OURS)}); --overwrite only "
+                           "replaces synfer's own output folders. Choose another output path, or empty it yourself.")
+
+
+def mark_as_ours(folder: Path, stage: str) -> None:
+    """Write :data:`MARKER_FILE` into a new output folder, so a later ``--overwrite`` may replace it."""
+    (Path(folder) / MARKER_FILE).write_text(json.dumps({"made_by": "synfer", "stage": stage}) + "\n")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+class FolderLock:
+    """One writer per output folder: ``LOCK_FILE`` names the writing process (host, pid, start time).
+
+    A second writer is refused with the holder's name; a lock left by a process that no longer runs (on this host)
+    is taken over, as is one held by this very process (an earlier writer it abandoned).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / LOCK_FILE
+        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    def acquire(self) -> FolderLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is None or self._stale(holder):
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise DatasetError(
+                    f"{self.path.parent} is being written by process {holder.get('pid')} on "
+                    f"{holder.get('host')} (since {holder.get('since')}); two writers would corrupt it. Wait for it "
+                    f"to finish or stop it; if no such process runs, delete {self.path}.") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(self.me))
+            return self
+        raise DatasetError(f"{self.path}: could not take the writer's lock; another writer keeps taking it.")
+
+    def _holder(self) -> dict[str, Any] | None:
+        """The lock's holder, or None when the file is unreadable and old (a writer killed mid-write)."""
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            try:
+                young = time.time() - self.path.stat().st_mtime < 5
+            except OSError:
+                return None
+            return {"pid": "?", "host": "?", "since": "just now"} if young else None
+
+    def _stale(self, holder: dict[str, Any]) -> bool:
+        if holder.get("host") != self.me["host"] or not isinstance(holder.get("pid"), int):
+            return False  # another machine's process cannot be checked from here
+        return holder["pid"] == self.me["pid"] or not _process_alive(holder["pid"])
+
+    def release(self) -> None:
+        holder = self._holder() if self.path.exists() else None
+        if holder is not None and holder.get("pid") == self.me["pid"] and holder.get("host") == self.me["host"]:
+            self.path.unlink(missing_ok=True)
 
 
 def replace_path(tmp: Path, dest: Path) -> None:
@@ -221,9 +313,27 @@ class DatasetWriter:
         self.write_header = write_header
         self._buffer: list[dict] = []
         self._closed = False
-        exists = self.path.exists() and any(self.path.iterdir())
-        if mode == "overwrite" and self.path.exists():
-            shutil.rmtree(self.path)
+        if mode == "overwrite":
+            check_replaceable(self.path)
+        elif self.path.is_symlink() or (self.path / IMAGES_DIR).is_symlink():
+            raise DatasetError(f"{self.path}: the output folder (or its {IMAGES_DIR}/) is a symbolic link; synfer "
+                               "writes only into real folders. Give the real path.")
+        # helpers of a parallel job write beside the main writer, which holds the lock
+        self._lock = FolderLock(self.path).acquire() if write_header else None
+        try:
+            self._open(mode, expressions, aus, licence)
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+            raise
+
+    def _open(self, mode: str, expressions: Sequence[str] | None, aus: AUSet | None, licence: str) -> None:
+        """Create, clear (``overwrite``) or reopen (``resume``/``append``) the folder, the lock held."""
+        exists = any(p.name != LOCK_FILE for p in self.path.iterdir())
+        if mode == "overwrite" and exists:
+            for p in self.path.iterdir():
+                if p.name != LOCK_FILE:
+                    _remove(p)
             exists = False
         if mode in ("resume", "append") and exists:
             self.header = read_header(self.path)
@@ -233,7 +343,7 @@ class DatasetWriter:
                 check_same_order("AU", self.header.aus.names, aus.names, str(self.path), "writer")
             if self.header.aus is None and aus is not None:
                 raise DatasetError(f"{self.path}: cannot add an AU set to a folder that was created without one.")
-            if write_header:  # a helper must not delete the main writer's images in flight
+            if self.write_header:  # a helper must not delete the main writer's images in flight
                 self._clean_temp_files()
             self._ids = set(DatasetFolder(self.path, allow_incomplete=True).ids)
             self.header.complete = False
@@ -351,6 +461,8 @@ class DatasetWriter:
         self.header.complete = complete
         self._write_header()
         self._closed = True
+        if self._lock is not None:
+            self._lock.release()
 
     def __enter__(self) -> DatasetWriter:
         return self
@@ -422,6 +534,23 @@ class DatasetFolder:
                 raise DatasetError(f"{f}: missing columns {missing}; this is not a synfer records shard.")
             tables.append(t.select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA))
         self.table: pa.Table = pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
+        self._check_containment()
+
+    def _check_containment(self) -> None:
+        """Every record's image is ``images/<id>.png`` inside the folder, reached through no symbolic link: a record
+        may not point a reader at a file elsewhere (``../../etc/passwd``, an absolute path, a link)."""
+        import pyarrow.compute as pc
+
+        if (self.path / IMAGES_DIR).is_symlink():
+            raise DatasetError(f"{self.path / IMAGES_DIR} is a symbolic link; a dataset folder's images must be its "
+                               "own files. Copy them in (synfer validate names such problems).")
+        want = pc.binary_join_element_wise(IMAGES_DIR + "/", self.table.column("id"), ".png", "")
+        bad = pc.invert(pc.fill_null(pc.equal(self.table.column("image"), want), False))
+        if pc.any(bad).as_py():
+            row = self.table.filter(bad).slice(0, 1).to_pylist()[0]
+            raise DatasetError(f"{self.path}: record {row['id']!r} points its image at {row['image']!r}; a record's "
+                               f"image must be {IMAGES_DIR}/<id>.png inside the folder. The folder was edited by "
+                               "hand or made by something else; rebuild it with synfer.")
 
     # -- basic access ----------------------------------------------------------------------------------------
     @property
@@ -443,11 +572,15 @@ class DatasetFolder:
         return self.table.column(name).to_pylist()
 
     def image_path(self, rel: str) -> Path:
-        """Absolute path of a record's ``image`` entry."""
-        return self.path / rel
+        """The path of a record's ``image`` entry, refused where it is a symbolic link (it could lead outside)."""
+        p = self.path / rel
+        if p.is_symlink():
+            raise DatasetError(f"{p} is a symbolic link; a dataset folder's images must be its own files (it could "
+                               f"point outside the folder). Replace it with the file, or run `synfer validate`.")
+        return p
 
     def load_image(self, rel: str) -> Image.Image:
-        """Open a record's image (fully decoded, file closed)."""
+        """Open a record's image (fully decoded, file closed; never through a symbolic link)."""
         p = self.image_path(rel)
         try:
             with Image.open(p) as im:

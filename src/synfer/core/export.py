@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from ..schema import DatasetHeader
 from . import __version__
-from .dataset import DatasetError, DatasetFolder, Record, atomic_write_json, replace_path
+from .dataset import DatasetError, DatasetFolder, Record, atomic_write_json, mark_as_ours, replace_path
 from .ops import Rows, check_output_path, chosen_splits, records_with_images
 from .report import counts_table
 
@@ -137,6 +137,7 @@ def _staged_dir(out: Path) -> Iterator[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{out.name}")
     tmp.mkdir()
+    mark_as_ours(tmp, "export")  # a later --overwrite may replace it
     try:
         yield tmp
     except BaseException:

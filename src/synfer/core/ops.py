@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..schema import SPLITS, DatasetHeader, canonical_expression, check_same_order
-from .dataset import DatasetError, DatasetFolder, DatasetWriter, Record
+from .dataset import DatasetError, DatasetFolder, DatasetWriter, Record, check_replaceable
 from .provenance import provenance_entry
 
 WARNING = "warning:"
@@ -29,8 +29,8 @@ Rows = list[tuple[Record, Path]]  # records with the absolute path of their imag
 
 
 def records_with_images(folder: DatasetFolder) -> Rows:
-    """Every record of a folder with the absolute path of its image, in folder order."""
-    return list(zip(folder.records(), (folder.path / p for p in folder.column("image")), strict=True))
+    """Every record of a folder with the path of its image, in folder order (a symbolic link is refused)."""
+    return list(zip(folder.records(), (folder.image_path(p) for p in folder.column("image")), strict=True))
 
 
 def check_output_path(out: Path, inputs: Sequence[Path], overwrite: bool) -> None:
@@ -43,6 +43,8 @@ def check_output_path(out: Path, inputs: Sequence[Path], overwrite: bool) -> Non
                                "(inputs are never edited).")
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise DatasetError(f"{out} already exists; choose another output path or pass --overwrite.")
+    if overwrite:
+        check_replaceable(out)
 
 
 def ordered_splits(splits: Sequence[str]) -> list[str]:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .dataset import DatasetError, replace_path
+from .dataset import DatasetError, FolderLock, replace_path
 from .runtime import make_accelerator, resolve_device, resolve_precision
 from .train_state import load_state, open_run_dir, rng_state, save_state, set_rng_state, warmup_cosine
 
@@ -299,6 +299,7 @@ class Trainer:
                 })
             accel.wait_for_everyone()
         accel.end_training()  # flush and close the trackers
+        FolderLock(self.out).release()  # taken by start_run (open_run_dir)
 
     @contextmanager
     def weights(self, which: str) -> Iterator[None]:

@@ -66,23 +66,39 @@ def open_output(
     """
     if overwrite and resume:
         raise ValueError("Pass either overwrite or resume, not both.")
+    earlier = _earlier_run(Path(out), stage, config) if resume else []  # checked before anything is written
     mode = "overwrite" if overwrite else "resume" if resume else "create"
     writer = DatasetWriter(out, expressions=expressions, aus=aus, mode=mode, licence=licence)
-    earlier = [e for e in writer.header.provenance if e.get("stage") == stage]
     if earlier:
-        before = {k: v for k, v in earlier[-1].get("config", {}).items() if k != "skip_bad"}
-        now = {k: v for k, v in config.items() if k != "skip_bad"}
-        if before != now:
-            changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
-            writer.close(complete=False)
-            raise DatasetError(
-                f"{out} was started by {stage} with other options ({', '.join(f'{k}={before.get(k)!r}' for k in changed)}"
-                f"; now {', '.join(f'{k}={now.get(k)!r}' for k in changed)}). Resume with the same options, or "
-                "pass --overwrite to start again."
-            )
         writer.header.stats.pop("skipped", None)
     writer.add_provenance(provenance_entry(stage, config, resumed=bool(earlier)))
     return writer
+
+
+def _earlier_run(out: Path, stage: str, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The provenance entries of ``stage`` in a folder to resume, refusing (before anything is written) a folder
+    another command made, or one this command started with other options."""
+    from ..core.dataset import HEADER_FILE, read_header
+
+    if not (out / HEADER_FILE).is_file():
+        return []
+    header = read_header(out)
+    if not header.provenance:  # killed before its first flush: nothing to continue, nothing foreign either
+        return []
+    earlier = [e for e in header.provenance if e.get("stage") == stage]
+    last = header.provenance[-1].get("stage") if header.provenance else None
+    if not earlier or last != stage:
+        raise DatasetError(f"{out} was made by {last or 'another command'}, not by {stage}; --resume continues an "
+                           f"interrupted {stage} run in its own folder. Choose another output folder.")
+    before = {k: v for k, v in earlier[-1].get("config", {}).items() if k != "skip_bad"}
+    now = {k: v for k, v in config.items() if k != "skip_bad"}
+    if before != now:
+        changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        raise DatasetError(
+            f"{out} was started by {stage} with other options ({', '.join(f'{k}={before.get(k)!r}' for k in changed)}"
+            f"; now {', '.join(f'{k}={now.get(k)!r}' for k in changed)}). Resume with the same options, or "
+            "pass --overwrite to start again.")
+    return earlier
 
 
 def start_import(
