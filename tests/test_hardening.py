@@ -182,3 +182,114 @@ def test_a_refused_writer_leaves_no_lock(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="different order"):
         DatasetWriter(folder, ("happiness", "neutral"), mode="resume")
     assert tree_state(folder) == before and LOCK_FILE not in os.listdir(folder)
+
+
+# -- 5. images normalised at import, checked by validate ---------------------------------------------------------
+def test_import_normalises_16_bit_alpha_and_palette_images(tmp_path: Path) -> None:
+    import numpy as np
+
+    from synfer.importers.imagefolder import import_imagefolder
+
+    root = tmp_path / "photos" / "happiness"
+    root.mkdir(parents=True)
+    gray16 = np.full((8, 8), 40000, np.uint16)
+    Image.fromarray(gray16).save(root / "g16.png")  # 16-bit gray: a plain conversion reads it as all white
+    Image.new("RGBA", (8, 8), (10, 200, 30, 0)).save(root / "rgba.png")
+    Image.new("RGB", (8, 8), (200, 10, 10)).convert("P").save(root / "pal.png")
+    Image.new("LA", (8, 8), (77, 128)).save(root / "la.png")
+    out = import_imagefolder(tmp_path / "photos", tmp_path / "ds")
+    folder = DatasetFolder(out)
+    modes = {r.id.rsplit("-", 1)[-1]: folder.load_image(r.image) for r in folder.records()}
+    assert {k: v.mode for k, v in modes.items()} == {"g16": "L", "la": "L", "pal": "RGB", "rgba": "RGB"}
+    assert np.asarray(modes["g16"]).max() == round(40000 / 65535 * 255)  # scaled, not clipped to 255
+    assert np.asarray(modes["la"]).max() == 77
+    # a folder that holds a 16-bit image anyway is reported by validate
+    (g16,) = [r for r in folder.records() if r.id.endswith("g16")]
+    Image.fromarray(gray16).save(out / g16.image)
+    assert main(["validate", str(out)]) == 2
+
+
+# -- 7. header types ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("change,message", [
+    ({"complete": "false"}, '"complete" must be true/false'),
+    ({"expressions": "neutral"}, '"expressions" must be a list'),
+    ({"expressions": ["neutral", "neutral"]}, "distinct"),
+    ({"stats": []}, '"stats" must be an object'),
+    ({"provenance": ["x"]}, "list of objects"),
+])
+def test_header_fields_are_type_checked(tmp_path: Path, change: dict, message: str) -> None:
+    folder = small_folder(tmp_path / "ds")
+    header = json.loads((folder / "dataset.json").read_text())
+    (folder / "dataset.json").write_text(json.dumps({**header, **change}))
+    with pytest.raises(DatasetError, match=message):
+        DatasetFolder(folder)
+    (folder / "dataset.json").write_text("[]")
+    with pytest.raises(DatasetError, match="JSON object"):
+        DatasetFolder(folder)
+
+
+def test_validate_catches_a_hand_reordered_expression_list(tmp_path: Path) -> None:
+    from synfer.core.report import validate_dataset
+
+    with DatasetWriter(tmp_path / "ds", EXPR) as w:
+        for i in range(12):
+            probs = [0.9, 0.1] if i % 2 == 0 else [0.2, 0.8]
+            w.add(Record(f"r{i}", "train", "test", EXPR[i % 2], probs), Image.new("L", (8, 8)))
+    assert validate_dataset(tmp_path / "ds") == []
+    header = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    header["expressions"] = list(reversed(header["expressions"]))
+    (tmp_path / "ds" / "dataset.json").write_text(json.dumps(header))
+    (problem,) = validate_dataset(tmp_path / "ds")
+    assert "0% of 12 labels agree" in problem and "edited" in problem
+
+
+# -- 8. options checked before anything is written or loaded -------------------------------------------------------
+@pytest.mark.parametrize("argv", [
+    ["generate", "{out}", "--split", "Bad Split"],
+    ["generate", "{out}", "--num-inference-steps", "0"],
+    ["generate", "{out}", "--num-inference-steps", "-3"],
+    ["generate", "{out}", "--guidance-window", "[0.9,0.1]"],
+    ["generate", "{out}", "--au-jitter", "-5"],
+    ["split", "{src}", "{out}", "--to-split", "Val X"],
+    ["label", "{src}", "{out}", "--annotators", "ferplus-resnet-s", "--threshold", "2"],
+    ["import-imagefolder", "{photos}", "{out}", "--image-size", "0"],
+    ["import-imagefolder", "{photos}", "{out}", "--image-mode", "CMYK"],
+    ["edit", "{src}", "{out}", "--expression", "happiness", "--num-inference-steps", "0"],
+])
+def test_bad_options_fail_fast_and_write_nothing(tmp_path: Path, argv: list[str], capsys) -> None:
+    import time
+
+    src = small_folder(tmp_path / "src")
+    (tmp_path / "photos" / "happiness").mkdir(parents=True)
+    Image.new("L", (8, 8)).save(tmp_path / "photos" / "happiness" / "a.png")
+    before = tree_state(tmp_path)
+    args = [a.format(out=tmp_path / "out", src=src, photos=tmp_path / "photos") for a in argv]
+    t0 = time.perf_counter()
+    assert main(args) == 2
+    assert time.perf_counter() - t0 < 20 and not (tmp_path / "out").exists() and tree_state(tmp_path) == before
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err
+
+
+# -- 9. no network, no remote code ----------------------------------------------------------------------------------
+def test_model_folders_never_run_their_own_code(pipe_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """A text encoder config asking for custom code (auto_map + modeling file) loads synfer's known class; the
+    custom file never runs. Loading with the network cut (hub offline, sockets refused) still works."""
+    import socket
+
+    from synfer.generator.pipeline import SynferPipeline
+
+    config_path = pipe_dir / "text_encoder" / "text_model" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["auto_map"] = {"AutoModel": "modeling_evil.EvilModel", "AutoConfig": "modeling_evil.EvilConfig"}
+    config_path.write_text(json.dumps(config))
+    ran = tmp_path / "ran"
+    (config_path.parent / "modeling_evil.py").write_text(f"open({str(ran)!r}, 'w').write('x')\n")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def no_network(*a, **k):
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    pipe = SynferPipeline.from_pretrained(pipe_dir)
+    assert type(pipe.text_encoder.text_model).__name__ == "CLIPTextModel" and not ran.exists()

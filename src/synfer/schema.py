@@ -10,6 +10,7 @@ every model config; :func:`check_same_order` refuses a mismatch instead of silen
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -353,6 +354,30 @@ SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
 
 
+#: The header's fields and the JSON types each must have (None: may be null).
+_HEADER_TYPES: dict[str, tuple[type, ...]] = {
+    "expressions": (list,), "aus": (dict, type(None)), "provenance": (list,), "licence": (str,),
+    "complete": (bool,), "stats": (dict,),
+}
+
+
+def _check_header_types(d: dict, source: str) -> None:
+    """Refuse a header field of the wrong JSON type, naming it (``"complete": "false"`` is a string, not false)."""
+    if "expressions" not in d:
+        raise ValueError(f"{source}: malformed header: the \"expressions\" list is missing.")
+    for key, types in _HEADER_TYPES.items():
+        if key in d and not isinstance(d[key], types):
+            want = " or ".join("null" if t is type(None) else {list: "a list", dict: "an object", str: "a string",
+                                                                bool: "true/false"}[t] for t in types)
+            raise ValueError(f"{source}: header field \"{key}\" must be {want}; it is {json.dumps(d[key])[:60]}.")
+    names = d["expressions"]
+    if not names or not all(isinstance(e, str) and e for e in names) or len(set(names)) != len(names):
+        raise ValueError(f"{source}: header field \"expressions\" must list distinct, non-empty names; it is "
+                         f"{json.dumps(names)[:80]}.")
+    if not all(isinstance(p, dict) for p in d.get("provenance", [])):
+        raise ValueError(f"{source}: header field \"provenance\" must be a list of objects.")
+
+
 @dataclass
 class DatasetHeader:
     """Contents of a dataset folder's ``dataset.json``.
@@ -394,6 +419,8 @@ class DatasetHeader:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "dataset.json") -> DatasetHeader:
+        if not isinstance(d, dict):
+            raise ValueError(f"{source}: a dataset header is a JSON object; this file holds a {type(d).__name__}.")
         if d.get("format") != "synfer-dataset":
             raise ValueError(f"{source}: not a synfer dataset header (missing \"format\": \"synfer-dataset\").")
         version = d.get("schema_version")
@@ -402,13 +429,14 @@ class DatasetHeader:
                 f"{source}: schema_version {version} but this synfer reads version {SCHEMA_VERSION}; "
                 "upgrade synfer or re-import the data."
             )
+        _check_header_types(d, source)
         try:
             return cls(
                 expressions=tuple(d["expressions"]),
                 aus=AUSet.from_dict(d["aus"]) if d.get("aus") else None,
                 provenance=list(d.get("provenance", [])),
                 licence=d.get("licence", ""),
-                complete=bool(d.get("complete", False)),
+                complete=d.get("complete", False),
                 stats=dict(d.get("stats", {})),
                 schema_version=version,
             )

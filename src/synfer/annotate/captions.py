@@ -235,8 +235,9 @@ class TextGenerator:
         except ImportError as e:
             raise ImportError("LLM captions need transformers: pip install transformers.") from e
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(name)
-            self.model = AutoModelForCausalLM.from_pretrained(name).to(device).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+            self.model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=False,
+                                                              use_safetensors=True).to(device).eval()
         except OSError as e:
             raise FileNotFoundError(f"Cannot load text-generation model {name!r} ({e}). Pass a local folder or "
                                     "a hub id that is in the local cache.") from e

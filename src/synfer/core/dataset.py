@@ -48,7 +48,7 @@ MARKER_FILE = ".synfer"
 _OURS = (HEADER_FILE, MARKER_FILE, "metrics.jsonl", "train_config.json")
 _SHARD_RE = re.compile(r"^records(?:-([A-Za-z0-9_]+))?-(\d{5})\.parquet$|^records\.parquet$")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-_SPLIT_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+SPLIT_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")  # split names: train, val, test, ...
 
 RECORD_SCHEMA = pa.schema(
     [
@@ -249,7 +249,7 @@ def validate_record(rec: Record, header: DatasetHeader, where: str = "") -> None
     at = f"{where}record {rec.id!r}: "
     if not isinstance(rec.id, str) or not _ID_RE.match(rec.id):
         raise DatasetError(f"{where}bad record id {rec.id!r}: use letters, digits, '.', '_' or '-' (max 200).")
-    if not isinstance(rec.split, str) or not _SPLIT_RE.match(rec.split):
+    if not isinstance(rec.split, str) or not SPLIT_RE.match(rec.split):
         raise DatasetError(f"{at}bad split {rec.split!r}: use a lower-case name such as train, val or test.")
     if rec.expression is not None and rec.expression not in header.expressions:
         raise DatasetError(f"{at}expression {rec.expression!r} is not one of the header's {list(header.expressions)}.")

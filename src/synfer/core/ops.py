@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..schema import SPLITS, DatasetHeader, canonical_expression, check_same_order
-from .dataset import DatasetError, DatasetFolder, DatasetWriter, Record, check_replaceable
+from .dataset import SPLIT_RE, DatasetError, DatasetFolder, DatasetWriter, Record, check_replaceable
 from .provenance import provenance_entry
 
 WARNING = "warning:"
@@ -204,6 +204,9 @@ def split_dataset(
     src, out = Path(src), Path(out)
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"fraction must lie strictly between 0 and 1; got {fraction}.")
+    for name, value in (("from_split", from_split), ("to_split", to_split)):
+        if not SPLIT_RE.match(value):
+            raise ValueError(f"{name} {value!r}: use a lower-case name such as train, val or test.")
     if from_split == to_split:
         raise ValueError(f"from_split and to_split are both {from_split!r}.")
     folder = DatasetFolder(src)

@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..schema import DatasetHeader
 from .dataset import (
+    HEADER_FILE,
     IMAGES_DIR,
     RECORD_SCHEMA,
     DatasetError,
@@ -62,6 +63,7 @@ def validate_dataset(path: Path, check_images: bool = True) -> list[str]:
             n_rows += 1
             problems.extend(_row_problems(row, header, shard.name, seen, path, check_images))
             referenced.add(str(row["image"]))
+    problems.extend(_order_problems(path, header))
     recorded = header.stats.get("records")
     if header.complete and recorded is not None and recorded != n_rows:
         problems.append(f"{path}: the header counts {recorded} records but the shards hold {n_rows}; a shard "
@@ -73,6 +75,25 @@ def validate_dataset(path: Path, check_images: bool = True) -> list[str]:
         elif f"{IMAGES_DIR}/{f.name}" not in referenced:
             problems.append(f"{WARNING} {IMAGES_DIR}/{f.name} has no record (orphan image).")
     return problems
+
+
+def _order_problems(path: Path, header: DatasetHeader) -> list[str]:
+    """A header whose expression order was changed by hand: most labels then disagree with their own soft labels
+    (each record's ``label_probs`` follow the order the folder was written in)."""
+    try:
+        folder = DatasetFolder(path, allow_incomplete=True)
+    except DatasetError:
+        return []  # reported elsewhere
+    pairs = [(e, p) for e, p in zip(folder.column("expression"), folder.column("label_probs"), strict=True)
+             if e is not None and p is not None and len(p) == len(header.expressions)]
+    if len(pairs) < 10:
+        return []
+    agree = sum(header.expressions[int(np.argmax(p))] == e for e, p in pairs) / len(pairs)
+    if agree >= 0.5:
+        return []
+    return [f"{path}: only {agree:.0%} of {len(pairs)} labels agree with the largest entry of their own label_probs "
+            f"under the header's expression order {list(header.expressions)}; was the order in {HEADER_FILE} "
+            "edited? Restore it (synfer filter --expressions re-maps a folder explicitly)."]
 
 
 def _row_problems(row: dict, header: DatasetHeader, shard: str, seen: dict[str, str], root: Path,
@@ -92,15 +113,20 @@ def _row_problems(row: dict, header: DatasetHeader, shard: str, seen: dict[str, 
     expected = f"{IMAGES_DIR}/{rid}.png"
     if row["image"] != expected:
         out.append(f"{at} image path is {row['image']!r}, expected {expected!r}.")
+    elif (root / expected).is_symlink():
+        out.append(f"{at} {expected} is a symbolic link; a dataset folder's images must be its own files.")
     elif check_images:
         try:
             with Image.open(root / expected) as im:
                 im.load()
                 if im.format != "PNG":
                     out.append(f"{at} {expected} is a {im.format} file, not a PNG.")
+                elif im.mode not in ("L", "RGB"):
+                    out.append(f"{at} {expected} is a {im.mode} image; dataset folders hold 8-bit L or RGB "
+                               "images (synfer's importers convert them: re-import it).")
         except FileNotFoundError:
             out.append(f"{at} image {expected} is missing.")
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             out.append(f"{at} image {expected} does not decode ({type(e).__name__}: {e}).")
     return out
 

@@ -7,15 +7,17 @@ is written; an image that cannot be read fails (or, with ``skip_bad``, is skippe
 
 from __future__ import annotations
 
+import csv
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from ..core.dataset import DatasetError, DatasetWriter
+from ..core.dataset import DatasetError, DatasetWriter, encode_png
 from ..core.provenance import provenance_entry
 from ..schema import AUSet
 
@@ -101,6 +103,28 @@ def _earlier_run(out: Path, stage: str, config: dict[str, Any]) -> list[dict[str
     return earlier
 
 
+@contextmanager
+def text_file(path: Path) -> Iterator[Any]:
+    """Open a label file as UTF-8 text (a BOM tolerated) for the csv module; a file in another encoding, or one the
+    csv module cannot parse (a field past its size limit, a NUL byte), raises :class:`BadInputError` naming it."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            yield f
+    except UnicodeDecodeError as e:
+        raise BadInputError(f"{path}: not UTF-8 text (byte {e.start} is {e.object[e.start:e.start + 1]!r}); save it "
+                            "as UTF-8 and import again.") from e
+    except csv.Error as e:
+        raise BadInputError(f"{path}: not a readable CSV file ({e}); check the file's quoting and line ends.") from e
+
+
+def check_image_options(image_mode: str | None, image_size: int | None) -> None:
+    """Refuse an image mode or size an import cannot write, before the output folder exists."""
+    if image_mode is not None and image_mode not in ("L", "RGB"):
+        raise ValueError(f"image_mode must be L (8-bit gray) or RGB; got {image_mode!r}.")
+    if image_size is not None and not 8 <= image_size <= 4096:
+        raise ValueError(f"image_size must lie in 8..4096 pixels; got {image_size}.")
+
+
 def start_import(
     out: str | Path,
     expressions: Sequence[str],
@@ -124,6 +148,7 @@ def start_import(
     Returns:
         the open writer (use it as a context manager) and the bad-input policy for what the import meets later.
     """
+    check_image_options(config.get("image_mode"), config.get("image_size"))
     if problems and not skip_bad:
         raise BadInputError(f"{problems[0][1]} ({len(problems)} {what} in all.) {fix}, or pass --skip-bad to "
                             "skip such inputs and count them.")
@@ -162,6 +187,25 @@ class UniqueIds:
         return rid
 
 
+def normalise_image(im: Image.Image) -> Image.Image:
+    """``im`` as 8-bit gray (``L``) or colour (``RGB``), the two modes a dataset folder stores.
+
+    16-bit and 32-bit gray are scaled to 8 bits by their full range (a plain conversion would clip them to white),
+    alpha is dropped (transparent pixels keep their colour), palette images become RGB and 1-bit ones L.
+    """
+    if im.mode in ("L", "RGB"):
+        return im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        import numpy as np
+
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        return Image.fromarray(np.clip(np.rint(a / top * 255.0), 0, 255).astype(np.uint8), "L")
+    if im.mode in ("1", "LA", "La"):
+        return im.convert("L")
+    return im.convert("RGB")  # RGBA, P, PA, CMYK, YCbCr, LAB, HSV
+
+
 def read_image_checked(path: Path, mode: str | None = None, size: int | None = None,
                        box: tuple[int, int, int, int] | None = None) -> Image.Image:
     """Open and fully decode an image, optionally crop (x, y, w, h), convert and resize.
@@ -180,7 +224,7 @@ def read_image_checked(path: Path, mode: str | None = None, size: int | None = N
     try:
         with Image.open(path) as im:
             im.load()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise BadInputError(f"{path}: not a readable image ({type(e).__name__}: {e}).") from e
     if box is not None:
         x, y, w, h = box
@@ -189,17 +233,17 @@ def read_image_checked(path: Path, mode: str | None = None, size: int | None = N
         if x1 <= x0 or y1 <= y0:
             raise BadInputError(f"{path}: face box {box} lies outside the {im.width}x{im.height} image.")
         im = im.crop((x0, y0, x1, y1))
-    if mode is not None:
+    im = normalise_image(im)
+    if mode is not None and im.mode != mode:
         im = im.convert(mode)
-    elif im.mode not in ("L", "RGB"):
-        im = im.convert("RGB")
     if size is not None and im.size != (size, size):
         im = im.resize((size, size), Image.Resampling.BICUBIC)
     return im
 
 
 def png_bytes_checked(path: Path) -> bytes:
-    """Bytes of a PNG file after checking that it decodes (copied as is: fastest, bit-exact).
+    """Bytes of a PNG file after checking that it decodes: copied as is (fastest, bit-exact) when it is 8-bit gray
+    or RGB, else re-encoded by :func:`normalise_image`.
 
     Raises:
         BadInputError: missing file, not a PNG, or a PNG that does not decode.
@@ -213,8 +257,10 @@ def png_bytes_checked(path: Path) -> bytes:
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise BadInputError(f"{path}: corrupt PNG ({type(e).__name__}: {e}).") from e
+    if im.mode not in ("L", "RGB"):
+        return encode_png(normalise_image(im))
     return data
 
 

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from ..core.dataset import Record
 from ..schema import BASIC7, FERPLUS8
-from .common import FER2013_LICENCE, BadInputError, start_import
+from .common import FER2013_LICENCE, BadInputError, start_import, text_file
 from .ferplus import LABEL_MODES, ferplus_target
 
 SIDE = 48
@@ -105,7 +105,7 @@ def _data_rows(path: Path, columns: tuple[str, ...], hint: str) -> Iterator[tupl
     """
     if not path.is_file():
         raise BadInputError(f"{path}: {hint}")
-    with open(path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: tolerate a BOM
+    with text_file(path) as f:  # UTF-8, a BOM tolerated
         reader = csv.reader(f)
         header = next(reader, [])
         found = {h.strip().lower(): i for i, h in enumerate(header)}

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..core.dataset import Record
 from ..schema import FERPLUS8
-from .common import FER2013_LICENCE, BadInputError, image_for_writer, start_import
+from .common import FER2013_LICENCE, BadInputError, image_for_writer, start_import, text_file
 
 LABEL_MODES = ("majority", "probability", "crossentropy", "multi_target")
 SPLIT_FOLDERS = {"train": "FER2013Train", "val": "FER2013Valid", "test": "FER2013Test"}
@@ -110,7 +110,7 @@ def parse_label_csv(path: Path) -> tuple[list[FerPlusRow], list[tuple[str, str]]
     problems: list[tuple[str, str]] = []
     if not path.is_file():
         raise BadInputError(f"{path}: label file not found; a FER+ split folder holds label.csv next to its PNGs.")
-    with open(path, newline="") as f:
+    with text_file(path) as f:
         for line_no, fields in enumerate(csv.reader(f), start=1):
             if not fields or all(not x.strip() for x in fields):
                 continue
@@ -142,7 +142,7 @@ def _original_labels(source: Path) -> dict[str, int]:
     if not p.is_file():
         return {}
     out: dict[str, int] = {}
-    with open(p, newline="") as f:
+    with text_file(p) as f:
         for row in csv.DictReader(f):
             try:
                 out[row["image"]] = int(row["fer2013_label"])

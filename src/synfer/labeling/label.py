@@ -80,6 +80,8 @@ def label(
         raise ValueError("Give --near-copies-of and --near-copy-distance together (or neither).")
     if near_copy_distance is not None and near_copy_distance <= 0:
         raise ValueError(f"near_copy_distance must be > 0; got {near_copy_distance}.")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold is an ensemble confidence in [0, 1]; got {threshold}.")
     folder = DatasetFolder(data)
     names = list(folder.expressions)
     dev = resolve_device(device)

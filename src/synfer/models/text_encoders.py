@@ -190,9 +190,10 @@ class MiniLMTextEncoder(TextEncoder):
         from transformers import AutoModel, AutoTokenizer
 
         path = minilm_path(encoder_path)
-        self.backbone = AutoModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
+        self.backbone = AutoModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
+                                                  trust_remote_code=False)
         self.backbone.requires_grad_(False).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
         limit = self.backbone.config.max_position_embeddings
         if not 2 < max_length <= limit:
             raise ValueError(f"max_length must be in 3..{limit} (MiniLM's positions); got {max_length}.")
@@ -304,8 +305,10 @@ class CLIPTextEncoderWrapper(TextEncoder):
         _check_load_kwargs(cls.__name__, kwargs)
         folder = Path(pretrained_model_name_or_path)
         config = cls.load_config(folder)
-        model = AutoModel.from_pretrained(str(folder / TEXT_MODEL_DIR), local_files_only=True, use_safetensors=True)
-        tokenizer = AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR), local_files_only=True)
+        model = AutoModel.from_pretrained(str(folder / TEXT_MODEL_DIR), local_files_only=True, use_safetensors=True,
+                                          trust_remote_code=False)  # a config's auto_map is refused, never run
+        tokenizer = AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR), local_files_only=True,
+                                                  trust_remote_code=False)
         encoder = cls(model, tokenizer, max_length=config.get("max_length"))
         return _to_dtype(encoder, dtype, torch_dtype)
 

@@ -122,6 +122,11 @@ def edit(
     out = Path(out)
     if expression is None and prompt is None and not aus:
         raise ValueError("Say what to edit toward: --expression, --prompt and/or --aus.")
+    if num_inference_steps is not None and num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be >= 1 (or left out for the generator's default); got "
+                         f"{num_inference_steps}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
     exprs = [canonical_expression(e) for e in (expressions or FERPLUS8.names)]
     target = None if expression is None else canonical_expression(expression)
     if target is not None and target not in exprs:
@@ -141,7 +146,8 @@ def edit(
     text = prompt if prompt is not None else enrich_prompt("", target or "neutral", au_map, seed=seed)
     defaults = pipe.generation_defaults()
     sampler = {"scheduler": type(pipe.scheduler).__name__,
-               "num_inference_steps": num_inference_steps or defaults["num_inference_steps"],
+               "num_inference_steps": defaults["num_inference_steps"] if num_inference_steps is None
+               else num_inference_steps,
                "guidance_scale_text": defaults["guidance_scale_text"] if guidance_scale_text is None
                else guidance_scale_text,
                "guidance_scale_au": defaults["guidance_scale_au"] if guidance_scale_au is None else guidance_scale_au,

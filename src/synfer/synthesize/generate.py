@@ -195,8 +195,10 @@ def generate(
     out = Path(out)
     exprs = [canonical_expression(e) for e in (expressions or FERPLUS8.names)]
     want = _wanted_counts(exprs, per_class, counts)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
+    check_options(batch_size=batch_size, num_inference_steps=num_inference_steps, au_jitter=au_jitter,
+                  guidance_scales=(guidance_scale_text, guidance_scale_au, au_adapter_scale),
+                  semantic_guidance=semantic_guidance, au_guidance=au_guidance, guidance_window=guidance_window,
+                  layout_strength=layout_strength, split=split, flush_every=flush_every)
     # Sharding (``accelerate launch`` / ``torchrun ... -m synfer generate``): the main process opens (or resumes)
     # the folder, then every process writes its share of the faces still missing into its own shards, and the main
     # one counts them in. On a machine without GPUs the processes share the CPU (gloo).
@@ -270,11 +272,38 @@ def _wanted_counts(exprs: list[str], per_class: int | None, counts: dict[str, in
     return want
 
 
+def check_options(batch_size: int, num_inference_steps: int | None, au_jitter: float,
+                  guidance_scales: tuple[float | None, ...], semantic_guidance: float, au_guidance: float,
+                  guidance_window: tuple[float, float], layout_strength: float, split: str, flush_every: int) -> None:
+    """Refuse bad options before any model loads or any file is written, naming the option and its range."""
+    import math
+
+    from ..core.dataset import SPLIT_RE
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ValueError(message)
+
+    need(batch_size >= 1, f"batch_size must be >= 1; got {batch_size}.")
+    need(flush_every >= 1, f"flush_every must be >= 1; got {flush_every}.")
+    need(num_inference_steps is None or num_inference_steps >= 1,
+         f"num_inference_steps must be >= 1 (or left out for the generator's default); got {num_inference_steps}.")
+    need(math.isfinite(au_jitter) and au_jitter >= 0, f"au_jitter is a standard deviation, >= 0; got {au_jitter}.")
+    need(all(g is None or math.isfinite(g) for g in guidance_scales), "guidance scales must be finite numbers.")
+    need(semantic_guidance >= 0 and au_guidance >= 0,
+         f"semantic_guidance and au_guidance must be >= 0; got {semantic_guidance} and {au_guidance}.")
+    lo, hi = guidance_window
+    need(0.0 <= lo < hi <= 1.0, f"guidance_window is (start, end) with 0 <= start < end <= 1; got {guidance_window}.")
+    need(0.0 < layout_strength <= 1.0, f"layout_strength must lie in (0, 1]; got {layout_strength}.")
+    need(bool(SPLIT_RE.match(split)), f"split {split!r}: use a lower-case name such as train, val or test.")
+
+
 def _sampler(pipe: Any, steps: int | None, text: float | None, au: float | None, adapter_scale: float | None,
              precision: str) -> dict[str, Any]:
     """The sampler settings recorded on every face (None: the pipeline's saved defaults)."""
     d = pipe.generation_defaults()
-    return {"scheduler": type(pipe.scheduler).__name__, "num_inference_steps": steps or d["num_inference_steps"],
+    return {"scheduler": type(pipe.scheduler).__name__,
+            "num_inference_steps": d["num_inference_steps"] if steps is None else steps,
             "guidance_scale_text": d["guidance_scale_text"] if text is None else text,
             "guidance_scale_au": d["guidance_scale_au"] if au is None else au,
             "au_adapter_scale": d["au_adapter_scale"] if adapter_scale is None else float(adapter_scale),
