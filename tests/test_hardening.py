@@ -293,3 +293,66 @@ def test_model_folders_never_run_their_own_code(pipe_dir: Path, tmp_path: Path, 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     pipe = SynferPipeline.from_pretrained(pipe_dir)
     assert type(pipe.text_encoder.text_model).__name__ == "CLIPTextModel" and not ran.exists()
+
+
+def test_broken_model_and_image_files_are_named(tmp_path: Path) -> None:
+    import pickle
+
+    from synfer.models.classifiers import ExpressionClassifier
+
+    ExpressionClassifier.from_pretrained("ferplus-resnet-s").save_pretrained(tmp_path / "clf")
+    weights = tmp_path / "clf" / "model.safetensors"
+    for data in (weights.read_bytes()[:1000], pickle.dumps({"w": 1})):
+        weights.write_bytes(data)
+        with pytest.raises(ValueError, match=r"model.safetensors: not this classifier's safetensors weights"):
+            ExpressionClassifier.from_pretrained(tmp_path / "clf")
+    (tmp_path / "clf" / "config.json").write_text("{broken")
+    with pytest.raises(ValueError, match=r"config.json: not valid JSON"):
+        ExpressionClassifier.from_pretrained(tmp_path / "clf")
+    folder = small_folder(tmp_path / "ds")
+    image = folder / "images" / "r1.png"
+    image.write_bytes(image.read_bytes()[:30])  # truncated
+    with pytest.raises(DatasetError, match="r1.png: the image does not decode"):
+        DatasetFolder(folder).load_image("images/r1.png")
+
+
+def test_duplicate_label_rows_are_refused_or_counted(tmp_path: Path) -> None:
+    from conftest import write_ferplus_fixture
+    from synfer.importers.ferplus import import_ferplus
+
+    src = write_ferplus_fixture(tmp_path / "src", {"FER2013Train": [[10, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                                                                     [0, 10, 0, 0, 0, 0, 0, 0, 0, 0]]})
+    label = src / "FER2013Train" / "label.csv"
+    first = label.read_text().splitlines()[0]
+    label.write_text(label.read_text() + first.replace(",10,0,", ",0,10,") + "\n")  # the same image, other votes
+    with pytest.raises(DatasetError, match="already listed on line 1"):
+        import_ferplus(src, tmp_path / "out")
+    out = import_ferplus(src, tmp_path / "out", skip_bad=True)
+    assert len(DatasetFolder(out)) == 2
+    assert DatasetFolder(out).header.stats["skipped"]["duplicate_row"]["count"] == 1
+
+
+def test_a_killed_exports_staging_folder_is_cleaned_by_the_next(tmp_path: Path) -> None:
+    """SIGKILL an export mid-way: its .tmp-*-OUT staging folder is left; the next export to OUT removes it (its
+    process is gone) and finishes."""
+    import signal
+
+    src = small_folder(tmp_path / "ds", n=400)
+    code = textwrap.dedent(f"""
+        import os, signal
+        import synfer.core.export as export
+        real = export.flat_record
+        calls = [0]
+        def slow(rec, header):
+            calls[0] += 1
+            if calls[0] == 50:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(rec, header)
+        export.flat_record = slow
+        export.export_parquet({str(src)!r}, {str(tmp_path / 'pq')!r})
+        """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert run.returncode == -signal.SIGKILL
+    (left,) = tmp_path.glob(".tmp-*-pq")
+    export_parquet(src, tmp_path / "pq")
+    assert not left.exists() and not list(tmp_path.glob(".tmp-*")) and (tmp_path / "pq" / "README.md").is_file()

@@ -190,6 +190,13 @@ class FolderLock:
             return False  # another machine's process cannot be checked from here
         return holder["pid"] == self.me["pid"] or not _process_alive(holder["pid"])
 
+    def abandoned(self) -> bool:
+        """Whether the folder's writer is gone (no lock, or one left by a process that no longer runs here)."""
+        if not self.path.exists():
+            return True
+        holder = self._holder()
+        return holder is None or (self._stale(holder) and holder.get("pid") != self.me["pid"])
+
     def release(self) -> None:
         holder = self._holder() if self.path.exists() else None
         if holder is not None and holder.get("pid") == self.me["pid"] and holder.get("host") == self.me["host"]:
@@ -588,6 +595,9 @@ class DatasetFolder:
                 return im
         except FileNotFoundError as e:
             raise DatasetError(f"{p}: image file is missing; run `synfer validate {self.path}`.") from e
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # truncated, not an image
+            raise DatasetError(f"{p}: the image does not decode ({type(e).__name__}: {e}); run `synfer validate "
+                               f"{self.path}` to list every such file.") from e
 
     def records(self, split: str | None = None) -> Iterator[Record]:
         """Iterate records (optionally of one split) as :class:`Record` objects."""

@@ -32,7 +32,16 @@ import pyarrow.parquet as pq
 
 from ..schema import DatasetHeader
 from . import __version__
-from .dataset import DatasetError, DatasetFolder, Record, atomic_write_json, mark_as_ours, replace_path
+from .dataset import (
+    MARKER_FILE,
+    DatasetError,
+    DatasetFolder,
+    FolderLock,
+    Record,
+    atomic_write_json,
+    mark_as_ours,
+    replace_path,
+)
 from .ops import Rows, check_output_path, chosen_splits, records_with_images
 from .report import counts_table
 
@@ -135,14 +144,19 @@ def _open(src: Path, out: Path, splits: Sequence[str] | None,
 def _staged_dir(out: Path) -> Iterator[Path]:
     """A temporary folder next to ``out``, renamed to ``out`` on success and deleted on failure."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    for left in out.parent.glob(f".tmp-????????-{out.name}"):  # staging folders of killed exports to ``out``
+        if (left / MARKER_FILE).is_file() and FolderLock(left).abandoned():
+            shutil.rmtree(left, ignore_errors=True)
     tmp = out.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{out.name}")
     tmp.mkdir()
     mark_as_ours(tmp, "export")  # a later --overwrite may replace it
+    lock = FolderLock(tmp).acquire()
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    lock.release()
     replace_path(tmp, out)
 
 

@@ -108,6 +108,7 @@ def parse_label_csv(path: Path) -> tuple[list[FerPlusRow], list[tuple[str, str]]
     """
     rows: list[FerPlusRow] = []
     problems: list[tuple[str, str]] = []
+    seen: dict[str, int] = {}  # image name -> line of its first row
     if not path.is_file():
         raise BadInputError(f"{path}: label file not found; a FER+ split folder holds label.csv next to its PNGs.")
     with text_file(path) as f:
@@ -132,6 +133,11 @@ def parse_label_csv(path: Path) -> tuple[list[FerPlusRow], list[tuple[str, str]]
             if not name.lower().endswith(".png") or "/" in name or "\\" in name:
                 problems.append(("malformed_row", f"{where}: image name {name!r} should be a PNG file name."))
                 continue
+            if name in seen:
+                problems.append(("duplicate_row", f"{where}: {name} is already listed on line {seen[name]}; "
+                                                   "keep one row per image."))
+                continue
+            seen[name] = line_no
             rows.append(FerPlusRow(name, box, votes, line_no))  # type: ignore[arg-type]
     return rows, problems
 

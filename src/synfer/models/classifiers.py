@@ -348,11 +348,24 @@ class ExpressionClassifier(nn.Module):
 
         path = resolve("classifier", path_or_name)
         cfg_path = path / CONFIG_FILE
-        config = ClassifierConfig.from_dict(json.loads(cfg_path.read_text()), source=str(cfg_path))
+        try:
+            raw = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{cfg_path}: not valid JSON ({e}); a classifier folder's config.json is written by "
+                             "`synfer train-fer`.") from e
+        if not isinstance(raw, dict):
+            raise ValueError(f"{cfg_path}: a classifier config is a JSON object; this file holds a "
+                             f"{type(raw).__name__}.")
+        config = ClassifierConfig.from_dict(raw, source=str(cfg_path))
         model = cls(config)
         weights = path / WEIGHTS_FILE
         if not weights.is_file():
             raise FileNotFoundError(f"{weights} is missing; a classifier folder holds config.json + "
                                     f"{WEIGHTS_FILE} (pickled .pt/.bin files are never loaded).")
-        model.backbone.load_state_dict(load_file(str(weights), device=str(map_location)))
+        try:
+            state = load_file(str(weights), device=str(map_location))
+            model.backbone.load_state_dict(state)
+        except Exception as e:  # safetensors' own error type, or tensors that do not fit the config
+            raise ValueError(f"{weights}: not this classifier's safetensors weights ({type(e).__name__}: "
+                             f"{str(e)[:200]}); it may be corrupt, pickled, or from another architecture.") from e
         return model.eval()
