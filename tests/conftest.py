@@ -179,3 +179,30 @@ def pipe_dir(parts: dict, tmp_path: Path) -> Path:
     pipe.set_generation_defaults(num_inference_steps=2)
     pipe.save_pretrained(tmp_path / "pipe")
     return tmp_path / "pipe"
+
+
+EXPORT_EXPR = ("neutral", "happiness", "surprise")
+EXPORT_PLAN = {"train": 4, "val": 2, "test": 1}
+
+
+def write_export_dataset(path: Path, aus=None) -> Path:
+    """3 splits x 3 classes, ids with dots (``train.happiness.0``), one unlabelled train record (the exports' and
+    their readers' fixture; ``aus``: an AUSet of two AUs, or None)."""
+    from synfer.core.dataset import DatasetWriter, Record
+    from synfer.core.provenance import provenance_entry
+
+    with DatasetWriter(path, EXPORT_EXPR, aus=aus, flush_every=4, licence="FER test licence") as w:
+        w.add_provenance(provenance_entry("import-test", {}))
+        k = 0
+        for split, n in EXPORT_PLAN.items():
+            for c, expr in enumerate(EXPORT_EXPR):
+                for i in range(n):
+                    probs = [0.1, 0.1, 0.1]
+                    probs[c] = 0.8
+                    w.add(Record(f"{split}.{expr}.{i}", split, f"test:{k}", expr, probs,
+                                 aus=[0.25 * c, 0.5] if aus else None,
+                                 caption=f"a {expr} face" if i else None, meta={"k": k} if i else {}),
+                          Image.fromarray(np.full((6, 6), k * 11 % 256, np.uint8)))
+                    k += 1
+        w.add(Record("train-unlabelled", "train", "test:x"), Image.new("L", (6, 6)))
+    return path

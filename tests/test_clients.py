@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import EXPORT_EXPR as EXPR
 from conftest import make_pipe
+from conftest import write_export_dataset as make_dataset
 from synfer.core.dataset import DatasetFolder
 from synfer.generator.pipeline import SynferPipeline
 from synfer.schema import AUSet
-from test_export import EXPR, make_dataset
 
 PROMPTS = ["a happy face", "a sad face"]
 AUS = torch.tensor([[0.9, 0.1], [0.2, 0.8]])

@@ -16,6 +16,9 @@ import pytest
 from PIL import Image
 
 import synfer.core.export as export
+from conftest import EXPORT_EXPR as EXPR
+from conftest import EXPORT_PLAN as PLAN
+from conftest import write_export_dataset as make_dataset
 from synfer.core.dataset import DatasetError, DatasetFolder, DatasetWriter, Record
 from synfer.core.export import (
     export_imagefolder,
@@ -25,30 +28,7 @@ from synfer.core.export import (
     hf_split,
     json_row,
 )
-from synfer.core.provenance import provenance_entry
 from synfer.schema import AUSet
-
-EXPR = ("neutral", "happiness", "surprise")
-PLAN = {"train": 4, "val": 2, "test": 1}
-
-
-def make_dataset(path: Path, aus: AUSet | None = None) -> Path:
-    """3 splits x 3 classes, ids with dots (``train.happiness.0``), one unlabelled train record."""
-    with DatasetWriter(path, EXPR, aus=aus, flush_every=4, licence="FER test licence") as w:
-        w.add_provenance(provenance_entry("import-test", {}))
-        k = 0
-        for split, n in PLAN.items():
-            for c, expr in enumerate(EXPR):
-                for i in range(n):
-                    probs = [0.1, 0.1, 0.1]
-                    probs[c] = 0.8
-                    w.add(Record(f"{split}.{expr}.{i}", split, f"test:{k}", expr, probs,
-                                 aus=[0.25 * c, 0.5] if aus else None,
-                                 caption=f"a {expr} face" if i else None, meta={"k": k} if i else {}),
-                          Image.fromarray(np.full((6, 6), k * 11 % 256, np.uint8)))
-                    k += 1
-        w.add(Record("train-unlabelled", "train", "test:x"), Image.new("L", (6, 6)))
-    return path
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
