@@ -356,3 +356,35 @@ def test_a_killed_exports_staging_folder_is_cleaned_by_the_next(tmp_path: Path) 
     (left,) = tmp_path.glob(".tmp-*-pq")
     export_parquet(src, tmp_path / "pq")
     assert not left.exists() and not list(tmp_path.glob(".tmp-*")) and (tmp_path / "pq" / "README.md").is_file()
+
+
+def test_two_concurrent_generate_runs_cannot_share_a_folder(pipe_dir: Path, tmp_path: Path) -> None:
+    """Two `generate --resume` on one OUT: while the first runs, the second is refused naming it; the folder then
+    holds exactly the planned faces, no duplicates."""
+    out = tmp_path / "syn"
+    code = textwrap.dedent(f"""
+        import sys
+        import synfer.core.dataset as dataset
+        from synfer.synthesize.generate import generate
+        real_flush = dataset.DatasetWriter.flush
+        def slow_flush(self):
+            if self.write_header and self._buffer:
+                print("writing", flush=True)
+                sys.stdin.readline()  # hold the folder until the test says go
+            real_flush(self)
+        dataset.DatasetWriter.flush = slow_flush
+        generate({str(out)!r}, pipeline={str(pipe_dir)!r}, per_class=2, expressions=["happiness", "sadness"],
+                 batch_size=2, flush_every=2, preview=False, resume=True)
+        """)
+    first = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        assert first.stdout.readline().strip() == "writing"
+        code2 = main(["generate", str(out), "--pipeline", str(pipe_dir), "--per-class", "2", "--expressions",
+                      "happiness,sadness", "--batch-size", "2", "--flush-every", "2", "--no-preview", "--resume"])
+        assert code2 == 2
+    finally:
+        first.communicate("\n" * 10, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    folder = DatasetFolder(out)
+    assert len(folder) == 4 and len(set(folder.ids)) == 4 and folder.header.complete

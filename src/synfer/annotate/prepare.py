@@ -152,13 +152,7 @@ def prepare(
                 progress = tqdm(total=len(todo), desc="prepare", unit="img", mininterval=2.0)
                 for start in range(0, len(todo), batch_size):
                     batch = todo[start:start + batch_size]
-                    with timed(timing, "decode"):
-                        images = [folder.load_image(r.image) for r in batch]
-                    aligned = None
-                    if aligner is not None:
-                        with timed(timing, "align"):
-                            aligned = [aligner.align(im) for im in images]
-                        images = [a[0] if a else im for a, im in zip(aligned, images, strict=True)]
+                    images, aligned = _load(folder, batch, aligner, timing)
                     result = est.estimate(images)
                     for i, rec in enumerate(batch):
                         if aligned is not None and aligned[i] is None:
@@ -169,10 +163,10 @@ def prepare(
                         with timed(timing, "write"):
                             if aligned is None:
                                 writer.add(row, folder.image_path(rec.image), link=True)
-                                continue
-                            if aligned[i] is not None:
-                                row.meta["aligned_crop"] = aligned[i][1].to_dict()
-                            writer.add(row, images[i])
+                            else:
+                                if aligned[i] is not None:
+                                    row.meta["aligned_crop"] = aligned[i][1].to_dict()
+                                writer.add(row, images[i])
                     progress.update(len(batch))
                 progress.close()
                 writer.flush()
@@ -185,6 +179,19 @@ def prepare(
                             getattr(cap, "fallbacks", None))
 
     return out
+
+
+def _load(folder: DatasetFolder, batch: list[Record], aligner: Any, timing: dict[str, float]
+          ) -> tuple[list[Any], list[Any] | None]:
+    """A batch's images, and with an aligner their aligned crops ((crop, alignment) or None per image; an image
+    without a face keeps its pixels)."""
+    with timed(timing, "decode"):
+        images = [folder.load_image(r.image) for r in batch]
+    if aligner is None:
+        return images, None
+    with timed(timing, "align"):
+        aligned = [aligner.align(im) for im in images]
+    return [a[0] if a else im for a, im in zip(aligned, images, strict=True)], aligned
 
 
 def _annotated(rec: Record, result: Any, i: int, names: tuple[str, ...], cap: Any, expressions: tuple[str, ...],

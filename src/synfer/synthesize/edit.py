@@ -38,6 +38,25 @@ from ..schema import FERPLUS8, AUSet, canonical_expression
 PASTED_DIR = "pasted"
 
 
+def _faces(inputs: list[Path], split: str | None, limit: int | None, align: str | None, align_size: int
+           ) -> tuple[list[tuple[str, Any]], dict[str, tuple[Any, Any]]]:
+    """The faces to edit, (name, image); with ``align`` (a face landmarker model) the aligned crops of the photos
+    with a face, and name -> (photo, alignment) for pasting the edits back."""
+    faces = read_faces(inputs, split, limit)
+    if align is None:
+        return faces, {}
+    aligned = align_faces(faces, align, align_size)
+    photo = dict(faces)
+    return [(name, crop) for name, crop, _ in aligned], {name: (photo[name], a) for name, _, a in aligned}
+
+
+def _paste(path: Path, edit: Any, photo: Any, alignment: Any) -> dict[str, Any]:
+    """Write the photo with ``edit`` pasted back where its crop came from; returns the crop's record."""
+    path.parent.mkdir(exist_ok=True)
+    paste_back(photo, edit, alignment).save(path)
+    return alignment.to_dict()
+
+
 def target_aus(expression: str | None, aus: dict[str, float] | None, au_names: tuple[str, ...] | None,
                au_base: str, pipeline_dir: Path) -> list[float] | None:
     """The target AU vector: the expression's targets (``au_base``; zeros without an expression or with
@@ -131,12 +150,7 @@ def edit(
     target = None if expression is None else canonical_expression(expression)
     if target is not None and target not in exprs:
         raise ValueError(f"expression {expression!r} is not in the label set {exprs}.")
-    faces = read_faces(inputs, split, limit)
-    photos: dict[str, tuple[Any, Any]] = {}  # name -> (photo, alignment) with ``align``
-    if align is not None:
-        aligned = align_faces(faces, align, align_size)
-        photos = dict(zip((n for n, _, _ in aligned), ((dict(faces)[n], a) for n, _, a in aligned), strict=True))
-        faces = [(name, crop) for name, crop, _ in aligned]
+    faces, photos = _faces(inputs, split, limit, align, align_size)
     pipe, pipe_dir = load_generator(pipeline, device)
     pipe.set_progress_bar_config(disable=True)
     precision = resolve_precision(precision, pipe.device)
@@ -181,10 +195,7 @@ def edit(
                 rid = f"edit-{stem}" if n == 0 else f"edit-{stem}-{n}"
                 meta = {"source": name, "strength": strength, **sampler}
                 if name in photos:
-                    photo, where = photos[name]
-                    meta["aligned_crop"] = where.to_dict()
-                    (out / PASTED_DIR).mkdir(exist_ok=True)
-                    paste_back(photo, image, where).save(out / PASTED_DIR / f"{rid}.png")
+                    meta["aligned_crop"] = _paste(out / PASTED_DIR / f"{rid}.png", image, *photos[name])
                 writer.add(Record(id=rid, split=out_split, source="synfer-edit", expression=target, aus=vector,
                                   caption=text, meta=meta), image)
             if preview and len(pairs) < 16:
