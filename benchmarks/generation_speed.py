@@ -58,6 +58,7 @@ BASELINE_STEPS = 10
 #: Named settings (``--settings``): the shipped default, the previous default and each lever alone.
 SETTINGS: dict[str, dict[str, Any]] = {
     "default": {},
+    "default-8steps": {"steps": 8},  # one step more than the saved default
     "default-adapter1": {"adapter_scale": 1.0},  # the AU adapter at its trained scale
     "previous-default": {"text": 4, "au": 6, "precision": "fp32", "steps": 10, "adapter_scale": 1.0},  # 3 rows
     "3rows-bf16": {"text": 4, "au": 6, "precision": "bf16", "steps": 10, "adapter_scale": 1.0},
