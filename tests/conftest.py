@@ -206,3 +206,10 @@ def write_export_dataset(path: Path, aus=None) -> Path:
                     k += 1
         w.add(Record("train-unlabelled", "train", "test:x"), Image.new("L", (6, 6)))
     return path
+
+
+@pytest.fixture()
+def hub_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Hugging Face hub access in this test (as at run time): loaders must find everything locally."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")

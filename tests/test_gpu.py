@@ -16,15 +16,10 @@ from synfer.classifiers.train import train_fer
 from synfer.core.runtime import resolve_precision
 from synfer.generator.pipeline import load_generator
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+              pytest.mark.usefixtures("hub_offline")]
 
 PROMPTS = [f"A close-up photo of a person with a {e} expression." for e in ("happy", "surprised", "sad", "angry")]
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
 
 
 def test_bundled_generator_samples_on_the_gpu_in_low_precision() -> None:

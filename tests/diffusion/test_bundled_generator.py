@@ -15,11 +15,7 @@ from synfer.generator.pipeline import load_pipeline
 from synfer.models.classifiers import ExpressionClassifier
 from synfer.schema import FERPLUS8
 
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("hub_offline")
 
 
 def test_bundled_generator_draws_faces() -> None:

@@ -23,12 +23,7 @@ from synfer.models.text_encoders import CLIPTextEncoderWrapper, TextEncoder
 
 PROMPTS = ["a happy face", "a sad face"]
 AUS = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("hub_offline")
 
 
 def sample(pipe: SynferPipeline, seed: int = 0, **kw) -> torch.Tensor:

@@ -27,16 +27,12 @@ from synfer.generator.train_vae import build_vae, reconstruct, train_vae
 from synfer.models.au_adapter import AUAdapter
 from synfer.schema import AUSet, OrderMismatchError
 
+pytestmark = pytest.mark.usefixtures("hub_offline")
+
 VAE = dict(block_out_channels=(8, 16), epochs=3, batch_size=8, lr=2e-3, seed=0)
 GEN = dict(block_out_channels=(16, 32), layers_per_block=1, attention_head_dim=2, epochs=2, batch_size=8, lr=1e-3,
            sample_steps=2, seed=0)
 ADAPTER = dict(hidden_dim=16, epochs=2, batch_size=8, lr=1e-3, sample_steps=2, seed=0)
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
 
 
 def write_faces(path: Path, au_names: tuple[str, ...] = ("AU01", "AU12"), captions: bool = True,
