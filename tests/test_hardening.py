@@ -388,3 +388,22 @@ def test_two_concurrent_generate_runs_cannot_share_a_folder(pipe_dir: Path, tmp_
     assert first.returncode == 0, first.stderr[-2000:]
     folder = DatasetFolder(out)
     assert len(folder) == 4 and len(set(folder.ids)) == 4 and folder.header.complete
+
+
+@pytest.mark.slow
+def test_the_hostile_input_sweep_finds_nothing(tmp_path: Path) -> None:
+    """tools/hostile_inputs.py's catalogue (about a hundred broken or hostile command lines over the hardening
+    classes): no traceback, no unexpected error, no changed input, nothing touched outside, no wrong result."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hostile_inputs",
+                                                  Path(__file__).resolve().parents[1] / "tools" / "hostile_inputs.py")
+    sweep = importlib.util.module_from_spec(spec)
+    sys.modules["hostile_inputs"] = sweep  # its dataclasses look their module up there
+    spec.loader.exec_module(sweep)
+    cases = sweep.catalogue()
+    for i, case in enumerate(cases):
+        sweep.run(case, tmp_path, i)
+    bad = [(c.name, c.result) for c in cases if c.result["exit"] not in (0, 2) or c.result["changed_inputs"]
+           or c.result["outside"] or c.result["wrong"]]
+    assert len(cases) >= 90 and bad == []

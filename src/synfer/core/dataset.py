@@ -236,9 +236,11 @@ def read_header(path: str | Path) -> DatasetHeader:
     if not hp.is_file():
         raise DatasetError(f"{path} is not a synfer dataset folder: {HEADER_FILE} is missing.")
     try:
-        d = json.loads(hp.read_text())
+        d = json.loads(hp.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise DatasetError(f"{hp}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}.") from e
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{hp}: not UTF-8 text (byte {e.start}); a synfer header is UTF-8 JSON.") from e
     try:
         return DatasetHeader.from_dict(d, source=str(hp))
     except ValueError as e:

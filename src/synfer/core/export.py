@@ -128,6 +128,21 @@ def row_schema(header: DatasetHeader, image: bool) -> pa.Schema:
     return pa.schema(fields, metadata=metadata)
 
 
+def _image_bytes(path: Path) -> bytes:
+    """An image's PNG bytes, checked to decode: an export hands them to other tools, which would fail far from here
+    (or train on garbage) on a truncated file."""
+    from PIL import Image
+
+    data = path.read_bytes()
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise DatasetError(f"{path}: the image does not decode ({type(e).__name__}: {e}); nothing was exported. "
+                           "Run `synfer validate` on the folder to list every such file.") from e
+    return data
+
+
 def _open(src: Path, out: Path, splits: Sequence[str] | None,
           overwrite: bool) -> tuple[DatasetFolder, dict[str, Rows]]:
     """Read ``src``, check ``out``, and group the chosen splits' records (with image paths) by split."""
@@ -239,7 +254,7 @@ def export_imagefolder(src: Path, out: Path, splits: list[str] | None = None,
                 for rec, image in rows:
                     name = f"{dirs.get(rec.expression, UNLABELLED_DIR)}/{rec.id}.png"
                     (base / name).parent.mkdir(exist_ok=True)
-                    shutil.copyfile(image, base / name)
+                    (base / name).write_bytes(_image_bytes(image))
                     yield {"file_name": name, **flat_record(rec, folder.header)}
 
             _write_parquet(base / "metadata.parquet", lines(), row_schema(folder.header, image=False))
@@ -288,7 +303,7 @@ def export_parquet(src: Path, out: Path, splits: list[str] | None = None, overwr
             chunks = [rows[i:i + rows_per_file] for i in range(0, len(rows), rows_per_file)] or [[]]
             for n, chunk in enumerate(chunks):
                 name = f"data/{hf_split(split)}-{n:05d}-of-{len(chunks):05d}.parquet"
-                _write_parquet(tmp / name, ({"image": {"bytes": image.read_bytes(), "path": f"{rec.id}.png"},
+                _write_parquet(tmp / name, ({"image": {"bytes": _image_bytes(image), "path": f"{rec.id}.png"},
                                              **flat_record(rec, folder.header)} for rec, image in chunk), schema)
                 files.append(name)
         layout = ["Layout: `data/<split>-NNNNN-of-NNNNN.parquet`, the PNG bytes embedded in `image`."]
@@ -361,7 +376,7 @@ def _write_shard(path: Path, rows: Rows, header: DatasetHeader, mtime: int) -> N
         for rec, image in rows:
             key = webdataset_key(rec.id)
             row = json_row(flat_record(rec, header))
-            members = [("png", image.read_bytes()), ("json", json.dumps(row, ensure_ascii=False).encode()),
+            members = [("png", _image_bytes(image)), ("json", json.dumps(row, ensure_ascii=False).encode()),
                        ("cls", str(row["label"]).encode()), ("txt", (rec.caption or "").encode())]
             for ext, data in members:
                 info = tarfile.TarInfo(f"{key}.{ext}")
