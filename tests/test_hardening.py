@@ -407,3 +407,31 @@ def test_the_hostile_input_sweep_finds_nothing(tmp_path: Path) -> None:
     bad = [(c.name, c.result) for c in cases if c.result["exit"] not in (0, 2) or c.result["changed_inputs"]
            or c.result["outside"] or c.result["wrong"]]
     assert len(cases) >= 90 and bad == []
+
+
+def test_every_bundled_model_loads_with_the_network_cut(monkeypatch) -> None:
+    """Sockets refused, hub offline: the generator (with diffusers' own loader too), classifiers (with timm's too),
+    the FERAnno annotator and the AU estimator all load from the package."""
+    import socket
+
+    import timm
+    from diffusers import DiffusionPipeline
+
+    import synfer
+    from synfer.annotate.au.distilled import DistilledAUEstimator
+    from synfer.labeling.annotators import load_annotator
+    from synfer.models.classifiers import ExpressionClassifier
+
+    def no_network(*a, **k):
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert synfer.load_pipeline().au_adapter is not None
+    assert type(DiffusionPipeline.from_pretrained(synfer.resolve("generator", "ferplus-mini-lcm"))).__name__ == \
+        "SynferPipeline"
+    for name in ("ferplus-resnet-s", "ferplus-vgg13s-judge"):
+        assert ExpressionClassifier.from_pretrained(name).label_names[0] == "neutral"
+        assert timm.create_model(name, pretrained=True).num_classes == 8
+    assert load_annotator("ferplus-feranno-mini", "cpu") is not None
+    assert DistilledAUEstimator.from_pretrained() is not None

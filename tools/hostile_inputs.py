@@ -181,6 +181,10 @@ def catalogue() -> list[Case]:
             p.write_bytes(p.read_bytes()[:25])
             return [verb, str(ds)] + ([] if verb == "validate" else [str(r / "out")])
         add(Case("6 tracebacks", f"{verb} with a truncated image", make))
+    add(Case("6 tracebacks", "import-imagefolder with a decompression bomb (a PNG declaring 20000 x 20000)",
+             lambda r: ["import-imagefolder", str(_bomb(r)), str(r / "out")]))
+    add(Case("6 tracebacks", "info with label_probs stored as a string", lambda r: [
+        "info", str(_string_probs(folder(r)))]))
     add(Case("6 tracebacks", "evaluate with a corrupt model.safetensors", lambda r: [
         "evaluate", str(_corrupt_weights(classifier(r))), str(folder(r)), "--split", "test"]))
     add(Case("6 tracebacks", "evaluate --device tpu9", lambda r: [
@@ -225,6 +229,29 @@ def _corrupt_weights(clf: Path) -> Path:
     w = clf / "model.safetensors"
     w.write_bytes(w.read_bytes()[:500])
     return clf
+
+
+def _bomb(r: Path) -> Path:
+    """A photo folder holding a PNG whose header declares 20000 x 20000 pixels (400M: past PIL's bomb limit)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    (r / "photos" / "happiness").mkdir(parents=True, exist_ok=True)
+    (r / "photos" / "happiness" / "bomb.png").write_bytes(png)
+    return r / "photos"
+
+
+def _string_probs(ds: Path) -> Path:
+    (shard,) = ds.glob("records-*.parquet")
+    t = pq.read_table(shard)
+    rows = [dict(r, label_probs=json.dumps(r["label_probs"])) for r in t.to_pylist()]
+    pq.write_table(pa.Table.from_pylist(rows), shard)
+    return ds
 
 
 def _photos(r: Path) -> Path:

@@ -541,7 +541,13 @@ class DatasetFolder:
             missing = [c for c in RECORD_SCHEMA.names if c not in t.column_names]
             if missing:
                 raise DatasetError(f"{f}: missing columns {missing}; this is not a synfer records shard.")
-            tables.append(t.select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA))
+            try:
+                tables.append(t.select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+                wrong = {col.name: f"{col.type}, not {RECORD_SCHEMA.field(col.name).type}"
+                         for col in t.select(RECORD_SCHEMA.names).schema if col.type != RECORD_SCHEMA.field(col.name).type}
+                raise DatasetError(f"{f}: columns of the wrong type ({wrong}); the shard was written by something "
+                                   f"other than synfer ({type(e).__name__}).") from e
         self.table: pa.Table = pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
         self._check_containment()
 
