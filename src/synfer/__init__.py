@@ -113,7 +113,7 @@ class _ImportHook(importlib.abc.MetaPathFinder):
 def _hook_imports() -> None:
     for name, registrar in _REGISTRARS.items():
         loaded = sys.modules.get(name)
-        if loaded is not None and getattr(loaded, "__spec__", None) is not None and name not in _loading():
+        if loaded is not None and getattr(loaded, "__spec__", None) is not None and not _initializing(loaded):
             registrar(loaded)
     if not any(isinstance(f, _ImportHook) for f in sys.meta_path):
         hook = _ImportHook()
@@ -121,15 +121,14 @@ def _hook_imports() -> None:
             sys.meta_path.insert(0, hook)
 
 
+def _initializing(module: Any) -> bool:
+    """Whether ``module`` is part way through its import (in sys.modules, not yet executed to the end)."""
+    return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
+
+
 def _synfer_importing() -> bool:
     """Whether some synfer module is part way through its import."""
-    return any(getattr(getattr(m, "__spec__", None), "_initializing", False)
-               for n, m in list(sys.modules.items()) if n.startswith("synfer."))
-
-
-def _loading() -> set[str]:
-    """Packages whose import is under way (in sys.modules, not yet initialised)."""
-    return {n for n in _REGISTRARS if getattr(getattr(sys.modules.get(n), "__spec__", None), "_initializing", False)}
+    return any(_initializing(m) for n, m in list(sys.modules.items()) if n.startswith("synfer."))
 
 
 _hook_imports()

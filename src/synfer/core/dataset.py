@@ -129,6 +129,13 @@ def check_replaceable(path: Path) -> None:
                            "replaces synfer's own output folders. Choose another output path, or empty it yourself.")
 
 
+def clear_folder(folder: Path) -> None:
+    """Remove everything in ``folder`` but its writer's lock (``--overwrite`` once the lock is held)."""
+    for p in Path(folder).iterdir():
+        if p.name != LOCK_FILE:
+            _remove(p)
+
+
 def mark_as_ours(folder: Path, stage: str) -> None:
     """Write :data:`MARKER_FILE` into a new output folder, so a later ``--overwrite`` may replace it."""
     (Path(folder) / MARKER_FILE).write_text(json.dumps({"made_by": "synfer", "stage": stage}) + "\n")
@@ -340,9 +347,7 @@ class DatasetWriter:
         """Create, clear (``overwrite``) or reopen (``resume``/``append``) the folder, the lock held."""
         exists = any(p.name != LOCK_FILE for p in self.path.iterdir())
         if mode == "overwrite" and exists:
-            for p in self.path.iterdir():
-                if p.name != LOCK_FILE:
-                    _remove(p)
+            clear_folder(self.path)
             exists = False
         if mode in ("resume", "append") and exists:
             self.header = read_header(self.path)

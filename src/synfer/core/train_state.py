@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .dataset import LOCK_FILE, replace_path
+from .dataset import replace_path
 
 _TENSOR = "__tensor__"
 _TUPLE = "__tuple__"
@@ -134,7 +134,7 @@ def open_run_dir(out: Path, resume: bool, overwrite: bool) -> bool:
     Returns whether there is a finished epoch to resume (``resume`` on a folder without ``state/`` starts from
     scratch in it).
     """
-    from .dataset import DatasetError, FolderLock, check_replaceable, mark_as_ours
+    from .dataset import DatasetError, FolderLock, check_replaceable, clear_folder, mark_as_ours
 
     if resume and overwrite:
         raise ValueError("Pass either resume or overwrite, not both.")
@@ -144,12 +144,7 @@ def open_run_dir(out: Path, resume: bool, overwrite: bool) -> bool:
         check_replaceable(out)
     FolderLock(out).acquire()  # held until the training ends (Trainer.fit), or taken over once this process is gone
     if overwrite:
-        for p in out.iterdir():
-            if p.name != LOCK_FILE:
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p)
-                else:
-                    p.unlink()
+        clear_folder(out)
     mark_as_ours(out, "training")
     return resume and (out / "state").exists()
 
