@@ -28,6 +28,7 @@ from _common import machine_info, write_result
 from synfer.classifiers.evaluate import predict
 from synfer.classifiers.train import train_fer
 from synfer.core.metrics import classification_metrics
+from synfer.core.options import bind
 from synfer.core.runtime import autocast
 from synfer.core.splits import load_split
 from synfer.models.classifiers import ClassifierConfig, ExpressionClassifier
@@ -89,8 +90,9 @@ def main() -> None:
     runs = {}
     for precision in ("fp32", "bf16"):
         out = args.work / precision
-        train_fer([args.train], out, val=args.val, epochs=args.epochs, seed=args.seed, precision=precision,
-                  resume=out.exists(), **RECIPE)
+        train_fer([args.train], out, **bind(train_fer, {**RECIPE, "val": args.val, "epochs": args.epochs,
+                                                        "seed": args.seed, "precision": precision,
+                                                        "resume": out.exists()}))
         rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
         model = ExpressionClassifier.from_pretrained(out)
         test = test or load_split(args.val, "test", expressions=model.label_names)

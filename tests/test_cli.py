@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from conftest import write_ferplus_fixture
 from synfer.cli import COMMANDS, main
@@ -86,7 +87,7 @@ def test_bare_synfer_prints_usage_and_fails(capsys):
 def test_print_config_with_dashes(capsys):
     with pytest.raises(SystemExit) as e:
         main(["train-fer", "a", "b", "--print-config"])
-    assert e.value.code == 0 and "epochs: 30" in capsys.readouterr().out
+    assert e.value.code == 0 and "  epochs: 30" in capsys.readouterr().out
 
 
 def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
@@ -159,13 +160,43 @@ def test_documented_commands_parse(where, argv, monkeypatch):
     parser.parse_args(normalise_args(argv[1:], fn))
 
 
-def test_every_training_verb_takes_report_to():
+def test_repeated_option_groups_are_one_dataclass_each():
+    """The 7 training verbs share RunOptions and Schedule, the 4 sampling verbs SamplerOptions, the 5 importers
+    ImportOptions: same fields, same defaults (a verb's schedule defaults are its own)."""
     import inspect
 
     from synfer._cli_util import resolve
+    from synfer.core.options import ImportOptions, RunOptions, SamplerOptions, Schedule, option_groups
 
     training = [v for v in COMMANDS if v.startswith("train-") or v == "distill"]
+    groups = {v: option_groups(resolve(COMMANDS[v])) for v in COMMANDS}
     assert len(training) == 7
+    assert {v for v, g in groups.items() if g.get("run") is RunOptions} == set(training)
+    assert {v for v, g in groups.items() if g.get("schedule") is Schedule} == set(training)
+    assert {v for v, g in groups.items() if g.get("sampling") is SamplerOptions} == {
+        "generate", "edit", "sample-grid", "au-sweep"}
+    assert {v for v, g in groups.items() if g.get("importing") is ImportOptions} == {
+        v for v in COMMANDS if v.startswith("import-")}
     for verb in training:
-        param = inspect.signature(resolve(COMMANDS[verb])).parameters.get("report_to")
-        assert param is not None and param.default == "none", verb
+        params = inspect.signature(resolve(COMMANDS[verb])).parameters
+        assert params["run"].default == RunOptions(), verb
+        assert not {"seed", "epochs", "lr", "resume", "report_to"} & set(params), verb  # no flat duplicates
+
+
+def test_group_fields_take_their_plain_flags(tmp_path, capsys):
+    """``--seed 3 --epochs 2 --no-resume --report-to none`` land in the groups, as ``--run.seed 3`` does."""
+    from synfer._cli_util import normalise_args, resolve
+
+    fn = resolve(COMMANDS["train-fer"])
+    plain = normalise_args(["d", "o", "--seed", "3", "--epochs=2", "--resume", "--no-overwrite", "--report-to",
+                            "none", "--batch-size", "16"], fn)
+    assert plain == ["[d]", "o", "--run.seed=3", "--schedule.epochs=2", "--run.resume=true", "--run.overwrite=false",
+                     "--run.report_to=none", "--schedule.batch_size=16"]
+    assert normalise_args(["d", "o", "--run.seed", "3"], fn) == ["[d]", "o", "--run.seed=3"]
+    config = tmp_path / "config.yaml"  # a config file sets a group partly; the verb's defaults fill the rest
+    config.write_text("schedule: {epochs: 7}\nrun: {seed: 2}\n")
+    with pytest.raises(SystemExit) as e:
+        main(["train-fer", "d", "o", "--config", str(config), "--seed", "3", "--print-config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert e.value.code == 0
+    assert printed["schedule"] == {"epochs": 7, "batch_size": 128, "lr": 0.1} and printed["run"]["seed"] == 3

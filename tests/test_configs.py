@@ -27,7 +27,10 @@ def test_preset_parses(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert e.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
     for key, value in yaml.safe_load(path.read_text()).items():
-        assert printed[key] == value, key
+        if isinstance(value, dict) and key in ("schedule", "run"):  # an option group: the verb's defaults fill it
+            assert {k: printed[key][k] for k in value} == value, key
+        else:
+            assert printed[key] == value, key
 
 
 def test_every_preset_is_referenced_by_a_doc_or_a_test() -> None:

@@ -13,6 +13,7 @@ import torch
 from conftest import write_pattern_dataset
 from synfer.classifiers.evaluate import evaluate
 from synfer.classifiers.train import train_fer
+from synfer.core.options import call
 from synfer.core.runtime import resolve_precision
 from synfer.generator.pipeline import load_generator
 
@@ -40,7 +41,7 @@ def test_bundled_generator_samples_on_the_gpu_in_low_precision() -> None:
 
 def test_classifier_trains_and_evaluates_on_the_gpu(tmp_path: Path) -> None:
     data = write_pattern_dataset(tmp_path / "patterns")
-    out = train_fer([data], tmp_path / "fer", epochs=6, augment="none", architecture="fer_resnet_xs",
+    out = call(train_fer, [data], tmp_path / "fer", epochs=6, augment="none", architecture="fer_resnet_xs",
                     model_kwargs={"widths": [8, 16, 16, 32], "depths": [1, 1, 1, 1]}, batch_size=16, lr=0.05,
                     warmup_epochs=0.5, precision="auto")  # accelerate takes the GPU
     evaluate(str(out), data, split="test", out=tmp_path / "eval", device="cuda")

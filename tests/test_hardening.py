@@ -24,6 +24,7 @@ from synfer.cli import main
 from synfer.core.dataset import LOCK_FILE, DatasetError, DatasetFolder, DatasetWriter, Record
 from synfer.core.export import export_imagefolder, export_parquet, export_webdataset
 from synfer.core.ops import filter_dataset
+from synfer.core.options import ImportOptions
 
 EXPR = ("neutral", "happiness")
 
@@ -167,12 +168,12 @@ def test_refused_resumes_leave_the_folder_as_it_was(tmp_path: Path) -> None:
     out = import_ferplus(src, tmp_path / "out")
     before = tree_state(out)
     with pytest.raises(DatasetError, match="other options"):
-        import_ferplus(src, out, resume=True, label_mode="crossentropy")
+        import_ferplus(src, out, label_mode="crossentropy", importing=ImportOptions(resume=True))
     assert tree_state(out) == before and DatasetFolder(out).header.complete
     other = small_folder(tmp_path / "other")
     before = tree_state(other)
     with pytest.raises(DatasetError, match="not by import-ferplus"):
-        import_ferplus(src, other, resume=True)
+        import_ferplus(src, other, importing=ImportOptions(resume=True))
     assert tree_state(other) == before and len(DatasetFolder(other)) == 4
 
 
@@ -327,7 +328,7 @@ def test_duplicate_label_rows_are_refused_or_counted(tmp_path: Path) -> None:
     label.write_text(label.read_text() + first.replace(",10,0,", ",0,10,") + "\n")  # the same image, other votes
     with pytest.raises(DatasetError, match="already listed on line 1"):
         import_ferplus(src, tmp_path / "out")
-    out = import_ferplus(src, tmp_path / "out", skip_bad=True)
+    out = import_ferplus(src, tmp_path / "out", importing=ImportOptions(skip_bad=True))
     assert len(DatasetFolder(out)) == 2
     assert DatasetFolder(out).header.stats["skipped"]["duplicate_row"]["count"] == 1
 

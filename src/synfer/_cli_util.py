@@ -2,8 +2,9 @@
 
 jsonargparse builds each verb's parser from the function's signature. Two conveniences are added on top so that
 the flags read like other tools': ``--skip-bad`` equals ``--skip_bad`` (dashes or underscores), a bare boolean
-flag means true (``--skip-bad`` = ``--skip_bad=true``, ``--no-skip-bad`` = false), and a list option takes a
-comma-separated value (``--splits train,val``) as well as jsonargparse's ``[train,val]``.
+flag means true (``--skip-bad`` = ``--skip_bad=true``, ``--no-skip-bad`` = false), a list option takes a
+comma-separated value (``--splits train,val``) as well as jsonargparse's ``[train,val]``, and the fields of an
+option group (:mod:`synfer.core.options`) take their plain names too (``--seed`` = ``--run.seed``).
 """
 
 from __future__ import annotations
@@ -65,10 +66,17 @@ def cli_function(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _param_kinds(fn: Callable[..., Any]) -> tuple[set[str], set[str], list[str]]:
-    """The boolean and the list-typed parameters of ``fn``, and its required (positional) parameters in order."""
+    """The boolean and the list-typed parameters of ``fn`` (an option group's fields as ``group.field``), and its
+    required (positional) parameters in order."""
+    import dataclasses
     import inspect
 
-    hints = typing.get_type_hints(fn)
+    from .core.options import option_groups
+
+    hints = {k: v for k, v in typing.get_type_hints(fn).items() if k != "return"}
+    for group, cls in option_groups(fn).items():
+        hints.update({f"{group}.{k}": v for k, v in typing.get_type_hints(cls).items()
+                      if k in {f.name for f in dataclasses.fields(cls)}})
     bools, lists = set(), set()
     for name, hint in hints.items():
         if hint is bool:
@@ -93,8 +101,12 @@ def normalise_args(args: list[str], fn: Callable[..., Any]) -> list[str]:
 
     Required parameters are positional for jsonargparse; they may also be given as options (``--annotators X``),
     and a list-typed one takes several plain values (``synfer merge A B OUT``): the output puts them in order.
+    A field of an option group may be spelled plainly (``--seed 1`` for ``--run.seed 1``).
     """
+    from .core.options import flat_aliases
+
     bools, lists, required = _param_kinds(fn)
+    aliases = flat_aliases(fn)
     options: list[str] = []
     plain: list[str] = []  # positional tokens, in order
     named: dict[str, str] = {}  # required parameters given as options
@@ -107,6 +119,9 @@ def normalise_args(args: list[str], fn: Callable[..., Any]) -> list[str]:
             continue
         key, eq, value = tok[2:].partition("=")
         key = key.replace("-", "_")
+        if key.startswith("no_") and key[3:] in aliases:
+            key = "no_" + aliases[key[3:]]
+        key = aliases.get(key, key)
         if not eq and key.startswith("no_") and key[3:] in bools:
             options.append(f"--{key[3:]}=false")
         elif key in bools and not eq:

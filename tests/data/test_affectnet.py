@@ -10,6 +10,7 @@ from PIL import Image
 
 from conftest import gray_face, tree_state
 from synfer.core.dataset import DatasetError, DatasetFolder
+from synfer.core.options import ImportOptions
 from synfer.importers import affectnet
 from synfer.importers.affectnet import AFFECTNET_LICENCE, import_affectnet
 from synfer.importers.common import BadInputError
@@ -75,7 +76,7 @@ def test_7_classes_val_split_and_crop(tmp_path):
     assert im.size == (20, 20)  # the face box
     src = Image.open(root / "Manually_Annotated_Images" / "1" / "b.jpg").crop((10, 10, 30, 30))
     assert np.array_equal(np.asarray(im), np.asarray(src))
-    sized = DatasetFolder(import_affectnet(root, tmp_path / "o2", crop=True, image_size=8, image_mode="L"))
+    sized = DatasetFolder(import_affectnet(root, tmp_path / "o2", crop=True, importing=ImportOptions(image_size=8, image_mode="L")))
     im = sized.load_image(sized.column("image")[0])
     assert im.size == (8, 8) and im.mode == "L"
     with pytest.raises(ValueError, match="classes=6"):
@@ -109,7 +110,7 @@ def test_bad_rows(tmp_path, line, reason, message):
     with pytest.raises(BadInputError, match=rf"training\.csv, line 3: .*{message}"):
         import_affectnet(root, tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    d = DatasetFolder(import_affectnet(root, tmp_path / "out", skip_bad=True))
+    d = DatasetFolder(import_affectnet(root, tmp_path / "out", importing=ImportOptions(skip_bad=True)))
     assert d.header.stats["skipped"][reason]["count"] == 1
     assert "affectnet-1_b" not in d.ids and len(d) == 3
 
@@ -119,7 +120,7 @@ def test_bad_header(tmp_path):
     csv = root / "Manually_Annotated_file_lists" / "training.csv"
     csv.write_text(csv.read_text().replace("valence", "val", 1))
     with pytest.raises(BadInputError, match=r"training\.csv, line 1: header lacks column\(s\) \['valence'\]"):
-        import_affectnet(root, tmp_path / "out", skip_bad=True)
+        import_affectnet(root, tmp_path / "out", importing=ImportOptions(skip_bad=True))
 
 
 def test_missing_corrupt_and_off_image(tmp_path):
@@ -129,7 +130,7 @@ def test_missing_corrupt_and_off_image(tmp_path):
     with pytest.raises(BadInputError, match=r"1/b\.jpg: image file not found.*training\.csv, line 3"):
         import_affectnet(root, tmp_path / "out")
     (images / "3" / "f.jpg").write_bytes(b"\xff\xd8 not really")
-    d = DatasetFolder(import_affectnet(root, tmp_path / "out2", skip_bad=True))
+    d = DatasetFolder(import_affectnet(root, tmp_path / "out2", importing=ImportOptions(skip_bad=True)))
     skipped = d.header.stats["skipped"]["bad_image"]
     assert skipped["count"] == 2 and len(d) == 2
     assert "f.jpg: not a readable image" in skipped["examples"][1]
@@ -143,15 +144,15 @@ def test_missing_corrupt_and_off_image(tmp_path):
 def test_resume_twice_writes_no_duplicates(tmp_path):
     root = write_affectnet(tmp_path / "src")
     (root / "Manually_Annotated_Images" / "1" / "b.jpg").unlink()
-    out = import_affectnet(root, tmp_path / "out", skip_bad=True)
+    out = import_affectnet(root, tmp_path / "out", importing=ImportOptions(skip_bad=True))
     for _ in range(2):
-        import_affectnet(root, out, skip_bad=True, resume=True)
+        import_affectnet(root, out, importing=ImportOptions(skip_bad=True, resume=True))
     d = DatasetFolder(out)
     assert len(d) == 3 and len(set(d.ids)) == 3
     assert d.header.stats["skipped"]["bad_image"]["count"] == 1
     assert d.header.stats["excluded_by_label"]["train"] == {"none": 1, "non_face": 1}
     with pytest.raises(DatasetError, match="already exists"):
-        import_affectnet(root, out, skip_bad=True)
+        import_affectnet(root, out, importing=ImportOptions(skip_bad=True))
 
 
 def test_interrupted_import_resumes(tmp_path, monkeypatch):
@@ -169,6 +170,6 @@ def test_interrupted_import_resumes(tmp_path, monkeypatch):
         import_affectnet(root, tmp_path / "out")
     assert DatasetFolder(tmp_path / "out", allow_incomplete=True).ids == ["affectnet-1_a", "affectnet-1_b"]
     monkeypatch.setattr(affectnet, "image_for_writer", real)
-    import_affectnet(root, tmp_path / "out", resume=True)
+    import_affectnet(root, tmp_path / "out", importing=ImportOptions(resume=True))
     d = DatasetFolder(tmp_path / "out")
     assert d.header.complete and d.ids == ["affectnet-1_a", "affectnet-1_b", "affectnet-2_c", "affectnet-3_f"]

@@ -16,6 +16,7 @@ from PIL import Image
 
 from conftest import FERPLUS_DIR, SHARED_DATA
 from synfer.annotate.align import Alignment, FaceAligner, paste_back, similarity
+from synfer.core.options import SamplerOptions
 
 MODEL = SHARED_DATA / "mediapipe_face_landmarker" / "face_landmarker.task"
 needs_model = pytest.mark.skipif(not MODEL.is_file() or not (FERPLUS_DIR / "FER2013Test").is_dir(),
@@ -89,8 +90,7 @@ def test_edit_align_writes_pasted_photos(tmp_path: Path) -> None:
     photo_of(real_face(2), 10).save(tmp_path / "photos" / "snap.png")
     Image.new("L", (200, 200), 128).save(tmp_path / "photos" / "wall.png")
     with pytest.warns(UserWarning, match="No face found in 1 of 2 images, left out: wall"):
-        out = edit([tmp_path / "photos"], tmp_path / "edits", expression="happiness", align=str(MODEL),
-                   num_inference_steps=4, preview=False)
+        out = edit([tmp_path / "photos"], tmp_path / "edits", expression="happiness", align=str(MODEL), preview=False, sampling=SamplerOptions(num_inference_steps=4))
     (rec,) = DatasetFolder(out).records()
     where = Alignment.from_dict(rec.meta["aligned_crop"])
     assert rec.meta["source"] == "snap" and where.photo_size == (420, 300)
@@ -132,8 +132,7 @@ def test_generate_layout_align_starts_from_aligned_photos(tmp_path: Path) -> Non
     photo_of(real_face(6), -15).save(tmp_path / "photos" / "snap.png")
     Image.new("L", (200, 200), 128).save(tmp_path / "photos" / "wall.png")
     with pytest.warns(UserWarning, match="left out: wall"):
-        out = generate(tmp_path / "syn", per_class=1, expressions=["happiness"], layout=tmp_path / "photos",
-                       layout_align=str(MODEL), num_inference_steps=4)
+        out = generate(tmp_path / "syn", per_class=1, expressions=["happiness"], layout=tmp_path / "photos", layout_align=str(MODEL), sampling=SamplerOptions(num_inference_steps=4))
     config = json.loads((out / "dataset.json").read_text())["provenance"][-1]["config"]
     assert config["layout"]["aligned_with"] == str(MODEL) and config["layout"]["faces"] == 1
     (rec,) = DatasetFolder(out).records()

@@ -24,6 +24,7 @@ from synfer.annotate.au.distill import (
 from synfer.annotate.au.distilled import DistilledAUEstimator
 from synfer.core.assets import resolve
 from synfer.core.dataset import DatasetError, DatasetWriter, Record
+from synfer.core.options import call
 from synfer.models.classifiers import ClassifierConfig, ExpressionClassifier
 from synfer.schema import AUSet, OrderMismatchError
 
@@ -60,7 +61,7 @@ def write_teacher_folder(path: Path, names: tuple[str, ...] = NAMES, n_train: in
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("distil")
     data = write_teacher_folder(root / "data")
-    return train_au_estimator(data, root / "run", **TINY)
+    return call(train_au_estimator, data, root / "run", **TINY)
 
 
 def test_student_learns_the_teacher(run: Path) -> None:
@@ -142,18 +143,18 @@ def test_agreement_ignores_constant_columns() -> None:
 def test_resume_with_other_options_is_refused(tmp_path: Path) -> None:
     data = write_teacher_folder(tmp_path / "data", n_train=48)
     kw = {**TINY, "epochs": 1}
-    train_au_estimator(data, tmp_path / "run", **kw)
+    call(train_au_estimator, data, tmp_path / "run", **kw)
     with pytest.raises(DatasetError, match="already exists"):
-        train_au_estimator(data, tmp_path / "run", **kw)
+        call(train_au_estimator, data, tmp_path / "run", **kw)
     with pytest.raises(DatasetError, match="lr"):
-        train_au_estimator(data, tmp_path / "run", **{**kw, "epochs": 2, "lr": 0.5}, resume=True)
+        call(train_au_estimator, data, tmp_path / "run", **{**kw, "epochs": 2, "lr": 0.5}, resume=True)
 
 
 def test_folder_without_aus_is_refused(tmp_path: Path) -> None:
     with DatasetWriter(tmp_path / "plain", ("neutral",)) as w:
         w.add(Record(id="a", split="train", source="t", expression="neutral"), teacher_face(np.random.default_rng())[0])
     with pytest.raises(DatasetError, match="synfer prepare"):
-        train_au_estimator(tmp_path / "plain", tmp_path / "run", **TINY)
+        call(train_au_estimator, tmp_path / "plain", tmp_path / "run", **TINY)
 
 
 # -- the bundled estimator on real faces ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import gray_face, tree_state
 from synfer.core.dataset import DatasetError, DatasetFolder
+from synfer.core.options import ImportOptions
 from synfer.importers import fer2013
 from synfer.importers.common import FER2013_LICENCE, BadInputError
 from synfer.importers.fer2013 import import_fer2013_csv
@@ -79,8 +80,7 @@ def test_fer2013_labels(src, tmp_path):
 
 
 def test_splits_and_image_options(src, tmp_path):
-    out = import_fer2013_csv(src / "fer2013.csv", tmp_path / "out", splits=["val"], image_mode="RGB",
-                             image_size=64)
+    out = import_fer2013_csv(src / "fer2013.csv", tmp_path / "out", splits=["val"], importing=ImportOptions(image_mode="RGB", image_size=64))
     d = DatasetFolder(out)
     assert d.ids == ["fer2013-00003", "fer2013-00004"] and set(d.column("split")) == {"val"}
     img = d.load_image(d.column("image")[0])
@@ -111,8 +111,7 @@ def test_ferplus_row_count_mismatch_is_an_error(src, tmp_path):
     write_ferplus(src / "short.csv", VOTES[:5], [u for _, u in ROWS[:5]])
     for skip_bad in (False, True):
         with pytest.raises(BadInputError, match=r"short\.csv has 5 data rows but .*fer2013\.csv has 6"):
-            import_fer2013_csv(src / "fer2013.csv", tmp_path / "out", ferplus_csv=src / "short.csv",
-                               skip_bad=skip_bad)
+            import_fer2013_csv(src / "fer2013.csv", tmp_path / "out", ferplus_csv=src / "short.csv", importing=ImportOptions(skip_bad=skip_bad))
     assert not (tmp_path / "out").exists()
 
 
@@ -131,10 +130,8 @@ def test_ferplus_misaligned_and_malformed_rows(src, tmp_path):
     bad_votes[5] = (VOTES[5][0], "fer0000001.png")
     write_ferplus(src / "bad.csv", bad_votes)
     with pytest.raises(BadInputError, match=r"bad\.csv, line 6: Image name '\.\./fer0000003\.png' should be"):
-        import_fer2013_csv(src / "fer2013.csv", tmp_path / "out", ferplus_csv=src / "bad.csv", skip_bad=False,
-                           splits=["val", "test"])
-    out = import_fer2013_csv(src / "fer2013.csv", tmp_path / "out", ferplus_csv=src / "bad.csv",
-                             skip_bad=True)
+        import_fer2013_csv(src / "fer2013.csv", tmp_path / "out", ferplus_csv=src / "bad.csv", splits=["val", "test"], importing=ImportOptions(skip_bad=False))
+    out = import_fer2013_csv(src / "fer2013.csv", tmp_path / "out", ferplus_csv=src / "bad.csv", importing=ImportOptions(skip_bad=True))
     d = DatasetFolder(out)
     skipped = d.header.stats["skipped"]
     assert skipped["malformed_row"]["count"] == 2 and skipped["duplicate_row"]["count"] == 1
@@ -163,7 +160,7 @@ def test_bad_rows(src, tmp_path, case):
     with pytest.raises(BadInputError, match=rf"fer2013\.csv, line 4: .*{message}"):
         import_fer2013_csv(src / "fer2013.csv", tmp_path / "out")
     assert not (tmp_path / "out").exists()  # labels are checked before anything is written
-    out = import_fer2013_csv(src / "fer2013.csv", tmp_path / "out", skip_bad=True)
+    out = import_fer2013_csv(src / "fer2013.csv", tmp_path / "out", importing=ImportOptions(skip_bad=True))
     d = DatasetFolder(out)
     skipped = d.header.stats["skipped"]
     assert list(skipped) == [reason] and skipped[reason]["count"] == 1
@@ -183,14 +180,14 @@ def test_bad_header_and_missing_file(tmp_path):
 
 def test_resume_twice_writes_no_duplicates(src, tmp_path):
     write_csv(src / "fer2013.csv", replace={2: "3,1 2,Training"})
-    out = import_fer2013_csv(src / "fer2013.csv", tmp_path / "out", skip_bad=True)
+    out = import_fer2013_csv(src / "fer2013.csv", tmp_path / "out", importing=ImportOptions(skip_bad=True))
     for _ in range(2):
-        import_fer2013_csv(src / "fer2013.csv", out, skip_bad=True, resume=True)
+        import_fer2013_csv(src / "fer2013.csv", out, importing=ImportOptions(skip_bad=True, resume=True))
     d = DatasetFolder(out)
     assert len(d) == 5 and len(set(d.ids)) == 5
     assert d.header.stats["skipped"]["bad_pixels"]["count"] == 1  # counted once, not once per run
     with pytest.raises(DatasetError, match="already exists"):
-        import_fer2013_csv(src / "fer2013.csv", out, skip_bad=True)
+        import_fer2013_csv(src / "fer2013.csv", out, importing=ImportOptions(skip_bad=True))
 
 
 def test_interrupted_import_resumes(src, tmp_path, monkeypatch):
@@ -209,7 +206,7 @@ def test_interrupted_import_resumes(src, tmp_path, monkeypatch):
         DatasetFolder(tmp_path / "out")
     assert len(DatasetFolder(tmp_path / "out", allow_incomplete=True)) == 3
     monkeypatch.setattr(fer2013, "_to_image", real)
-    import_fer2013_csv(src / "fer2013.csv", tmp_path / "out", resume=True)
+    import_fer2013_csv(src / "fer2013.csv", tmp_path / "out", importing=ImportOptions(resume=True))
     d = DatasetFolder(tmp_path / "out")
     assert d.header.complete and d.ids == [f"fer2013-{i:05d}" for i in range(6)]
     assert len(d.header.provenance) == 2  # both runs are on record

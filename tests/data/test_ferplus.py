@@ -4,6 +4,7 @@ import pytest
 
 from conftest import FERPLUS_DIR, needs_ferplus, tree_state, write_ferplus_fixture
 from synfer.core.dataset import DatasetError, DatasetFolder
+from synfer.core.options import ImportOptions
 from synfer.importers.common import BadInputError
 from synfer.importers.ferplus import ferplus_target, import_ferplus
 from synfer.schema import FERPLUS8
@@ -83,7 +84,7 @@ def test_malformed_row_fails_before_writing(tmp_path):
     with pytest.raises(BadInputError, match=r"FER2013Valid/label.csv, line 2.*--skip-bad"):
         import_ferplus(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing half-written
-    d = DatasetFolder(import_ferplus(src, tmp_path / "out", skip_bad=True))
+    d = DatasetFolder(import_ferplus(src, tmp_path / "out", importing=ImportOptions(skip_bad=True)))
     assert d.header.stats["skipped"]["malformed_row"]["count"] == 1
     assert "line 2" in d.header.stats["skipped"]["malformed_row"]["examples"][0]
 
@@ -102,7 +103,7 @@ def test_bad_image(tmp_path, damage):
         import_ferplus(src, tmp_path / "out")
     with pytest.raises(DatasetError, match="incomplete"):  # never reads as complete
         DatasetFolder(tmp_path / "out")
-    d = DatasetFolder(import_ferplus(src, tmp_path / "out2", skip_bad=True))
+    d = DatasetFolder(import_ferplus(src, tmp_path / "out2", importing=ImportOptions(skip_bad=True)))
     assert d.header.stats["skipped"]["bad_image"]["count"] == 1
     assert "fer0000001" not in d.ids and len(d) == 3
 
@@ -123,9 +124,9 @@ def test_resume_after_failure(tmp_path):
     with pytest.raises(BadInputError):
         import_ferplus(src, tmp_path / "out")
     img.write_bytes(good)  # the user fixes the file and resumes
-    d = DatasetFolder(import_ferplus(src, tmp_path / "out", resume=True))
+    d = DatasetFolder(import_ferplus(src, tmp_path / "out", importing=ImportOptions(resume=True)))
     assert len(d) == 4 and len(set(d.ids)) == 4
-    d2 = DatasetFolder(import_ferplus(src, tmp_path / "out", resume=True))  # resuming a finished folder: no-op
+    d2 = DatasetFolder(import_ferplus(src, tmp_path / "out", importing=ImportOptions(resume=True)))  # resuming a finished folder: no-op
     assert sorted(d2.ids) == sorted(d.ids)
 
 
@@ -133,8 +134,8 @@ def test_resume_with_other_options_refused(tmp_path):
     src = write_ferplus_fixture(tmp_path / "src", ROWS)
     import_ferplus(src, tmp_path / "out", splits=["train"])
     with pytest.raises(DatasetError, match="label_mode='majority'"):
-        import_ferplus(src, tmp_path / "out", splits=["train"], label_mode="probability", resume=True)
-    d = DatasetFolder(import_ferplus(src, tmp_path / "out", splits=["train"], resume=True, skip_bad=True))
+        import_ferplus(src, tmp_path / "out", splits=["train"], label_mode="probability", importing=ImportOptions(resume=True))
+    d = DatasetFolder(import_ferplus(src, tmp_path / "out", splits=["train"], importing=ImportOptions(resume=True, skip_bad=True)))
     assert [e["resumed"] for e in d.header.provenance] == [False, True]  # the resume is on record
 
 

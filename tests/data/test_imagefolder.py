@@ -10,6 +10,7 @@ from PIL import Image
 
 from conftest import gray_face, tree_state
 from synfer.core.dataset import DatasetError, DatasetFolder
+from synfer.core.options import ImportOptions
 from synfer.importers import imagefolder
 from synfer.importers.common import BadInputError, UniqueIds
 from synfer.importers.imagefolder import import_imagefolder
@@ -94,7 +95,7 @@ def test_unknown_class_folder(tmp_path):
     with pytest.raises(BadInputError, match=r"confused: class folder 'confused' \(2 images\) is not an "):
         import_imagefolder(root, tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    out = import_imagefolder(root, tmp_path / "out", skip_bad=True)
+    out = import_imagefolder(root, tmp_path / "out", importing=ImportOptions(skip_bad=True))
     d = DatasetFolder(out)
     assert d.expressions == ("happiness", "sadness") and len(d) == 4
     assert d.header.stats["skipped"]["unknown_class"]["count"] == 1
@@ -105,11 +106,11 @@ def test_class_not_in_given_set(tmp_path):
     root = flat_tree(tmp_path / "src", classes=("happy", "contempt"))
     with pytest.raises(BadInputError, match=r"contempt: class folder 'contempt' .* not in expression set b"):
         import_imagefolder(root, tmp_path / "out", expressions=["basic7"])
-    out = import_imagefolder(root, tmp_path / "out", expressions=["basic7"], skip_bad=True)
+    out = import_imagefolder(root, tmp_path / "out", expressions=["basic7"], importing=ImportOptions(skip_bad=True))
     d = DatasetFolder(out, expect_expressions=BASIC7.names)
     assert d.counts() == {"train": {"happiness": 2}}
     with pytest.raises(BadInputError, match="none of the class folders"):
-        import_imagefolder(root, tmp_path / "o2", expressions=["anger"], skip_bad=True)
+        import_imagefolder(root, tmp_path / "o2", expressions=["anger"], importing=ImportOptions(skip_bad=True))
 
 
 def test_corrupt_and_unreadable_images(tmp_path):
@@ -118,7 +119,7 @@ def test_corrupt_and_unreadable_images(tmp_path):
     (root / "sadness" / "fake.png").write_bytes(b"not a png at all")
     with pytest.raises(BadInputError, match=r"broken\.jpg: not a readable image"):
         import_imagefolder(root, tmp_path / "out")
-    out = import_imagefolder(root, tmp_path / "out2", skip_bad=True)
+    out = import_imagefolder(root, tmp_path / "out2", importing=ImportOptions(skip_bad=True))
     d = DatasetFolder(out)
     assert len(d) == 6 and d.header.stats["skipped"]["bad_image"]["count"] == 2
     examples = " ".join(d.header.stats["skipped"]["bad_image"]["examples"])
@@ -127,7 +128,7 @@ def test_corrupt_and_unreadable_images(tmp_path):
 
 def test_image_options(tmp_path):
     root = flat_tree(tmp_path / "src")
-    out = import_imagefolder(root, tmp_path / "out", image_mode="RGB", image_size=24)
+    out = import_imagefolder(root, tmp_path / "out", importing=ImportOptions(image_mode="RGB", image_size=24))
     d = DatasetFolder(out)
     for rel in d.column("image"):
         im = d.load_image(rel)
@@ -136,14 +137,14 @@ def test_image_options(tmp_path):
 
 def test_resume_twice_writes_no_duplicates(tmp_path):
     root = flat_tree(tmp_path / "src", classes=("happy", "sad", "confused"))
-    out = import_imagefolder(root, tmp_path / "out", skip_bad=True)
+    out = import_imagefolder(root, tmp_path / "out", importing=ImportOptions(skip_bad=True))
     for _ in range(2):
-        import_imagefolder(root, out, skip_bad=True, resume=True)
+        import_imagefolder(root, out, importing=ImportOptions(skip_bad=True, resume=True))
     d = DatasetFolder(out)
     assert len(d) == 4 and len(set(d.ids)) == 4
     assert d.header.stats["skipped"]["unknown_class"]["count"] == 1  # not once per run
     with pytest.raises(DatasetError, match="already exists"):
-        import_imagefolder(root, out, skip_bad=True)
+        import_imagefolder(root, out, importing=ImportOptions(skip_bad=True))
 
 
 def test_interrupted_import_resumes(tmp_path, monkeypatch):
@@ -161,7 +162,7 @@ def test_interrupted_import_resumes(tmp_path, monkeypatch):
         import_imagefolder(root, tmp_path / "out")
     assert len(DatasetFolder(tmp_path / "out", allow_incomplete=True)) == 3
     monkeypatch.setattr(imagefolder, "image_for_writer", real)
-    import_imagefolder(root, tmp_path / "out", resume=True)
+    import_imagefolder(root, tmp_path / "out", importing=ImportOptions(resume=True))
     d = DatasetFolder(tmp_path / "out")
     assert d.header.complete and len(d) == 6 and len(set(d.ids)) == 6
     assert len(calls) == 4  # the resumed run did not redo the first three

@@ -8,6 +8,7 @@ import pytest
 
 from conftest import gray_face, tree_state
 from synfer.core.dataset import DatasetError, DatasetFolder
+from synfer.core.options import ImportOptions
 from synfer.importers import rafdb
 from synfer.importers.common import FER2013_LICENCE, BadInputError
 from synfer.importers.rafdb import RAFDB_LICENCE, import_rafdb
@@ -54,7 +55,7 @@ def test_import_aligned(tmp_path):
 
 def test_import_original_from_basic_folder(tmp_path):
     basic = write_rafdb(tmp_path / "src")
-    out = import_rafdb(basic, tmp_path / "out", aligned=False, image_mode="L", image_size=12)
+    out = import_rafdb(basic, tmp_path / "out", aligned=False, importing=ImportOptions(image_mode="L", image_size=12))
     d = DatasetFolder(out)
     assert len(d) == 5 and d.header.stats["aligned"] is False
     im = d.load_image(d.column("image")[0])
@@ -87,7 +88,7 @@ def test_bad_label_lines(tmp_path, line, reason, message):
     with pytest.raises(BadInputError, match=rf"list_patition_label\.txt, line 3: .*{message}"):
         import_rafdb(tmp_path / "src", tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    d = DatasetFolder(import_rafdb(tmp_path / "src", tmp_path / "out", skip_bad=True))
+    d = DatasetFolder(import_rafdb(tmp_path / "src", tmp_path / "out", importing=ImportOptions(skip_bad=True)))
     assert len(d) == 4 and "rafdb-train_00003" not in d.ids
     assert d.header.stats["skipped"][reason]["count"] == 1
 
@@ -98,7 +99,7 @@ def test_missing_and_corrupt_images(tmp_path):
     with pytest.raises(BadInputError, match=r"train_00002_aligned\.jpg: image file not found.*line 2"):
         import_rafdb(basic, tmp_path / "out")
     (basic / "Image" / "aligned" / "test_0001_aligned.jpg").write_bytes(b"garbage")
-    d = DatasetFolder(import_rafdb(basic, tmp_path / "out2", skip_bad=True))
+    d = DatasetFolder(import_rafdb(basic, tmp_path / "out2", importing=ImportOptions(skip_bad=True)))
     assert len(d) == 3
     skipped = d.header.stats["skipped"]["bad_image"]
     assert skipped["count"] == 2 and "test_0001_aligned.jpg: not a readable image" in skipped["examples"][1]
@@ -108,9 +109,9 @@ def test_missing_and_corrupt_images(tmp_path):
 def test_resume_twice_writes_no_duplicates(tmp_path):
     basic = write_rafdb(tmp_path / "src")
     (basic / "Image" / "aligned" / "test_0001_aligned.jpg").unlink()
-    out = import_rafdb(basic, tmp_path / "out", skip_bad=True)
+    out = import_rafdb(basic, tmp_path / "out", importing=ImportOptions(skip_bad=True))
     for _ in range(2):
-        import_rafdb(basic, out, skip_bad=True, resume=True)
+        import_rafdb(basic, out, importing=ImportOptions(skip_bad=True, resume=True))
     d = DatasetFolder(out)
     assert len(d) == 4 and len(set(d.ids)) == 4
     assert d.header.stats["skipped"]["bad_image"]["count"] == 1
@@ -134,6 +135,6 @@ def test_interrupted_import_resumes(tmp_path, monkeypatch):
     partial = DatasetFolder(tmp_path / "out", allow_incomplete=True)
     assert partial.ids == ["rafdb-train_00001", "rafdb-train_00002"]
     monkeypatch.setattr(rafdb, "image_for_writer", real)
-    import_rafdb(basic, tmp_path / "out", resume=True)
+    import_rafdb(basic, tmp_path / "out", importing=ImportOptions(resume=True))
     d = DatasetFolder(tmp_path / "out")
     assert d.header.complete and len(d) == 5 and len(set(d.ids)) == 5

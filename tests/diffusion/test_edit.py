@@ -13,6 +13,7 @@ from PIL import Image
 
 from conftest import make_pipe
 from synfer.core.dataset import DatasetFolder, DatasetWriter, Record
+from synfer.core.options import SamplerOptions
 from synfer.generator.layout import encode_images, invert, read_faces, to_pipeline_images
 from synfer.schema import AUSet
 from synfer.synthesize.edit import edit
@@ -91,8 +92,7 @@ def test_edit_writes_a_dataset_of_edits(pipe_dir: Path, tmp_path: Path) -> None:
     files, ds = write_inputs(tmp_path)
     assert [n for n, _ in read_faces([files])] == ["alice smith", "bob"]
     assert [n for n, _ in read_faces([ds], split="test")] == ["r1", "r2"]
-    out = edit([files, ds], tmp_path / "out", expression="happy", aus={"AU01": 0.25}, strength=0.5,
-               pipeline=str(pipe_dir), split="test", num_inference_steps=4, au_base="prototype")
+    out = edit([files, ds], tmp_path / "out", expression="happy", aus={"AU01": 0.25}, strength=0.5, pipeline=str(pipe_dir), split="test", au_base="prototype", sampling=SamplerOptions(num_inference_steps=4))
     folder = DatasetFolder(out)
     recs = list(folder.records())
     assert [r.id for r in recs] == ["edit-alice_smith", "edit-bob", "edit-r1", "edit-r2"]
@@ -106,8 +106,7 @@ def test_edit_writes_a_dataset_of_edits(pipe_dir: Path, tmp_path: Path) -> None:
     src = to_pipeline_images(make_pipe_from(pipe_dir), [im for _, im in read_faces([files])])
     dist = {}
     for s in (0.25, 1.0):
-        o = edit([files], tmp_path / f"s{s}", expression="happy", strength=s, pipeline=str(pipe_dir),
-                 num_inference_steps=8, preview=False)
+        o = edit([files], tmp_path / f"s{s}", expression="happy", strength=s, pipeline=str(pipe_dir), preview=False, sampling=SamplerOptions(num_inference_steps=8))
         f = DatasetFolder(o)
         got = torch.stack([torch.from_numpy(np.asarray(f.load_image(r.image), dtype=np.float32) / 255)[None]
                            for r in f.records()])

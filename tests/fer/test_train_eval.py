@@ -8,6 +8,7 @@ from conftest import PATTERN_CLASSES, stopped_after_saves, write_pattern_dataset
 from synfer.classifiers.evaluate import evaluate
 from synfer.classifiers.probe import _few_shot_indices, probe
 from synfer.classifiers.train import train_fer
+from synfer.core.options import call
 from synfer.core.splits import MixSampler, load_split
 from synfer.models.classifiers import ClassifierConfig, ExpressionClassifier
 from synfer.schema import OrderMismatchError
@@ -24,7 +25,7 @@ def pattern_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(pattern_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    train_fer([pattern_data], out, epochs=6, augment="none", **TINY)
+    call(train_fer, [pattern_data], out, epochs=6, augment="none", **TINY)
     return out
 
 
@@ -57,11 +58,11 @@ def test_label_order_mismatch_refused(trained, tmp_path):
 def test_resume_replays_the_same_run(pattern_data, tmp_path, monkeypatch):
     """Train 3 epochs straight vs 2 epochs + resume to 3: identical weights (state, RNG and sampler restored)."""
     kw = dict(TINY, augment="standard", ema_decay=0.9, seed=3)
-    train_fer([pattern_data], tmp_path / "straight", epochs=3, **kw)
+    call(train_fer, [pattern_data], tmp_path / "straight", epochs=3, **kw)
     # simulate an interruption after epoch 2: a 3-epoch run whose third epoch never ran
     with stopped_after_saves(monkeypatch, 2):
-        train_fer([pattern_data], tmp_path / "resumed", epochs=3, **kw)
-    train_fer([pattern_data], tmp_path / "resumed", epochs=3, resume=True, **kw)
+        call(train_fer, [pattern_data], tmp_path / "resumed", epochs=3, **kw)
+    call(train_fer, [pattern_data], tmp_path / "resumed", epochs=3, resume=True, **kw)
     a = ExpressionClassifier.from_pretrained(tmp_path / "straight").state_dict()
     b = ExpressionClassifier.from_pretrained(tmp_path / "resumed").state_dict()
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
@@ -71,9 +72,9 @@ def test_resume_replays_the_same_run(pattern_data, tmp_path, monkeypatch):
 
 def test_existing_run_folder_needs_a_choice(trained, pattern_data):
     with pytest.raises(ValueError, match="--resume"):
-        train_fer([pattern_data], trained, epochs=1, **TINY)
+        call(train_fer, [pattern_data], trained, epochs=1, **TINY)
     with pytest.raises(ValueError, match="other options.*'lr': \\(0.05, 0.01\\)"):  # a resume continues the same run only
-        train_fer([pattern_data], trained, epochs=6, resume=True, **{**TINY, "lr": 0.01}, augment="none")
+        call(train_fer, [pattern_data], trained, epochs=6, resume=True, **{**TINY, "lr": 0.01}, augment="none")
 
 
 def test_mix_ratios_and_counts_respected():
@@ -97,7 +98,7 @@ def test_mix_ratios_and_counts_respected():
 
 def test_mixed_training_uses_both_folders(pattern_data, tmp_path):
     second = write_pattern_dataset(tmp_path / "synthetic", {"train": 10}, seed=1)
-    out = train_fer([pattern_data, second], tmp_path / "mix", epochs=1, counts=[32, 32], val=pattern_data,
+    out = call(train_fer, [pattern_data, second], tmp_path / "mix", epochs=1, counts=[32, 32], val=pattern_data,
                     **TINY)
     cfg = json.loads((out / "train_config.json").read_text())
     assert cfg["config"]["counts"] == [32, 32] and len(cfg["data"]) == 3
@@ -140,7 +141,7 @@ def test_report_to_tensorboard_logs_every_epoch(pattern_data, tmp_path):
     steps as metrics.jsonl; an unknown tracker is refused before the run folder exists."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    train_fer([pattern_data], tmp_path / "run", epochs=2, augment="none", report_to="tensorboard", **TINY)
+    call(train_fer, [pattern_data], tmp_path / "run", epochs=2, augment="none", report_to="tensorboard", **TINY)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     (events,) = {p.parent for p in (tmp_path / "run" / "logs").rglob("events.out.tfevents.*")}
     acc = EventAccumulator(str(events))
@@ -149,5 +150,5 @@ def test_report_to_tensorboard_logs_every_epoch(pattern_data, tmp_path):
         logged = [(e.step, e.value) for e in acc.Scalars(key)]
         assert logged == [(r["step"], pytest.approx(r[key], rel=1e-6)) for r in rows]
     with pytest.raises(ValueError, match="report_to must be one of"):
-        train_fer([pattern_data], tmp_path / "bad", epochs=1, report_to="mlflowx", **TINY)
+        call(train_fer, [pattern_data], tmp_path / "bad", epochs=1, report_to="mlflowx", **TINY)
     assert not (tmp_path / "bad").exists()

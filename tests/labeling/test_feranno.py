@@ -19,6 +19,7 @@ from conftest import (
     write_pattern_dataset,
 )
 from synfer.core.dataset import DatasetFolder
+from synfer.core.options import call
 from synfer.generator.pipeline import SynferPipeline
 from synfer.labeling.annotators import FERAnnotator, load_annotator
 from synfer.labeling.label import label
@@ -96,13 +97,13 @@ def test_vote_truth_table() -> None:
 
 
 def test_train_annotator_learns_patterns_and_labels_a_set(pipe_dir: Path, patterns: Path, tmp_path: Path) -> None:
-    out = train_annotator([patterns], tmp_path / "feranno", pipeline=str(pipe_dir), grid=4, dim=16, heads=2,
+    out = call(train_annotator, [patterns], tmp_path / "feranno", pipeline=str(pipe_dir), grid=4, dim=16, heads=2,
                           attention_tokens=5, epochs=15, batch_size=16, lr=3e-3, read_batch_size=16)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 15 and max(r["val_accuracy"] for r in rows) >= 0.9
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["generator"] == str(pipe_dir) and len(cfg["generator_sha256"]) == 64
-    probe = train_annotator([patterns], tmp_path / "probe", pipeline=str(pipe_dir), kind="probe", epochs=5,
+    probe = call(train_annotator, [patterns], tmp_path / "probe", pipeline=str(pipe_dir), kind="probe", epochs=5,
                             batch_size=16, read_batch_size=16)
     assert json.loads((probe / "config.json").read_text())["kind"] == "probe"
 
@@ -130,30 +131,30 @@ def test_feature_cache_is_reused_and_gives_the_same_head(pipe_dir: Path, pattern
 
     kw = dict(pipeline=str(pipe_dir), kind="probe", epochs=2, batch_size=16, read_batch_size=16,
               feature_cache=tmp_path / "cache")
-    first = train_annotator([patterns], tmp_path / "a", **kw)
+    first = call(train_annotator, [patterns], tmp_path / "a", **kw)
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2  # train (with flip) and val
 
     def no_reading(*args, **kwargs):
         raise AssertionError("features were read again instead of coming from the cache")
 
     monkeypatch.setattr(ta, "read_features", no_reading)
-    second = train_annotator([patterns], tmp_path / "b", **kw)
+    second = call(train_annotator, [patterns], tmp_path / "b", **kw)
     assert (first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
     with pytest.raises(AssertionError, match="read again"):  # another reading option is another cache entry
-        train_annotator([patterns], tmp_path / "c", **{**kw, "timestep": 5})
+        call(train_annotator, [patterns], tmp_path / "c", **{**kw, "timestep": 5})
 
 
 def test_train_annotator_resumes_exactly(pipe_dir: Path, patterns: Path, tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     kw = dict(pipeline=str(pipe_dir), grid=4, dim=16, heads=2, attention_tokens=5, epochs=3, batch_size=16,
               read_batch_size=16, feature_cache=tmp_path / "cache")
-    train_annotator([patterns], tmp_path / "warm", **{**kw, "epochs": 1})  # fills the feature cache: the runs
-    straight = train_annotator([patterns], tmp_path / "straight", **kw)  # below all read the same way
+    call(train_annotator, [patterns], tmp_path / "warm", **{**kw, "epochs": 1})  # fills the feature cache: the runs
+    straight = call(train_annotator, [patterns], tmp_path / "straight", **kw)  # below all read the same way
     with stopped_after_saves(monkeypatch):  # killed after epoch 1
-        train_annotator([patterns], tmp_path / "run", **kw)
+        call(train_annotator, [patterns], tmp_path / "run", **kw)
     with pytest.raises(ValueError, match="--resume"):
-        train_annotator([patterns], tmp_path / "run", **kw)
-    resumed = train_annotator([patterns], tmp_path / "run", resume=True, **kw)
+        call(train_annotator, [patterns], tmp_path / "run", **kw)
+    resumed = call(train_annotator, [patterns], tmp_path / "run", resume=True, **kw)
     assert (straight / "model.safetensors").read_bytes() == (resumed / "model.safetensors").read_bytes()
     epochs = [json.loads(x)["epoch"] for x in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]
@@ -166,7 +167,7 @@ def test_feranno_refuses_a_changed_generator(pipe_dir: Path, patterns: Path, tmp
 
     gen = tmp_path / "gen"
     shutil.copytree(pipe_dir, gen)
-    out = train_annotator([patterns], tmp_path / "feranno", pipeline=str(gen), kind="probe", epochs=1,
+    out = call(train_annotator, [patterns], tmp_path / "feranno", pipeline=str(gen), kind="probe", epochs=1,
                           batch_size=16, read_batch_size=16, limit=16)
     # a new AU adapter (or sampler defaults) leaves what FERAnno reads unchanged: the head stays valid
     (gen / "au_adapter").mkdir()

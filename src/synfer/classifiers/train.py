@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from ..core.batching import IndexDataset
-from ..core.dataset import DatasetError, atomic_write_json
+from ..core.dataset import DatasetError
 from ..core.metrics import classification_metrics
-from ..core.provenance import provenance_entry
+from ..core.options import RunOptions, Schedule
 from ..core.runtime import resolve_precision
 from ..core.splits import MixSampler, Split, load_split
 from ..core.training import Trainer, start_run
@@ -77,21 +77,14 @@ def train_fer(
     val_split: str = "val",
     input_size: list[int] | None = None,
     labels: str = "soft",
-    epochs: int = 30,
-    batch_size: int = 128,
-    lr: float = 0.1,
     weight_decay: float = 5e-4,
     warmup_epochs: float = 1.0,
     label_smoothing: float = 0.0,
     ema_decay: float = 0.0,
     augment: str = "standard",
     aug_group: int = 4,
-    precision: str = "auto",
-    seed: int = 0,
-    limit: int | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    report_to: str = "none",
+    schedule: Schedule = Schedule(30, 128, 0.1),
+    run: RunOptions = RunOptions(),
 ) -> Path:
     """Train an expression classifier on one or more dataset folders; export the best epoch on validation.
 
@@ -110,21 +103,15 @@ def train_fer(
         input_size: [C, H, W] the model takes (default: the first training image's).
         labels: ``soft`` (cross-entropy to label_probs), ``hard`` (to the expression), or ``sample`` (a hard
             label drawn from label_probs each time: FER+'s "probability" protocol).
-        epochs, batch_size, lr, weight_decay, warmup_epochs: SGD (Nesterov, momentum 0.9) with cosine decay.
+        schedule: SGD (Nesterov, momentum 0.9) with cosine decay (plain flags work: --epochs, --batch-size, --lr).
+        weight_decay, warmup_epochs: the optimiser's weight decay; linear warm-up before the cosine decay.
         label_smoothing: smoothing of the targets.
         ema_decay: keep an EMA of the weights (0 = off); each epoch the EMA (with BatchNorm statistics recomputed on
             4,096 training faces) and the raw weights are both scored on validation, and the better one is the
             epoch's candidate for export.
         augment: ``standard`` or ``none`` (see fer.data.train_transform).
         aug_group: faces that share one draw of augmentation parameters (4 keeps CPU cost low; 1 = per face).
-        precision: ``auto`` (bf16 on GPUs and on CPUs with native bf16, else fp32), ``fp32``, ``bf16``,
-            ``fp16`` (CUDA): autocast of the forward passes (:mod:`synfer.core.runtime`); the loss stays fp32.
-        seed: seeds weights, sampling and augmentation; recorded.
-        limit: read at most this many faces per split (quick runs and tests).
-        resume: continue the run in ``out`` from its last finished epoch.
-        report_to: also log each epoch's metrics through accelerate's trackers: ``tensorboard`` (under
-            ``out/logs``; ``pip install synfer[tracking]``) or ``wandb``; ``none``: ``metrics.jsonl`` only.
-        overwrite: start again in an existing ``out``.
+        run: seed, limit, precision, resume, overwrite, report_to (plain flags work: --seed 1, --resume).
 
     Returns:
         the run folder (its config.json + model.safetensors are the exported classifier).
@@ -133,37 +120,32 @@ def train_fer(
     out = Path(out)
     if labels not in ("soft", "hard", "sample"):
         raise ValueError(f"labels must be soft, hard or sample; got {labels!r}.")
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1; got {epochs}.")
-    accel, resume = start_run(out, resume, overwrite, precision, seed, report_to=report_to)
-    data = _load_data(train, train_split, val, val_split, input_size, limit)
+    accel, resume = start_run(out, run)
+    data = _load_data(train, train_split, val, val_split, input_size, run.limit)
     sampler = MixSampler([len(p) for p in data.parts], [p.labels for p in data.parts], ratios=ratios, counts=counts,
-                         epoch_size=epoch_size, balanced=balanced, seed=seed)
-    if len(sampler) < batch_size:
-        raise DatasetError(f"{len(sampler)} training faces per epoch is less than one batch of {batch_size}.")
+                         epoch_size=epoch_size, balanced=balanced, seed=run.seed)
+    if len(sampler) < schedule.batch_size:
+        raise DatasetError(f"{len(sampler)} training faces per epoch is less than one batch of "
+                           f"{schedule.batch_size}.")
     images, soft, hard = data.images, data.probs, data.labels
     loader = accel.prepare(torch.utils.data.DataLoader(  # index batches; faces gathered as uint8, augmented below
-        IndexDataset(len(images)), batch_size=batch_size, sampler=sampler, drop_last=True,
+        IndexDataset(len(images)), batch_size=schedule.batch_size, sampler=sampler, drop_last=True,
         collate_fn=lambda idx: (images[idx], soft[idx], hard[idx])))
     model = ExpressionClassifier(_config(architecture, model_kwargs, data)).to(accel.device)
-    steps = len(sampler) // batch_size
+    steps = len(sampler) // schedule.batch_size
     options = {"train": [str(p) for p in train], "val": str(val or train[0]), "architecture": architecture,
                "model_kwargs": model_kwargs or {}, "train_split": train_split, "val_split": val_split,
                "ratios": ratios, "counts": counts, "epoch_size": epoch_size, "balanced": balanced,
-               "input_size": list(data.size), "labels": labels, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+               "input_size": list(data.size), "labels": labels, **vars(schedule),
                "weight_decay": weight_decay, "warmup_epochs": warmup_epochs, "label_smoothing": label_smoothing,
                "ema_decay": ema_decay, "augment": augment, "aug_group": aug_group,
-               "precision": resolve_precision(precision, accel.device), "seed": seed, "limit": limit}
-    trainer = Trainer(accel, out, {"model": model}, epochs, steps, lr, weight_decay=weight_decay,
-                      warmup_steps=int(warmup_epochs * steps), max_grad_norm=0.0, ema_decay=ema_decay,
-                      fingerprint=options, optimizer="sgd", decay_1d=False)
-    if resume:
-        trainer.load()
-    if accel.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "train_config.json", provenance_entry("train-fer", options, data={
-            p.name: {"faces": len(p), "per_class": p.labels.bincount(minlength=len(data.names)).tolist()}
-            for p in [*data.parts, data.val]}, processes=accel.num_processes))
+               "precision": resolve_precision(run.precision, accel.device), "seed": run.seed, "limit": run.limit}
+    trainer = Trainer(accel, out, {"model": model}, schedule.epochs, steps, schedule.lr,
+                      weight_decay=weight_decay, warmup_steps=int(warmup_epochs * steps), max_grad_norm=0.0,
+                      ema_decay=ema_decay, fingerprint=options, optimizer="sgd", decay_1d=False)
+    trainer.begin(resume, "train-fer", options, data={
+        p.name: {"faces": len(p), "per_class": p.labels.bincount(minlength=len(data.names)).tolist()}
+        for p in [*data.parts, data.val]})
 
     transform, seen = train_transform(data.size[1:], augment), {"correct": 0, "faces": 0}
 
@@ -176,7 +158,8 @@ def train_fer(
         return torch.sum(-target * F.log_softmax(logits.float(), -1), -1).mean()
 
     def end_epoch(epoch: int) -> dict[str, Any]:
-        row = {"train_accuracy": seen["correct"] / max(1, seen["faces"]), **_select(trainer, model, data, out, seed)}
+        row = {"train_accuracy": seen["correct"] / max(1, seen["faces"]),
+               **_select(trainer, model, data, out, run.seed)}
         seen.update(correct=0, faces=0)
         return row
 

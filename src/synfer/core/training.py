@@ -32,6 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .dataset import DatasetError, FolderLock, replace_path
+from .options import RunOptions
 from .runtime import make_accelerator, resolve_device, resolve_precision
 from .train_state import load_state, open_run_dir, rng_state, save_state, set_rng_state, warmup_cosine
 
@@ -54,22 +55,23 @@ def check_report_to(report_to: str) -> str | None:
     return package and report_to
 
 
-def start_run(out: Path, resume: bool, overwrite: bool, precision: str, seed: int,
-              report_to: str = "none") -> tuple[Any, bool]:
-    """Check the run folder, make the Accelerator (``precision``: see :mod:`synfer.core.runtime`; ``report_to``:
-    :data:`TRACKERS`, logging under ``out/logs``) and seed everything; returns ``(accelerator, resume)``.
+def start_run(out: Path, run: RunOptions, precision: str | None = None) -> tuple[Any, bool]:
+    """Check the run folder, make the Accelerator (``run.precision``, or ``precision`` where the verb decides it:
+    see :mod:`synfer.core.runtime`; ``run.report_to``: :data:`TRACKERS`, logging under ``out/logs``) and seed
+    everything; returns ``(accelerator, resume)``.
 
     ``resume`` comes back False where the folder holds no finished epoch yet (start from scratch in it).
     """
     from accelerate.utils import set_seed
 
+    precision = precision or run.precision
     resolve_precision(precision, resolve_device("auto"))  # checked before the run folder is touched
-    tracker = check_report_to(report_to)
-    resume = open_run_dir(out, resume, overwrite)
+    tracker = check_report_to(run.report_to)
+    resume = open_run_dir(out, run.resume, run.overwrite)
     accel = make_accelerator(precision, log_with=tracker, project_dir=out / "logs" if tracker else None)
     if tracker:
         accel.init_trackers(out.name)
-    set_seed(seed, device_specific=True)  # each process its own noise draws
+    set_seed(run.seed, device_specific=True)  # each process its own noise draws
     return accel, resume
 
 
@@ -199,6 +201,20 @@ class Trainer:
         self.step, self.start_epoch = 0, 0
         self.best: dict[str, Any] = {}  # the best validation result so far (the verb decides what is best)
         self.epoch = 0
+
+    def begin(self, resume: bool, stage: str, record: dict[str, Any], data: dict[str, Any]) -> None:
+        """Restore the last finished epoch when ``resume`` (:meth:`load`), then write ``OUT/train_config.json``
+        from the main process: the verb's ``stage``, its resolved options (``record``), library versions, the
+        process count and a summary of the ``data``."""
+        from .dataset import atomic_write_json
+        from .provenance import provenance_entry
+
+        if resume:
+            self.load()
+        if self.accel.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.out / "train_config.json", provenance_entry(
+                stage, record, data=data, processes=self.accel.num_processes))
 
     def load(self) -> None:
         """Restore ``OUT/state`` (weights, optimizer, schedule, EMA, RNG, epoch). Call it right before :meth:`fit`

@@ -45,9 +45,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..core.dataset import DatasetError, atomic_write_json
+from ..core.dataset import DatasetError
 from ..core.images import save_grid
-from ..core.provenance import provenance_entry
+from ..core.options import RunOptions, Schedule
 from ..core.runtime import autocast, resolve_precision
 from ..core.splits import index_loader, load_split
 from ..core.training import EMA, Trainer, atomic_save_dir, start_run
@@ -192,19 +192,12 @@ def distill(
     sample_steps: int = 4,
     class_prompts: float = 0.5,
     au_dropout: float = 0.1,
-    epochs: int = 6,
-    batch_size: int = 64,
-    lr: float = 5e-5,
     target_decay: float = 0.95,
     ema_decay: float = 0.999,
     teacher_adapter_scale: float | None = None,
-    precision: str = "auto",
-    seed: int = 0,
-    limit: int | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    report_to: str = "none",
     text_cache: Path | None = None,
+    schedule: Schedule = Schedule(6, 64, 5e-5),
+    run: RunOptions = RunOptions(),
 ) -> Path:
     """Distil a generator into a few-step student (latent consistency distillation; see the module docs).
 
@@ -217,15 +210,13 @@ def distill(
         sample_steps: the student's default number of steps (saved with it; 2-8 work).
         class_prompts: probability of a class-level prompt instead of the face's caption (as ``train-adapter``).
         au_dropout: probability of sampling a face without its AUs (text-only guidance for the teacher).
-        epochs, batch_size, lr: AdamW with warm-up and cosine decay over the student's UNet and adapter.
+        schedule: AdamW with warm-up and cosine decay over the student's UNet and adapter (plain flags work:
+            --epochs, --batch-size, --lr).
         target_decay: EMA decay of the target network (LCM's 0.95).
         ema_decay: EMA of the student for export (the better of raw and EMA on validation is exported).
         teacher_adapter_scale: the teacher's AU adapter scale (None: its saved default); the student learns the AU
             condition at that strength and samples at adapter scale 1.
-        precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` (every UNet call; losses in fp32).
-        report_to: also log each epoch's metrics through accelerate's trackers: ``tensorboard`` (under
-            ``out/logs``; ``pip install synfer[tracking]``) or ``wandb``; ``none``: ``metrics.jsonl`` only.
-        seed, limit, resume, overwrite: as in ``train-generator``.
+        run: seed, limit, precision, resume, overwrite, report_to (plain flags work: --seed 1, --resume).
         text_cache: a folder for the frozen caption states (as ``train-generator``).
 
     Returns:
@@ -236,16 +227,16 @@ def distill(
     from .pipeline import load_pipeline
 
     out = Path(out)
-    _check_options(class_prompts, au_dropout, sample_steps, num_ddim_steps, epochs)
+    _check_options(class_prompts, au_dropout, sample_steps, num_ddim_steps, schedule.epochs)
     teacher_dir = resolve("generator", pipeline)
     probe = load_split(data, split, labelled=False, need_captions=True, need_aus=True, limit=1)
     teacher = load_pipeline(teacher_dir)
     if teacher.au_adapter is None:
         raise ValueError(f"{pipeline} has no AU adapter; distill needs one (train it with `synfer train-adapter`).")
     teacher.au_adapter.check_aus(probe.au_names, str(data[0]))
-    accel, resume = start_run(out, resume, overwrite, "fp32", seed, report_to=report_to)  # autocast is applied per call here
+    accel, resume = start_run(out, run, precision="fp32")  # autocast is applied per call here
     device = accel.device
-    precision = resolve_precision(precision, device)
+    precision = resolve_precision(run.precision, device)
     teacher.to(device)
     teacher.text_encoder.requires_grad_(False).eval()
     teacher.vae.requires_grad_(False).eval()
@@ -254,18 +245,19 @@ def distill(
     # 1. data: latents once, captions once (class-level prompts beside them), AU vectors
     cfg = teacher.vae.config
     size = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
-    train = load_split(data, split, labelled=False, input_size=size, need_captions=True, need_aus=True, limit=limit)
-    val = load_split(data, val_split, labelled=False, input_size=size, need_captions=True, need_aus=True, limit=limit)
+    read = {"labelled": False, "input_size": size, "need_captions": True, "need_aus": True, "limit": run.limit}
+    train, val = load_split(data, split, **read), load_split(data, val_split, **read)
     val = val if len(val) else train
-    if len(train) < batch_size:
-        raise DatasetError(f"{len(train)} captioned training faces is less than one batch of {batch_size}.")
+    if len(train) < schedule.batch_size:
+        raise DatasetError(f"{len(train)} captioned training faces is less than one batch of "
+                           f"{schedule.batch_size}.")
     latents = encode_latents(teacher.vae, train.images).cpu()
     alt = class_level_prompts(train) if class_prompts > 0 else train.captions
     val_alt = class_level_prompts(val)
     embed = CaptionEmbedder(teacher.text_encoder, train.captions + alt + val_alt, device, cache=text_cache)
     ids, alt_ids = embed.ids_of(train.captions), embed.ids_of(alt)
     aus, has_aus = train.aus, train.has_aus
-    loader = accel.prepare(index_loader(len(latents), batch_size, seed,
+    loader = accel.prepare(index_loader(len(latents), schedule.batch_size, run.seed,
                                         lambda idx: (latents[idx], ids[idx], aus[idx], has_aus[idx], alt_ids[idx])))
 
     def loss_fn(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -276,24 +268,18 @@ def distill(
                          vectors.to(device), use.to(device))
 
     # 2. the fixed validation draw (faces with AUs): class-level prompts, their AUs, noise, the teacher's samples
-    draw = _ValDraw.of(teacher, val, val_alt, embed, seed, precision, dist.adapter_scale)
+    draw = _ValDraw.of(teacher, val, val_alt, embed, run.seed, precision, dist.adapter_scale)
 
     options = {"data": [str(Path(p).resolve()) for p in data], "split": split, "size": list(size),
                "pipeline": str(teacher_dir.resolve()), "num_ddim_steps": num_ddim_steps,
-               "class_prompts": class_prompts, "au_dropout": au_dropout, "batch_size": batch_size, "lr": lr,
-               "target_decay": target_decay, "ema_decay": ema_decay, "precision": precision, "seed": seed,
-               "limit": limit, "teacher_guidance": [dist.w_text, dist.w_au],
+               "class_prompts": class_prompts, "au_dropout": au_dropout, "batch_size": schedule.batch_size,
+               "lr": schedule.lr, "target_decay": target_decay, "ema_decay": ema_decay, "precision": precision,
+               "seed": run.seed, "limit": run.limit, "teacher_guidance": [dist.w_text, dist.w_au],
                "teacher_adapter_scale": dist.adapter_scale}
-    trainer = Trainer(accel, out, {"unet": dist.unet, "adapter": dist.adapter}, epochs, len(loader), lr,
-                      ema_decay=ema_decay, fingerprint=options, extra_state={"target": dist.target})
-    if resume:
-        trainer.load()
-    if accel.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "train_config.json", provenance_entry(
-            "distill", {**options, "epochs": epochs, "sample_steps": sample_steps},
-            data={"train_faces": len(train), "with_aus": int(has_aus.sum()), "val_faces": len(draw.seeds)},
-            processes=accel.num_processes))
+    trainer = Trainer(accel, out, {"unet": dist.unet, "adapter": dist.adapter}, schedule.epochs, len(loader),
+                      schedule.lr, ema_decay=ema_decay, fingerprint=options, extra_state={"target": dist.target})
+    trainer.begin(resume, "distill", {**options, "epochs": schedule.epochs, "sample_steps": sample_steps},
+                  data={"train_faces": len(train), "with_aus": int(has_aus.sum()), "val_faces": len(draw.seeds)})
 
     def end_epoch(epoch: int) -> dict[str, Any]:
         scores, samples = {}, {}

@@ -36,8 +36,8 @@ import torch
 
 from ..annotate.au.distill import VARYING_STD
 from ..annotate.prompts import enrich_prompt
-from ..core.dataset import DatasetError, atomic_write_json, read_header
-from ..core.provenance import provenance_entry
+from ..core.dataset import DatasetError, read_header
+from ..core.options import RunOptions, Schedule
 from ..core.splits import Split, index_loader, load_split
 from ..core.training import Trainer, atomic_save_dir, start_run
 from ..models.au_adapter import AUAdapter
@@ -59,25 +59,18 @@ def train_adapter(
     caption_dropout: float = 0.05,
     class_balance: float = 0.0,
     class_prompts: float = 0.0,
-    epochs: int = 10,
-    batch_size: int = 64,
-    lr: float = 1e-4,
     ema_decay: float = 0.999,
     snr_gamma: float | None = None,
     sample_every_epochs: int = 1,
     sample_steps: int = 25,
-    seed: int = 0,
-    limit: int | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    report_to: str = "none",
-    precision: str = "auto",
     text_cache: Path | None = None,
     au_loss: float = 0.0,
     au_loss_max_timestep: int = 400,
     au_estimator: str | Path | None = None,
     train_unet: bool = False,
     standardize_aus: bool = False,
+    schedule: Schedule = Schedule(10, 64, 1e-4),
+    run: RunOptions = RunOptions(),
 ) -> Path:
     """Train an AU adapter for a frozen SynferPipeline; save it and the pipeline with it attached.
 
@@ -95,11 +88,10 @@ def train_adapter(
         class_prompts: probability of training on a class-level prompt for the face's expression instead of its
             AU-describing caption (see the module docs); faces without an expression keep their caption. The
             validation draw uses class-level prompts for the same share of its faces (fixed).
-        epochs, batch_size, lr, ema_decay, snr_gamma: as in ``train-generator``.
+        schedule: AdamW with warm-up and cosine decay (plain flags work: --epochs, --batch-size, --lr).
+        ema_decay, snr_gamma: as in ``train-generator``.
         sample_every_epochs, sample_steps: sample grids (validation captions with their AUs).
-        report_to: also log each epoch's metrics through accelerate's trackers: ``tensorboard`` (under
-            ``out/logs``; ``pip install synfer[tracking]``) or ``wandb``; ``none``: ``metrics.jsonl`` only.
-        seed, limit, resume, overwrite, precision: as in ``train-vae``.
+        run: seed, limit, precision, resume, overwrite, report_to (plain flags work: --seed 1, --resume).
         text_cache: as in ``train-generator`` (one folder can serve both; an entry is reused for the same caption
             set, which differs here with class_prompts or faces without AUs).
         au_loss: weight of the AU-consistency term (:mod:`.au_consistency`; 0 = denoising loss only): BCE between
@@ -131,7 +123,7 @@ def train_adapter(
     if init is not None:
         init.check_aus(au_names, str(data[0]))
     estimator = _au_term_estimator(data, au_names, au_loss, au_estimator)
-    accel, resume = start_run(out, resume, overwrite, precision, seed, report_to=report_to)
+    accel, resume = start_run(out, run)
 
     # 2. the frozen pipeline, the adapter (and the UNet with train_unet), the faces and their conditions
     pipe = SynferPipeline.from_pretrained(pipeline)
@@ -141,46 +133,44 @@ def train_adapter(
         pipe.unet.requires_grad_(True)
     au = init if init is not None else AUAdapter.for_unet(pipe.unet, au_names, num_tokens=num_tokens,
                                                           hidden_dim=hidden_dim)
-    faces = _AdapterFaces(pipe, data, split, val_split, limit, class_prompts, seed, accel.device, text_cache)
+    faces = _AdapterFaces(pipe, data, split, val_split, run.limit, class_prompts, run.seed, accel.device,
+                          text_cache)
     if standardize_aus and au.config.get("au_mean") is None:
         au = au.with_standardized_inputs(*au_statistics(faces.train))
     au.to(accel.device)
-    run = _AdapterRun(pipe, au, faces, accel.device, snr_gamma, caption_dropout, au_dropout, class_prompts,
-                      au_loss, estimator, au_loss_max_timestep)
+    step = _AdapterRun(pipe, au, faces, accel.device, snr_gamma, caption_dropout, au_dropout, class_prompts,
+                       au_loss, estimator, au_loss_max_timestep)
 
     # 3. the trainer over the adapter (and the UNet), resumable with the same options only
-    loader = accel.prepare(index_loader(len(faces.latents), batch_size, seed, faces.batch,
+    loader = accel.prepare(index_loader(len(faces.latents), schedule.batch_size, run.seed, faces.batch,
                                         faces.train.label_names(), class_balance))
     options = {"data": [str(Path(p).resolve()) for p in data], "split": split, "size": list(faces.size),
                "pipeline": str(Path(pipeline).resolve()), "adapter": None if adapter is None else str(adapter),
                "au_names": list(au_names), "num_tokens": au.config.num_tokens, "hidden_dim": au.config.hidden_dim,
                "au_dropout": au_dropout, "caption_dropout": caption_dropout, "class_balance": class_balance,
-               "class_prompts": class_prompts, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
-               "snr_gamma": snr_gamma, "seed": seed, "limit": limit, "train_unet": train_unet,
+               "class_prompts": class_prompts, "batch_size": schedule.batch_size, "lr": schedule.lr,
+               "ema_decay": ema_decay, "snr_gamma": snr_gamma, "seed": run.seed, "limit": run.limit,
+               "train_unet": train_unet,
                "standardize_aus": standardize_aus, "au_loss": au_loss,
                "au_loss_max_timestep": au_loss_max_timestep if au_loss else None,
                "au_estimator": _estimator_record(estimator)}
     modules: dict[str, torch.nn.Module] = {"adapter": au, **({"unet": pipe.unet} if train_unet else {})}
-    trainer = Trainer(accel, out, modules, epochs, len(loader), lr, ema_decay=ema_decay, fingerprint=options)
-    if resume:
-        trainer.load()  # nothing below draws random numbers before fit(): a resumed run replays the same one
-    if accel.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "train_config.json", provenance_entry(
-            "train-adapter", {**options, "epochs": epochs, "sample_prompts": faces.prompts,
-                              "sample_steps": sample_steps, "precision": precision},
-            data={"train_faces": len(faces.train), "with_aus": int(faces.train.has_aus.sum()),
-                  "val_faces": len(faces.draw.ids), "skipped_without_caption": faces.train.skipped,
-                  "text_cache": faces.embed.mode},
-            processes=accel.num_processes))
+    trainer = Trainer(accel, out, modules, schedule.epochs, len(loader), schedule.lr, ema_decay=ema_decay,
+                      fingerprint=options)
+    # nothing below draws random numbers before fit(): a resumed run replays the same one
+    trainer.begin(resume, "train-adapter", {**options, "epochs": schedule.epochs, "sample_prompts": faces.prompts,
+                                            "sample_steps": sample_steps, "precision": run.precision},
+                  data={"train_faces": len(faces.train), "with_aus": int(faces.train.has_aus.sum()),
+                        "val_faces": len(faces.draw.ids), "skipped_without_caption": faces.train.skipped,
+                        "text_cache": faces.embed.mode})
 
     # 4. after each epoch: raw vs EMA on the fixed draw; the better one exported and sampled
     def end_epoch(epoch: int) -> dict[str, Any]:
-        grid = (epoch + 1) % sample_every_epochs == 0 or epoch + 1 == epochs
-        return run.end_epoch(trainer, accel, out, epoch, grid, seed, sample_steps)
+        grid = (epoch + 1) % sample_every_epochs == 0 or epoch + 1 == schedule.epochs
+        return step.end_epoch(trainer, accel, out, epoch, grid, run.seed, sample_steps)
 
     with au.applied_to(pipe.unet):
-        trainer.fit(loader, run.loss, end_epoch)
+        trainer.fit(loader, step.loss, end_epoch)
     accel.print(f"adapter exported to {out / 'adapter'}, pipeline with it to {out / 'pipeline'}")
     return out / "adapter"
 

@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.dataset import DatasetError, atomic_write_json
+from ..core.dataset import DatasetError
 from ..core.images import save_grid
-from ..core.provenance import provenance_entry
+from ..core.options import RunOptions, Schedule
 from ..core.splits import Split, index_loader, load_split
 from ..core.training import Trainer, atomic_save_dir, start_run
 from ..models.denoiser import build_mini_unet, denoise
@@ -233,6 +233,19 @@ def _components(pretrained: str | None, vae: Path | None, text_encoder: str, cro
     return vae_model, encoder, unet, train_sched, sample_sched
 
 
+def _check_options(caption_dropout: float, pretrained: str | None, vae: Path | None, lora_rank: int | None,
+                   text_encoder: str) -> None:
+    """Refuse contradictory options before anything is loaded or written."""
+    if not 0 <= caption_dropout < 1:
+        raise ValueError(f"caption_dropout must be in [0, 1); got {caption_dropout}.")
+    if pretrained is None and vae is None:
+        raise ValueError("Give vae (a `synfer train-vae` output) for the mini model, or pretrained (an SD checkpoint).")
+    if lora_rank is not None and pretrained is None:
+        raise ValueError("lora_rank fine-tunes a pretrained UNet; pass pretrained=<SD checkpoint> with it.")
+    if pretrained is not None and text_encoder != "minilm":
+        raise ValueError("pretrained brings its own text encoder; leave text_encoder at its default.")
+
+
 def train_generator(
     data: list[Path],
     out: Path,
@@ -249,22 +262,15 @@ def train_generator(
     lora_rank: int | None = None,
     caption_dropout: float = 0.1,
     class_balance: float = 0.0,
-    epochs: int = 30,
-    batch_size: int = 64,
-    lr: float = 2e-4,
     ema_decay: float = 0.999,
     snr_gamma: float | None = None,
     scheduler: str = "ddpm",
     sample_every_epochs: int = 1,
     sample_prompts: list[str] | None = None,
     sample_steps: int = 25,
-    seed: int = 0,
-    limit: int | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    report_to: str = "none",
-    precision: str = "auto",
     text_cache: Path | None = None,
+    schedule: Schedule = Schedule(30, 64, 2e-4),
+    run: RunOptions = RunOptions(),
 ) -> Path:
     """Train the text-to-face latent diffusion model; export a SynferPipeline to ``OUT/pipeline``.
 
@@ -286,16 +292,15 @@ def train_generator(
         class_balance: 0 = every face once per epoch; > 0 = an epoch of as many faces drawn with probability
             ~ count(expression) ** -class_balance (1: classes equally often, 0.5: square-root balancing, which
             lifts rare expressions such as contempt without repeating their few faces as often).
-        epochs, batch_size, lr: AdamW, linear warm-up then cosine decay (for SD fine-tuning use lr ~1e-5).
+        schedule: AdamW, linear warm-up then cosine decay; for SD fine-tuning use --lr 1e-5 (plain flags work:
+            --epochs, --batch-size, --lr).
         ema_decay: EMA of the trained weights (0 = none); the better on validation is exported.
         snr_gamma: min-SNR loss weighting (5 is the paper's value); None = plain MSE.
         scheduler: training noise schedule, ``ddpm`` or ``ddpm-cosine`` (sampling uses DDIM on the same schedule).
         sample_every_epochs: epochs between sample grids (the last epoch always gets one).
         sample_prompts: grid prompts (default up to 8 distinct validation captions).
         sample_steps: DDIM steps for the grids.
-        report_to: also log each epoch's metrics through accelerate's trackers: ``tensorboard`` (under
-            ``out/logs``; ``pip install synfer[tracking]``) or ``wandb``; ``none``: ``metrics.jsonl`` only.
-        seed, limit, resume, overwrite, precision: as in ``train-vae``.
+        run: seed, limit, precision, resume, overwrite, report_to (plain flags work: --seed 1, --resume).
         text_cache: a folder to keep the frozen text states of the captions in and reuse them from (safetensors,
             keyed by the frozen text weights and the caption set; 0.8 GB for FER+'s 22k distinct captions), so a
             resumed run skips the encoding; None = encode them at every start.
@@ -306,15 +311,8 @@ def train_generator(
     from .pipeline import SynferPipeline
 
     out = Path(out)
-    if not 0 <= caption_dropout < 1:
-        raise ValueError(f"caption_dropout must be in [0, 1); got {caption_dropout}.")
-    if pretrained is None and vae is None:
-        raise ValueError("Give vae (a `synfer train-vae` output) for the mini model, or pretrained (an SD checkpoint).")
-    if lora_rank is not None and pretrained is None:
-        raise ValueError("lora_rank fine-tunes a pretrained UNet; pass pretrained=<SD checkpoint> with it.")
-    if pretrained is not None and text_encoder != "minilm":
-        raise ValueError("pretrained brings its own text encoder; leave text_encoder at its default.")
-    accel, resume = start_run(out, resume, overwrite, precision, seed, report_to=report_to)
+    _check_options(caption_dropout, pretrained, vae, lora_rank, text_encoder)
+    accel, resume = start_run(out, run)
 
     # 1. components
     vae_model, encoder, unet, train_sched, sample_sched = _components(
@@ -329,20 +327,21 @@ def train_generator(
     # 2. data: latents once, captions once
     cfg = vae_model.config
     size = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
-    train = load_split(data, split, labelled=False, input_size=size, need_captions=True, limit=limit)
+    train = load_split(data, split, labelled=False, input_size=size, need_captions=True, limit=run.limit)
     if len(train) == 0:
         raise DatasetError(f"No captioned records in split {split!r} of {[str(p) for p in data]}.")
-    val = load_split(data, val_split, labelled=False, input_size=size, need_captions=True, limit=limit)
+    val = load_split(data, val_split, labelled=False, input_size=size, need_captions=True, limit=run.limit)
     val = val if len(val) else train
     latents = encode_latents(vae_model, train.images).cpu()
     val_latents = encode_latents(vae_model, val.images).cpu()
     embed = CaptionEmbedder(encoder, train.captions + val.captions, accel.device, cache=text_cache)
     ids, val_ids = embed.ids_of(train.captions), embed.ids_of(val.captions)
-    draw = ValDraw(val_latents, val_ids, train_sched, seed)
+    draw = ValDraw(val_latents, val_ids, train_sched, run.seed)
     prompts = sample_prompts or [val.captions[i] for i in sample_prompts_from(val)]
 
     # 3. loss and trainer
-    loader = accel.prepare(index_loader(len(latents), batch_size, seed, lambda idx: (latents[idx], ids[idx]),
+    loader = accel.prepare(index_loader(len(latents), schedule.batch_size, run.seed,
+                                        lambda idx: (latents[idx], ids[idx]),
                                         train.label_names(), class_balance))
 
     def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -355,22 +354,17 @@ def train_generator(
                "pretrained": pretrained if pretrained is None or not Path(pretrained).exists()
                else str(Path(pretrained).resolve()),
                "unet": dict(unet.config) if pretrained is None else None, "lora_rank": lora_rank,
-               "caption_dropout": caption_dropout, "class_balance": class_balance, "batch_size": batch_size, "lr": lr,
-               "ema_decay": ema_decay,
-               "snr_gamma": snr_gamma, "scheduler": dict(train_sched.config), "seed": seed, "limit": limit}
-    trainer = Trainer(accel, out, {"unet": unet, "text_encoder": encoder}, epochs, len(loader), lr,
-                      ema_decay=ema_decay, fingerprint=options)
-    if resume:
-        trainer.load()  # nothing below draws random numbers before fit(): a resumed run replays the same one
-    if accel.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "train_config.json", provenance_entry(
-            "train-generator", {**options, "epochs": epochs, "sample_prompts": prompts, "sample_steps": sample_steps,
-                                "precision": precision},
-            data={"train_faces": len(train), "val_faces": len(draw.ids), "skipped_without_caption": train.skipped,
-                  "distinct_captions": len(embed.unique), "text_cache": embed.mode,
-                  "unet_parameters": sum(p.numel() for p in unet.parameters())},
-            processes=accel.num_processes))
+               "caption_dropout": caption_dropout, "class_balance": class_balance,
+               "batch_size": schedule.batch_size, "lr": schedule.lr, "ema_decay": ema_decay, "snr_gamma": snr_gamma,
+               "scheduler": dict(train_sched.config), "seed": run.seed, "limit": run.limit}
+    trainer = Trainer(accel, out, {"unet": unet, "text_encoder": encoder}, schedule.epochs, len(loader),
+                      schedule.lr, ema_decay=ema_decay, fingerprint=options)
+    # nothing below draws random numbers before fit(): a resumed run replays the same one
+    trainer.begin(resume, "train-generator", {**options, "epochs": schedule.epochs, "sample_prompts": prompts,
+                                              "sample_steps": sample_steps, "precision": run.precision},
+                  data={"train_faces": len(train), "val_faces": len(draw.ids), "skipped_without_caption": train.skipped,
+                        "distinct_captions": len(embed.unique), "text_cache": embed.mode,
+                        "unet_parameters": sum(p.numel() for p in unet.parameters())})
 
     # 4. after each epoch: raw vs EMA on the fixed draw, the better one exported and sampled
     def end_epoch(epoch: int) -> dict[str, Any]:
@@ -382,8 +376,8 @@ def train_generator(
         with trainer.weights(pick):
             pipe = SynferPipeline(vae=vae_model, unet=_export_unet(unet, lora_rank is not None),
                                   text_encoder=encoder, scheduler=sample_sched)
-            if (epoch + 1) % sample_every_epochs == 0 or epoch + 1 == epochs:
-                sample_grid(pipe, prompts, out / "samples" / f"epoch_{epoch + 1:03d}.png", seed, sample_steps)
+            if (epoch + 1) % sample_every_epochs == 0 or epoch + 1 == schedule.epochs:
+                sample_grid(pipe, prompts, out / "samples" / f"epoch_{epoch + 1:03d}.png", run.seed, sample_steps)
             atomic_save_dir(out / "pipeline", pipe.save_pretrained)
             if lora_rank is not None:
                 atomic_save_dir(out / "lora", unet.save_lora_adapter)

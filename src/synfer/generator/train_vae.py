@@ -27,9 +27,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..core.dataset import DatasetError, atomic_write_json
+from ..core.dataset import DatasetError
 from ..core.images import save_grid
-from ..core.provenance import provenance_entry
+from ..core.options import RunOptions, Schedule
 from ..core.splits import index_loader, load_split
 from ..core.training import Trainer, atomic_save_dir, start_run
 
@@ -100,18 +100,11 @@ def train_vae(
     block_out_channels: tuple[int, ...] = (32, 64, 128),
     latent_channels: int = 4,
     layers_per_block: int = 1,
-    epochs: int = 20,
-    batch_size: int = 64,
-    lr: float = 2e-4,
     kl_weight: float = 1e-6,
     recon_loss: str = "l1",
     perceptual: bool = False,
-    seed: int = 0,
-    limit: int | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    report_to: str = "none",
-    precision: str = "auto",
+    schedule: Schedule = Schedule(20, 64, 2e-4),
+    run: RunOptions = RunOptions(),
 ) -> Path:
     """Train an AutoencoderKL from scratch on the faces of one or more dataset folders.
 
@@ -125,18 +118,11 @@ def train_vae(
         block_out_channels: encoder/decoder block widths; k blocks downsample k - 1 times.
         latent_channels: channels of the latents.
         layers_per_block: ResNet layers per encoder block (the decoder has one more).
-        epochs, batch_size, lr: AdamW with a linear warm-up and cosine decay.
+        schedule: the optimisation schedule (plain flags work: --epochs, --batch-size, --lr).
         kl_weight: weight of the KL term (1e-6: near-deterministic latents, as in SD's VAE).
         recon_loss: ``l1`` or ``mse``.
         perceptual: add LPIPS (the ``lpips`` package; it fetches VGG weights on first use).
-        seed: seeds weights, batches and posterior samples; recorded.
-        limit: at most this many faces per split and folder (quick runs, tests).
-        resume: continue the run in ``out`` from its last finished epoch.
-        report_to: also log each epoch's metrics through accelerate's trackers: ``tensorboard`` (under
-            ``out/logs``; ``pip install synfer[tracking]``) or ``wandb``; ``none``: ``metrics.jsonl`` only.
-        overwrite: start again in an existing ``out``.
-        precision: ``auto`` (bf16 on GPUs and on CPUs with native bf16, else fp32), ``fp32``, ``bf16``,
-            ``fp16`` (CUDA): autocast of the forward passes (:mod:`synfer.core.runtime`); losses stay fp32.
+        run: seed, limit, precision, resume, overwrite, report_to (plain flags work: --seed 1, --resume).
 
     Returns:
         ``OUT/vae``, loadable with ``AutoencoderKL.from_pretrained``.
@@ -154,25 +140,25 @@ def train_vae(
             raise ImportError("perceptual=True needs the lpips package: pip install lpips (it downloads VGG weights "
                               "from torchvision on first use, so it needs the network once).") from e
         lpips_net = lpips.LPIPS(net="vgg", verbose=False).eval().requires_grad_(False)
-    accel, resume = start_run(out, resume, overwrite, precision, seed, report_to=report_to)
+    accel, resume = start_run(out, run)
 
     # 1. faces in memory, uint8
     size = (channels, image_size, image_size) if channels and image_size else None
-    train = load_split(data, split, labelled=False, input_size=size, limit=limit)
+    train = load_split(data, split, labelled=False, input_size=size, limit=run.limit)
     if len(train) == 0:
         raise DatasetError(f"No records in split {split!r} of {[str(p) for p in data]}.")
     c, h, w = train.images.shape[1:]
     size = (channels or c, image_size or h, image_size or w)
     if size != (c, h, w):
-        train = load_split(data, split, labelled=False, input_size=size, limit=limit)
+        train = load_split(data, split, labelled=False, input_size=size, limit=run.limit)
     factor = 2 ** (len(block_out_channels) - 1)
     if size[1] % factor or size[2] % factor:
         raise ValueError(f"image size {size[1]}x{size[2]} is not divisible by {factor} (2 ** (blocks - 1)); "
                          "pick image_size or block_out_channels to fit.")
-    val = load_split(data, val_split, labelled=False, input_size=size, limit=limit)
+    val = load_split(data, val_split, labelled=False, input_size=size, limit=run.limit)
     val_source = val_split if len(val) else f"{split} (no {val_split!r} split)"
     val_images = val.images if len(val) else train.images[:512]
-    scale_images = train.images[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    scale_images = train.images[torch.randperm(len(train), generator=torch.Generator().manual_seed(run.seed))
                                 [:SCALE_SAMPLE]]
 
     # 2. model and loss
@@ -180,7 +166,7 @@ def train_vae(
     if lpips_net is not None:
         lpips_net = lpips_net.to(accel.device)
     images = train.images
-    loader = accel.prepare(index_loader(len(images), batch_size, seed, lambda idx: (images[idx],)))
+    loader = accel.prepare(index_loader(len(images), schedule.batch_size, run.seed, lambda idx: (images[idx],)))
     pixels = size[0] * size[1] * size[2]
 
     def loss_fn(batch: tuple[torch.Tensor]) -> torch.Tensor:
@@ -196,18 +182,15 @@ def train_vae(
 
     options = {"data": [str(Path(p).resolve()) for p in data], "split": split, "size": list(size),
                "block_out_channels": list(block_out_channels), "latent_channels": latent_channels,
-               "layers_per_block": layers_per_block, "batch_size": batch_size, "lr": lr, "kl_weight": kl_weight,
-               "recon_loss": recon_loss, "perceptual": perceptual, "seed": seed, "limit": limit}
-    trainer = Trainer(accel, out, {"vae": vae}, epochs, len(loader), lr, weight_decay=0.0,
+               "layers_per_block": layers_per_block, "batch_size": schedule.batch_size, "lr": schedule.lr,
+               "kl_weight": kl_weight, "recon_loss": recon_loss, "perceptual": perceptual, "seed": run.seed,
+               "limit": run.limit}
+    trainer = Trainer(accel, out, {"vae": vae}, schedule.epochs, len(loader), schedule.lr, weight_decay=0.0,
                       fingerprint=options)
-    if resume:
-        trainer.load()  # nothing below draws random numbers before fit(): a resumed run replays the same one
-    if accel.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "train_config.json", provenance_entry(
-            "train-vae", {**options, "val_split": val_split, "epochs": epochs, "precision": precision},
-            data={"train_faces": len(train), "val_faces": len(val_images), "val_source": val_source},
-            processes=accel.num_processes))
+    # nothing below draws random numbers before fit(): a resumed run replays the same one
+    trainer.begin(resume, "train-vae", {**options, "val_split": val_split, "epochs": schedule.epochs,
+                                        "precision": run.precision},
+                  data={"train_faces": len(train), "val_faces": len(val_images), "val_source": val_source})
 
     # 3. after each epoch: val metrics, a reconstruction grid, the scaling factor, the export
     def end_epoch(epoch: int) -> dict[str, Any]:

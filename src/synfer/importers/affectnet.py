@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from tqdm.auto import tqdm
 
 from ..core.dataset import Record
+from ..core.options import ImportOptions
 from ..schema import AFFECTNET7, AFFECTNET8
 from .common import BadInputError, UniqueIds, image_for_writer, read_image_checked, start_import
 
@@ -127,11 +128,7 @@ def import_affectnet(
     classes: int = 8,
     crop: bool = False,
     val_as: str = "test",
-    skip_bad: bool = False,
-    overwrite: bool = False,
-    resume: bool = False,
-    image_mode: str | None = None,
-    image_size: int | None = None,
+    importing: ImportOptions = ImportOptions(),
 ) -> Path:
     """Import AffectNet's manually annotated images (8 or 7 classes, valence, arousal) into a dataset folder.
 
@@ -145,12 +142,7 @@ def import_affectnet(
         classes: 8 (AFFECTNET8) or 7 (AFFECTNET7: contempt left out).
         crop: crop each image to its annotated face box (face_x, face_y, face_width, face_height).
         val_as: split name for validation.csv rows: ``test`` (default) or ``val``.
-        skip_bad: skip (and count in the header) malformed rows and missing or unreadable images instead of
-            failing.
-        overwrite: replace ``out`` if it exists.
-        resume: continue an interrupted import into ``out``.
-        image_mode: convert images ("L" or "RGB"); default keeps the file's mode.
-        image_size: resize to this square size; default keeps each image's (or crop's) size.
+        importing: how the source is read and the folder written (plain flags work: --skip-bad, --resume).
 
     Returns:
         the output folder.
@@ -182,10 +174,9 @@ def import_affectnet(
                 kept.append(r)
         rows[:] = kept
     config = {"source": str(root.resolve()), "csvs": {s: str(p.resolve()) for s, p in csvs.items()},
-              "images": str(image_root.resolve()), "classes": classes, "crop": crop, "val_as": val_as,
-              "skip_bad": skip_bad, "image_mode": image_mode, "image_size": image_size}
-    writer, bad = start_import(out, expressions.names, "import-affectnet", config, problems, skip_bad,
-                               overwrite=overwrite, resume=resume, licence=AFFECTNET_LICENCE, what="bad row(s)")
+              "images": str(image_root.resolve()), "classes": classes, "crop": crop, "val_as": val_as}
+    writer, bad = start_import(out, expressions.names, "import-affectnet", config, problems, importing,
+                               licence=AFFECTNET_LICENCE, what="bad row(s)")
     with writer:
         ids = UniqueIds()
         excluded: dict[str, dict[str, int]] = {}
@@ -201,8 +192,9 @@ def import_affectnet(
                     continue  # resume: already written
                 img_path = image_root / r.path
                 try:
-                    image = read_image_checked(img_path, image_mode, image_size, box=r.box) if crop else \
-                        image_for_writer(img_path, image_mode, image_size)
+                    mode, size = importing.image_mode, importing.image_size
+                    image = read_image_checked(img_path, mode, size, box=r.box) if crop else \
+                        image_for_writer(img_path, mode, size)
                 except BadInputError as e:
                     bad("bad_image", f"{e} (listed in {csvs[split]}, line {r.line})")
                     continue

@@ -18,6 +18,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from ..core.dataset import DatasetError, DatasetWriter, encode_png
+from ..core.options import ImportOptions
 from ..core.provenance import provenance_entry
 from ..schema import AUSet
 
@@ -131,9 +132,7 @@ def start_import(
     stage: str,
     config: dict[str, Any],
     problems: list[tuple[str, str]],
-    skip_bad: bool,
-    overwrite: bool = False,
-    resume: bool = False,
+    importing: ImportOptions,
     licence: str = "",
     what: str = "malformed row(s)",
     fix: str = "Fix the file",
@@ -141,19 +140,23 @@ def start_import(
     """The common start of every importer, once its label files are parsed.
 
     Args:
-        problems: ``(reason, message)`` for each bad row found while parsing. Without ``skip_bad`` the first one
-            is raised here, before the output folder exists; with it, all are counted in the header.
+        config: the importer's own options, recorded with ``importing``'s reading options in the folder's provenance.
+        problems: ``(reason, message)`` for each bad row found while parsing. Without ``importing.skip_bad`` the first
+            one is raised here, before the output folder exists; with it, all are counted in the header.
         what, fix: words for the error ("3 malformed row(s) in all. Fix the file, or pass --skip-bad ...").
 
     Returns:
         the open writer (use it as a context manager) and the bad-input policy for what the import meets later.
     """
-    check_image_options(config.get("image_mode"), config.get("image_size"))
-    if problems and not skip_bad:
+    check_image_options(importing.image_mode, importing.image_size)
+    config = {**config, "skip_bad": importing.skip_bad, "image_mode": importing.image_mode,
+              "image_size": importing.image_size}
+    if problems and not importing.skip_bad:
         raise BadInputError(f"{problems[0][1]} ({len(problems)} {what} in all.) {fix}, or pass --skip-bad to "
                             "skip such inputs and count them.")
-    writer = open_output(out, expressions, stage, config, overwrite=overwrite, resume=resume, licence=licence)
-    bad = BadInputPolicy(writer, skip_bad)
+    writer = open_output(out, expressions, stage, config, overwrite=importing.overwrite, resume=importing.resume,
+                         licence=licence)
+    bad = BadInputPolicy(writer, importing.skip_bad)
     for reason, message in problems:
         bad(reason, message)
     return writer, bad

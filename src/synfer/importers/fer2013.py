@@ -38,6 +38,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..core.dataset import Record
+from ..core.options import ImportOptions
 from ..schema import BASIC7, FERPLUS8
 from .common import FER2013_LICENCE, BadInputError, start_import, text_file
 from .ferplus import LABEL_MODES, ferplus_target
@@ -214,11 +215,7 @@ def import_fer2013_csv(
     ferplus_csv: Path | None = None,
     label_mode: str = "majority",
     splits: list[str] | None = None,
-    skip_bad: bool = False,
-    overwrite: bool = False,
-    resume: bool = False,
-    image_mode: str | None = None,
-    image_size: int | None = None,
+    importing: ImportOptions = ImportOptions(),
 ) -> Path:
     """Import Kaggle's fer2013.csv (optionally with FER+ labels from fer2013new.csv) into a dataset folder.
 
@@ -229,11 +226,7 @@ def import_fer2013_csv(
         label_mode: FER+ label mode (majority | probability | crossentropy | multi_target, see
             :mod:`synfer.importers.ferplus`); only meaningful with ``ferplus_csv``.
         splits: which of train (Training), val (PublicTest), test (PrivateTest) to import (default all).
-        skip_bad: skip (and count in the header) malformed rows instead of failing.
-        overwrite: replace ``out`` if it exists.
-        resume: continue an interrupted import into ``out``.
-        image_mode: convert images ("L" or "RGB"); default keeps 8-bit gray.
-        image_size: resize to this square size; default keeps 48x48.
+        importing: how the source is read and the folder written (plain flags work: --skip-bad, --resume).
 
     Returns:
         the output folder.
@@ -273,10 +266,9 @@ def import_fer2013_csv(
     expressions = FERPLUS8 if ferplus_csv is not None else BASIC7
     config = {"source": str(csv_path.resolve()),
               "ferplus_csv": str(ferplus_csv.resolve()) if ferplus_csv is not None else None,
-              "label_mode": label_mode if ferplus_csv is not None else None, "splits": chosen,
-              "skip_bad": skip_bad, "image_mode": image_mode, "image_size": image_size}
-    writer, bad = start_import(out, expressions.names, "import-fer2013", config, problems, skip_bad,
-                               overwrite=overwrite, resume=resume, licence=FER2013_LICENCE)
+              "label_mode": label_mode if ferplus_csv is not None else None, "splits": chosen}
+    writer, bad = start_import(out, expressions.names, "import-fer2013", config, problems, importing,
+                               licence=FER2013_LICENCE)
     with writer:
         excluded = {s: 0 for s in chosen}  # FER+ label unknown / not a face / ambiguous
         removed = {s: 0 for s in chosen}  # FER+ removed the image (empty "Image name")
@@ -306,7 +298,7 @@ def import_fer2013_csv(
                 continue  # resume: already written
             writer.add(Record(id=rid, split=split, source=f"fer2013:{csv_path.name}#row{r.row}",
                               expression=expression, label_probs=probs, meta=meta),
-                       _to_image(r.pixels, image_mode, image_size))
+                       _to_image(r.pixels, importing.image_mode, importing.image_size))
         writer.header.stats["labels"] = "ferplus" if ferplus_csv is not None else "fer2013"
         if ferplus_csv is not None:
             writer.header.stats["label_mode"] = label_mode

@@ -30,6 +30,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..core.dataset import Record
+from ..core.options import ImportOptions
 from ..schema import FERPLUS8
 from .common import FER2013_LICENCE, BadInputError, image_for_writer, start_import, text_file
 
@@ -163,11 +164,7 @@ def import_ferplus(
     out: Path,
     label_mode: str = "majority",
     splits: list[str] | None = None,
-    skip_bad: bool = False,
-    overwrite: bool = False,
-    resume: bool = False,
-    image_mode: str | None = None,
-    image_size: int | None = None,
+    importing: ImportOptions = ImportOptions(),
 ) -> Path:
     """Import a FER+ folder (FER2013Train/Valid/Test with label.csv) into a dataset folder.
 
@@ -176,11 +173,7 @@ def import_ferplus(
         out: the dataset folder to write.
         label_mode: majority | probability | crossentropy | multi_target (see module docs).
         splits: which of train, val, test to import (default all present).
-        skip_bad: skip (and count in the header) malformed rows and unreadable images instead of failing.
-        overwrite: replace ``out`` if it exists.
-        resume: continue an interrupted import into ``out``.
-        image_mode: convert images ("L" or "RGB"); default keeps the PNGs byte for byte.
-        image_size: resize to this square size; default keeps 48x48.
+        importing: how the source is read and the folder written (plain flags work: --skip-bad, --resume).
 
     Returns:
         the output folder.
@@ -201,10 +194,9 @@ def import_ferplus(
     parsed = {s: parse_label_csv(source / SPLIT_FOLDERS[s] / "label.csv") for s in chosen}
     all_problems = [p for _, probs in parsed.values() for p in probs]
     original = _original_labels(source)
-    config = {"source": str(source.resolve()), "label_mode": label_mode, "splits": chosen, "skip_bad": skip_bad,
-              "image_mode": image_mode, "image_size": image_size}
-    writer, bad = start_import(out, FERPLUS8.names, "import-ferplus", config, all_problems, skip_bad,
-                               overwrite=overwrite, resume=resume, licence=FER2013_LICENCE)
+    config = {"source": str(source.resolve()), "label_mode": label_mode, "splits": chosen}
+    writer, bad = start_import(out, FERPLUS8.names, "import-ferplus", config, all_problems, importing,
+                               licence=FER2013_LICENCE)
     with writer:
         excluded = writer.header.stats.setdefault("excluded_unknown_or_not_face", {})
         for split in chosen:
@@ -221,7 +213,7 @@ def import_ferplus(
                     continue  # resume: already written
                 img_path = source / folder / row.name
                 try:
-                    image = image_for_writer(img_path, image_mode, image_size)
+                    image = image_for_writer(img_path, importing.image_mode, importing.image_size)
                 except BadInputError as e:
                     bad("bad_image", f"{e} (listed in {source / folder / 'label.csv'}, line {row.line})")
                     continue

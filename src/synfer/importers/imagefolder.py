@@ -23,6 +23,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..core.dataset import Record
+from ..core.options import ImportOptions
 from ..schema import EXPRESSION_SETS, ExpressionSet, canonical_expression, get_expression_set
 from .common import BadInputError, UniqueIds, image_for_writer, start_import
 
@@ -70,11 +71,7 @@ def import_imagefolder(
     out: Path,
     expressions: list[str] | None = None,
     split: str = "train",
-    skip_bad: bool = False,
-    overwrite: bool = False,
-    resume: bool = False,
-    image_mode: str | None = None,
-    image_size: int | None = None,
+    importing: ImportOptions = ImportOptions(),
 ) -> Path:
     """Import an image folder (one sub-folder per expression, optionally under split folders).
 
@@ -85,12 +82,7 @@ def import_imagefolder(
             Default: the built-in set (FERPLUS8, BASIC7, RAFDB7, AFFECTNET8, AFFECTNET7, first match) whose
             classes are exactly the class folders found, else the found classes sorted by name.
         split: the split of every image in the ``root/<class>/`` layout (ignored when split folders exist).
-        skip_bad: skip (and count in the header) class folders that are not expressions of the set, and
-            unreadable images, instead of failing.
-        overwrite: replace ``out`` if it exists.
-        resume: continue an interrupted import into ``out``.
-        image_mode: convert images ("L" or "RGB"); default keeps the file's mode (palette/alpha become RGB).
-        image_size: resize to this square size; default keeps each image's size.
+        importing: how the source is read and the folder written (plain flags work: --skip-bad, --resume).
 
     Returns:
         the output folder.
@@ -130,11 +122,9 @@ def import_imagefolder(
         raise BadInputError(f"{root}: none of the class folders {[f.name for _, f in pairs]} is an "
                             f"expression of {list(chosen.names)}; nothing to import.")
     config = {"source": str(root.resolve()), "layout": layout, "split": split if layout == "class" else None,
-              "expressions": list(chosen.names), "skip_bad": skip_bad, "image_mode": image_mode,
-              "image_size": image_size}
-    writer, bad = start_import(out, chosen.names, "import-imagefolder", config, problems, skip_bad,
-                               overwrite=overwrite, resume=resume, what="bad class folder(s)",
-                               fix="Rename or remove it, or choose --expressions")
+              "expressions": list(chosen.names)}
+    writer, bad = start_import(out, chosen.names, "import-imagefolder", config, problems, importing,
+                               what="bad class folder(s)", fix="Rename or remove it, or choose --expressions")
     with writer:
         ids = UniqueIds()
         total = sum(len(images) for *_, images in classes)
@@ -149,7 +139,7 @@ def import_imagefolder(
                     if writer.has(rid):
                         continue  # resume: already written
                     try:
-                        image = image_for_writer(path, image_mode, image_size)
+                        image = image_for_writer(path, importing.image_mode, importing.image_size)
                     except BadInputError as e:
                         bad("bad_image", str(e))
                         continue

@@ -20,6 +20,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..core.dataset import Record
+from ..core.options import ImportOptions
 from ..schema import RAFDB7
 from .common import BadInputError, image_for_writer, start_import
 
@@ -92,11 +93,7 @@ def import_rafdb(
     root: Path,
     out: Path,
     aligned: bool = True,
-    skip_bad: bool = False,
-    overwrite: bool = False,
-    resume: bool = False,
-    image_mode: str | None = None,
-    image_size: int | None = None,
+    importing: ImportOptions = ImportOptions(),
 ) -> Path:
     """Import RAF-DB basic (7 expressions, train/test) into a dataset folder.
 
@@ -105,12 +102,7 @@ def import_rafdb(
         out: the dataset folder to write.
         aligned: use the 100x100 aligned faces (``Image/aligned``, the usual benchmark input); False uses the
             original photos (``Image/original``).
-        skip_bad: skip (and count in the header) malformed label lines and missing or unreadable images
-            instead of failing.
-        overwrite: replace ``out`` if it exists.
-        resume: continue an interrupted import into ``out``.
-        image_mode: convert images ("L" or "RGB"); default keeps RGB.
-        image_size: resize to this square size; default keeps each image's size.
+        importing: how the source is read and the folder written (plain flags work: --skip-bad, --resume).
 
     Returns:
         the output folder.
@@ -125,10 +117,9 @@ def import_rafdb(
     # Parse the label file completely before writing anything: a malformed file fails with nothing created.
     label_path = basic / LABEL_FILE
     rows, problems = parse_partition_labels(label_path)
-    config = {"source": str(basic.resolve()), "aligned": aligned, "skip_bad": skip_bad,
-              "image_mode": image_mode, "image_size": image_size}
-    writer, bad = start_import(out, RAFDB7.names, "import-rafdb", config, problems, skip_bad, overwrite=overwrite,
-                               resume=resume, licence=RAFDB_LICENCE, what="bad line(s)")
+    config = {"source": str(basic.resolve()), "aligned": aligned}
+    writer, bad = start_import(out, RAFDB7.names, "import-rafdb", config, problems, importing,
+                               licence=RAFDB_LICENCE, what="bad line(s)")
     with writer:
         for row in tqdm(rows, desc="RAF-DB", unit="img", mininterval=1.0):
             stem, suffix = row.name.rsplit(".", 1)
@@ -137,7 +128,7 @@ def import_rafdb(
                 continue  # resume: already written
             file_name = f"{stem}_aligned.{suffix}" if aligned else row.name
             try:
-                image = image_for_writer(image_dir / file_name, image_mode, image_size)
+                image = image_for_writer(image_dir / file_name, importing.image_mode, importing.image_size)
             except BadInputError as e:
                 bad("bad_image", f"{e} (listed in {label_path}, line {row.line})")
                 continue

@@ -28,9 +28,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..core.dataset import atomic_write_json
 from ..core.metrics import classification_metrics
-from ..core.provenance import provenance_entry
+from ..core.options import RunOptions, Schedule
 from ..core.splits import index_loader, load_split
 from ..core.train_state import cached_tensors
 from ..core.training import Trainer, start_run
@@ -91,19 +90,12 @@ def train_annotator(
     dim: int = 96,
     heads: int = 4,
     flip: bool = True,
-    epochs: int = 20,
-    batch_size: int = 128,
-    lr: float = 1e-3,
     weight_decay: float = 0.05,
     read_batch_size: int = 64,
     max_cache_gb: float = 8.0,
-    seed: int = 0,
-    limit: int | None = None,
     feature_cache: Path | None = None,
-    precision: str = "auto",
-    resume: bool = False,
-    overwrite: bool = False,
-    report_to: str = "none",
+    schedule: Schedule = Schedule(20, 128, 1e-3),
+    run: RunOptions = RunOptions(),
 ) -> Path:
     """Train a FERAnno head on a generator's frozen UNet features.
 
@@ -120,20 +112,13 @@ def train_annotator(
             suit the mini model on CPU (0.2-0.4 s per batch of 128); a Stable Diffusion UNet on a GPU takes
             grid 16, dim 256.
         flip: also read mirrored training faces (twice the features; augmentation for free at training time).
-        epochs, batch_size, lr, weight_decay: AdamW, warm-up then cosine decay.
+        schedule: the optimisation schedule (plain flags work: --epochs, --batch-size, --lr).
+        weight_decay: AdamW, warm-up then cosine decay.
         read_batch_size: faces per UNet pass while reading features.
         max_cache_gb: refuse (with the fix) if the features would take more memory than this.
-        seed: noise draw, initialisation and batch order.
-        limit: at most this many faces per split (quick runs).
+        run: seed, limit, precision, resume, overwrite, report_to (plain flags work: --seed 1, --resume).
         feature_cache: a folder to keep the read features in and reuse them from (about 58 kB per face and view
             for the mini generator; keyed by generator hash, faces and reading options).
-        precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` (CUDA) for the head's forward passes (the UNet's features
-            are read in fp32).
-        resume: continue the run in ``out`` from its last finished epoch (the features come from the cache, or are
-            read again).
-        report_to: also log each epoch's metrics through accelerate's trackers: ``tensorboard`` (under
-            ``out/logs``; ``pip install synfer[tracking]``) or ``wandb``; ``none``: ``metrics.jsonl`` only.
-        overwrite: start again in an existing ``out``.
 
     Returns:
         ``out``.
@@ -143,11 +128,11 @@ def train_annotator(
     out = Path(out)
     if kind not in ("feranno", "probe"):
         raise ValueError(f"kind must be feranno or probe; got {kind!r}.")
-    accel, resume = start_run(out, resume, overwrite, precision, seed, report_to=report_to)
+    accel, resume = start_run(out, run)
     pipe, folder = load_generator(pipeline, accel.device)
-    annotator = FERAnnotator(pipe, None, prompt, timestep, attention_tokens, seed)
+    annotator = FERAnnotator(pipe, None, prompt, timestep, attention_tokens, run.seed)
     size = (pipe.vae.config.in_channels, pipe.vae.config.sample_size, pipe.vae.config.sample_size)
-    parts = [load_split(p, split, input_size=size, limit=limit) for p in data]
+    parts = [load_split(p, split, input_size=size, limit=run.limit) for p in data]
     names = parts[0].names
     for p in parts[1:]:
         from ..schema import check_same_order
@@ -155,7 +140,7 @@ def train_annotator(
         check_same_order("expression", list(names), list(p.names), str(data[0]), p.name)
     images = torch.cat([p.images for p in parts])
     probs = torch.cat([p.probs for p in parts])
-    val_data = load_split(val or data[0], val_split, expressions=names, input_size=size, limit=limit)
+    val_data = load_split(val or data[0], val_split, expressions=names, input_size=size, limit=run.limit)
 
     # 1. read the UNet once per face (checking the memory first on a small batch)
     f1, a1 = annotator.read(images[:2].to(pipe.device).float() / 255)
@@ -167,7 +152,7 @@ def train_annotator(
     t0 = time.perf_counter()
     generator_sha = read_weights_sha256(folder)  # the AU adapter is not read: retraining it keeps this head
     # the noise draw is per batch position, so the batch size is part of what the features depend on
-    reading = {"prompt": prompt, "timestep": timestep, "attention_tokens": attention_tokens, "seed": seed,
+    reading = {"prompt": prompt, "timestep": timestep, "attention_tokens": attention_tokens, "seed": run.seed,
                "size": list(size), "read_batch_size": read_batch_size}
     train_ids = [f"{p.name}/{i}" for p in parts for i in p.ids]
     train_f, train_a = cached_features(
@@ -185,21 +170,19 @@ def train_annotator(
                            heads=heads, generator=str(pipeline), generator_sha256=generator_sha,
                            prompt=prompt, timestep=timestep)
     head = FERAnnoHead(config).to(accel.device)
-    loader = accel.prepare(index_loader(len(targets), batch_size, seed, lambda idx: (torch.tensor(idx),)))
+    loader = accel.prepare(index_loader(len(targets), schedule.batch_size, run.seed,
+                                        lambda idx: (torch.tensor(idx),)))
     options = {"data": [str(Path(p).resolve()) for p in data], "pipeline": str(pipeline), "kind": kind,
                "split": split, "val": str(val or data[0]), "val_split": val_split, **reading, "grid": grid, "dim": dim,
-               "heads": heads, "flip": flip, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-               "weight_decay": weight_decay, "limit": limit, "generator_sha256": generator_sha}
-    trainer = Trainer(accel, out, {"head": head}, epochs, len(loader), lr, weight_decay=weight_decay,
+               "heads": heads, "flip": flip, **vars(schedule), "weight_decay": weight_decay, "limit": run.limit,
+               "generator_sha256": generator_sha}
+    trainer = Trainer(accel, out, {"head": head}, schedule.epochs, len(loader), schedule.lr,
+                      weight_decay=weight_decay,
                       warmup_steps=len(loader), max_grad_norm=0.0, fingerprint=options)
-    if resume:
-        trainer.load()
-    if accel.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "train_config.json", provenance_entry("train-annotator", {
-            **options, "feature_cache": str(feature_cache) if feature_cache else None}, data={
-            "train_faces": len(images), "val_faces": len(val_data.labels), "feature_gb": round(need, 2),
-            "read_seconds": round(read_s, 1), "head_parameters": sum(p.numel() for p in head.parameters())}))
+    trainer.begin(resume, "train-annotator", {**options, "feature_cache": str(feature_cache) if feature_cache else None},
+                  data={"train_faces": len(images), "val_faces": len(val_data.labels), "feature_gb": round(need, 2),
+                        "read_seconds": round(read_s, 1),
+                        "head_parameters": sum(p.numel() for p in head.parameters())})
 
     def logits_of(fs: list[torch.Tensor], as_: list[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
         return head([x[idx].to(accel.device) for x in fs], [x[idx].to(accel.device) for x in as_])
@@ -216,7 +199,7 @@ def train_annotator(
         if m["accuracy"] > trainer.best.get("val_accuracy", -1.0):
             trainer.best = {"val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"], "chosen_epoch": epoch + 1}
             head.config.extra = {"train_faces": len(images), "val_faces": len(val_data.labels), **trainer.best,
-                                 "data": [str(p) for p in data], "seed": seed}
+                                 "data": [str(p) for p in data], "seed": run.seed}
             copy.deepcopy(head).cpu().save_pretrained(out)
         return {"val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"]}
 

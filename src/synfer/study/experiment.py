@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..core.dataset import DatasetFolder, atomic_write_json
+from ..core.options import bind
 from .cells import Cells
 
 #: The generator ablations in order: each adds one thing to the previous one.
@@ -109,7 +110,8 @@ class Study:
 
         def generated(need: bool) -> dict[str, Any]:
             return self.cells.run(f"generate-{base}-c{j}", inputs, lambda d: {"data": str(generate(
-                d / "data", **kw, preview=True, resume=(d / "data").exists()))}, files=need)
+                d / "data", **bind(generate, {**kw, "preview": True, "resume": (d / "data").exists()})))},
+                files=need)
 
         if not variant.endswith("+voting"):
             return generated(files)["data"]
@@ -148,8 +150,8 @@ class Study:
         inputs = {"data": data(False), "counts": None, "val": self.cfg.val, "opts": opts}
 
         def produce(d: Path) -> dict[str, Any]:
-            model = train_fer([Path(p) for p in data(True)], d / "model", val=Path(self.cfg.val),
-                              resume=(d / "model").exists(), **opts)
+            recipe = {**opts, "val": Path(self.cfg.val), "resume": (d / "model").exists()}
+            model = train_fer([Path(p) for p in data(True)], d / "model", **bind(train_fer, recipe))
             return {**score_on_split(model, self.test_split()), **_training_cost(model), "model": str(model)}
 
         return self.cells.run(f"train-{row}-s{seed}", inputs, produce, files=files)

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from ..annotate.align import paste_back
 from ..annotate.prompts import enrich_prompt
 from ..core.dataset import Record
+from ..core.options import SamplerOptions
 from ..core.provenance import files_sha256
 from ..core.runtime import resolve_precision
 from ..generator.au_targets import expression_au_targets
@@ -90,20 +91,16 @@ def edit(
     source_prompt: str = "",
     split: str | None = None,
     limit: int | None = None,
-    num_inference_steps: int | None = None,
-    guidance_scale_text: float | None = None,
-    guidance_scale_au: float | None = None,
     seed: int = 0,
     batch_size: int = 32,
     expressions: list[str] | None = None,
     out_split: str = "train",
-    device: str = "auto",
-    precision: str = "auto",
     compile: bool = False,
     preview: bool = True,
     overwrite: bool = False,
     align: str | None = None,
     align_size: int = 128,
+    sampling: SamplerOptions = SamplerOptions(),
 ) -> Path:
     """Edit faces toward a target expression / AUs; write the edits as a dataset folder.
 
@@ -120,13 +117,11 @@ def edit(
         pipeline: SynferPipeline folder or bundled name.
         source_prompt: the condition the faces are inverted under ("" = class-agnostic).
         split, limit: records of dataset-folder inputs (all splits by default), and at most this many faces.
-        num_inference_steps, guidance_scale_text, guidance_scale_au: sampler settings (None: the pipeline's).
+        sampling: steps, guidance scales, device and precision (plain flags work: --num-inference-steps 4).
         seed: seeds the prompt enrichment (sampling from an inverted face is deterministic).
         batch_size: faces per pipeline call.
         expressions: the output's label set in header order (default FER+'s eight).
         out_split: the split written on every record.
-        device: ``auto`` (CUDA when present), ``cpu``, ``cuda:1`` ...
-        precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` (CUDA) for inversion and sampling (see ``generate``).
         compile: compile the generator's UNet first (see ``generate``).
         preview: write ``OUT/preview.png`` (sources above edits, up to 16).
         overwrite: replace ``out``.
@@ -141,9 +136,9 @@ def edit(
     out = Path(out)
     if expression is None and prompt is None and not aus:
         raise ValueError("Say what to edit toward: --expression, --prompt and/or --aus.")
-    if num_inference_steps is not None and num_inference_steps < 1:
+    if sampling.num_inference_steps is not None and sampling.num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be >= 1 (or left out for the generator's default); got "
-                         f"{num_inference_steps}.")
+                         f"{sampling.num_inference_steps}.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
     exprs = [canonical_expression(e) for e in (expressions or FERPLUS8.names)]
@@ -151,21 +146,16 @@ def edit(
     if target is not None and target not in exprs:
         raise ValueError(f"expression {expression!r} is not in the label set {exprs}.")
     faces, photos = _faces(inputs, split, limit, align, align_size)
-    pipe, pipe_dir = load_generator(pipeline, device)
+    pipe, pipe_dir = load_generator(pipeline, sampling.device)
     pipe.set_progress_bar_config(disable=True)
-    precision = resolve_precision(precision, pipe.device)
+    precision = resolve_precision(sampling.precision, pipe.device)
     au_names = tuple(pipe.au_adapter.au_names) if pipe.au_adapter is not None else None
     vector = target_aus(target, aus, au_names, au_base, pipe_dir)
     au_map = None if vector is None else dict(zip(au_names, vector, strict=True))
     text = prompt if prompt is not None else enrich_prompt("", target or "neutral", au_map, seed=seed)
     defaults = pipe.generation_defaults()
     sampler = {"scheduler": type(pipe.scheduler).__name__,
-               "num_inference_steps": defaults["num_inference_steps"] if num_inference_steps is None
-               else num_inference_steps,
-               "guidance_scale_text": defaults["guidance_scale_text"] if guidance_scale_text is None
-               else guidance_scale_text,
-               "guidance_scale_au": defaults["guidance_scale_au"] if guidance_scale_au is None else guidance_scale_au,
-               "precision": precision}
+               **sampling.resolved(defaults), "precision": precision}
     pipe.first_step(sampler["num_inference_steps"], strength, torch.zeros(1))  # validates strength early
     config = {"pipeline": str(pipeline), "generator_sha256": files_sha256(pipe_dir), "inputs": [str(p) for p in inputs],
               "expression": target, "prompt": text, "aus": vector, "strength": strength,

@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from ..annotate.prompts import enrich_prompt
 from ..core.assets import resolve
 from ..core.dataset import DatasetFolder, DatasetWriter, Record
+from ..core.options import SamplerOptions
 from ..core.provenance import files_sha256
 from ..core.runtime import resolve_precision
 from ..generator.au_targets import expression_au_targets
@@ -127,9 +128,6 @@ def generate(
     au_jitter: float = 0.0,
     seed: int = 0,
     batch_size: int = 32,
-    num_inference_steps: int | None = None,
-    guidance_scale_text: float | None = None,
-    guidance_scale_au: float | None = None,
     au_adapter_scale: float | None = None,
     semantic_guidance: float = 0.0,
     guidance_window: tuple[float, float] = (0.6, 1.0),
@@ -141,13 +139,12 @@ def generate(
     layout_split: str = "train",
     layout_align: str | None = None,
     split: str = "train",
-    device: str = "auto",
-    precision: str = "auto",
     compile: bool = False,
     preview: bool = True,
     flush_every: int = FLUSH_EVERY,
     resume: bool = False,
     overwrite: bool = False,
+    sampling: SamplerOptions = SamplerOptions(),
 ) -> Path:
     """Generate a labelled synthetic dataset folder.
 
@@ -162,7 +159,7 @@ def generate(
         au_jitter: uniform noise half-width added to each target AU.
         seed: the run's seed; face k uses crc32("{seed}:{k}") for its noise, prompt, coarse pick and AU draw.
         batch_size: faces per pipeline call.
-        num_inference_steps, guidance_scale_text, guidance_scale_au: sampler settings (None: the pipeline's).
+        sampling: steps, guidance scales, device and precision (plain flags work: --num-inference-steps 4).
         au_adapter_scale: the AU adapter's attention scale (1 as trained, above 1 the AUs weigh more against the
             text; None: the pipeline's).
         semantic_guidance: lambda of semantic guidance (0 = off; 0.05 is a reasonable start).
@@ -178,9 +175,6 @@ def generate(
         layout_align: MediaPipe's ``face_landmarker.task`` to find and align the faces of ``layout`` first
             (ordinary photos; a prepared folder of aligned crops needs none).
         split: the split name written on every record.
-        device: ``auto`` (this process's GPU when there are GPUs, else the CPU), ``cpu``, ``cuda``, ``cuda:1`` ...
-        precision: ``auto`` (bf16 on GPUs and on CPUs with native bf16, else fp32), ``fp32``, ``bf16``, ``fp16``
-            (CUDA); recorded per face (it changes pixels, not what the faces show; see :mod:`synfer.core.runtime`).
         compile: compile the generator's UNet (``torch.compile``) before the first batch: worth it for long runs
             (on a 2-core CPU about 8% faster for a minute's compilation per batch shape); the compilation time is
             printed and kept in the header's stats.
@@ -195,8 +189,8 @@ def generate(
     out = Path(out)
     exprs = [canonical_expression(e) for e in (expressions or FERPLUS8.names)]
     want = _wanted_counts(exprs, per_class, counts)
-    check_options(batch_size=batch_size, num_inference_steps=num_inference_steps, au_jitter=au_jitter,
-                  guidance_scales=(guidance_scale_text, guidance_scale_au, au_adapter_scale),
+    check_options(batch_size=batch_size, num_inference_steps=sampling.num_inference_steps, au_jitter=au_jitter,
+                  guidance_scales=(sampling.guidance_scale_text, sampling.guidance_scale_au, au_adapter_scale),
                   semantic_guidance=semantic_guidance, au_guidance=au_guidance, guidance_window=guidance_window,
                   layout_strength=layout_strength, split=split, flush_every=flush_every)
     # Sharding (``accelerate launch`` / ``torchrun ... -m synfer generate``): the main process opens (or resumes)
@@ -204,14 +198,13 @@ def generate(
     # one counts them in. On a machine without GPUs the processes share the CPU (gloo).
     from accelerate import PartialState
 
-    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+    state = PartialState(cpu=sampling.device == "cpu" or not torch.cuda.is_available())
     # 1. the generator, the plan and the sampler settings
-    pipe, pipe_dir = load_generator(pipeline, state.device if device == "auto" else device)
+    pipe, pipe_dir = load_generator(pipeline, state.device if sampling.device == "auto" else sampling.device)
     au_names = tuple(pipe.au_adapter.au_names) if pipe.au_adapter is not None else None
     au_source = au_source if au_names is not None else "none"  # no adapter: text alone
     plan = plan_faces(want, au_names, au_source, seed, coarse, au_jitter, pipe_dir)
-    run = _Run(pipe, exprs, au_names, au_source, split, _sampler(pipe, num_inference_steps, guidance_scale_text,
-                                                                  guidance_scale_au, au_adapter_scale, precision),
+    run = _Run(pipe, exprs, au_names, au_source, split, _sampler(pipe, sampling, au_adapter_scale),
                {"pipeline": str(pipeline), "sha256": files_sha256(pipe_dir)})
     # 2. semantic guidance and layout initialisation, each checked before anything is written
     run.guidance = _guidance(run, semantic_guidance, guidance_window, guidance_model, au_guidance, au_model)
@@ -298,16 +291,12 @@ def check_options(batch_size: int, num_inference_steps: int | None, au_jitter: f
     need(bool(SPLIT_RE.match(split)), f"split {split!r}: use a lower-case name such as train, val or test.")
 
 
-def _sampler(pipe: Any, steps: int | None, text: float | None, au: float | None, adapter_scale: float | None,
-             precision: str) -> dict[str, Any]:
-    """The sampler settings recorded on every face (None: the pipeline's saved defaults)."""
+def _sampler(pipe: Any, sampling: SamplerOptions, adapter_scale: float | None) -> dict[str, Any]:
+    """The sampler settings recorded on every face (unset ones: the pipeline's saved defaults)."""
     d = pipe.generation_defaults()
-    return {"scheduler": type(pipe.scheduler).__name__,
-            "num_inference_steps": d["num_inference_steps"] if steps is None else steps,
-            "guidance_scale_text": d["guidance_scale_text"] if text is None else text,
-            "guidance_scale_au": d["guidance_scale_au"] if au is None else au,
+    return {"scheduler": type(pipe.scheduler).__name__, **sampling.resolved(d),
             "au_adapter_scale": d["au_adapter_scale"] if adapter_scale is None else float(adapter_scale),
-            "precision": resolve_precision(precision, pipe.device)}
+            "precision": resolve_precision(sampling.precision, pipe.device)}
 
 
 @dataclass

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ..annotate.prompts import enrich_prompt
+from ..core.options import SamplerOptions
 from ..generator.au_targets import expression_au_targets
 from ..generator.pipeline import load_generator
 from ..schema import FERPLUS8, canonical_expression
@@ -23,11 +24,7 @@ def sample_grid(
     au_targets: str = "auto",
     coarse: str = "",
     seed: int = 0,
-    num_inference_steps: int | None = None,
-    guidance_scale_text: float | None = None,
-    guidance_scale_au: float | None = None,
-    device: str = "auto",
-    precision: str = "auto",
+    sampling: SamplerOptions = SamplerOptions(),
 ) -> Path:
     """A grid of generated faces: one row per expression, ``per_expression`` seeds per row.
 
@@ -39,18 +36,14 @@ def sample_grid(
         au_targets: ``auto``, ``prototype``, a prepared dataset folder or an ``au_targets.json`` (module docs).
         coarse: a coarse description of the person for the prompts ("an old man"); "" for anyone.
         seed: first seed.
-        num_inference_steps: sampler steps (None: the pipeline's).
-        guidance_scale_text: text guidance scale (None: the pipeline's).
-        guidance_scale_au: AU guidance scale (None: the pipeline's).
-        device: ``auto`` (CUDA when present), ``cpu``, ``cuda:1`` ...
-        precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` (CUDA) (see :mod:`synfer.core.runtime`).
+        sampling: steps, guidance scales, device and precision (plain flags work: --num-inference-steps 4).
 
     Returns:
         the PNG path.
     """
     from ..core.images import save_grid
 
-    pipe, folder = load_generator(pipeline, device)
+    pipe, folder = load_generator(pipeline, sampling.device)
     exprs = [canonical_expression(e) for e in (expressions or FERPLUS8.names)]
     prompts, seeds = [], []
     for e in exprs:
@@ -61,10 +54,8 @@ def sample_grid(
     if pipe.au_adapter is not None:
         aus = expression_au_targets(exprs, tuple(pipe.au_adapter.au_names), au_targets, folder)
         aus = aus.repeat_interleave(per_expression, dim=0)
-    images = pipe(prompts, aus=aus, num_inference_steps=num_inference_steps,
-                  guidance_scale_text=guidance_scale_text, guidance_scale_au=guidance_scale_au,
-                  generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="pt",
-                  precision=precision).images
+    images = pipe(prompts, aus=aus, **sampling.call_kwargs(),
+                  generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="pt").images
     path = save_grid(images, Path(out), nrow=per_expression)
     print(f"wrote {path}: rows {', '.join(exprs)}; {per_expression} seeds from {seed}")
     return path
@@ -79,11 +70,7 @@ def au_sweep(
     seeds: int = 4,
     au_targets: str = "auto",
     seed: int = 0,
-    num_inference_steps: int | None = None,
-    guidance_scale_text: float | None = None,
-    guidance_scale_au: float | None = None,
-    device: str = "auto",
-    precision: str = "auto",
+    sampling: SamplerOptions = SamplerOptions(),
 ) -> Path:
     """One AU from 0 to 1 with everything else fixed: rows are seeds, columns the AU's value.
 
@@ -98,11 +85,7 @@ def au_sweep(
         seeds: rows; row j uses seed ``seed + j`` in every column.
         au_targets: ``auto``, ``prototype``, a prepared dataset folder or an ``au_targets.json`` (module docs).
         seed: first seed.
-        num_inference_steps: sampler steps (None: the pipeline's).
-        guidance_scale_text: text guidance scale (None: the pipeline's).
-        guidance_scale_au: AU guidance scale (None: the pipeline's).
-        device: ``auto`` (CUDA when present), ``cpu``, ``cuda:1`` ...
-        precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` (CUDA) (see :mod:`synfer.core.runtime`).
+        sampling: steps, guidance scales, device and precision (plain flags work: --num-inference-steps 4).
 
     Returns:
         the PNG path.
@@ -110,7 +93,7 @@ def au_sweep(
     from ..core.images import save_grid
     from ..schema import au_code
 
-    pipe, folder = load_generator(pipeline, device)
+    pipe, folder = load_generator(pipeline, sampling.device)
     if pipe.au_adapter is None:
         raise ValueError(f"{pipeline} has no AU adapter; an AU sweep needs one.")
     names = tuple(pipe.au_adapter.au_names)
@@ -127,9 +110,7 @@ def au_sweep(
             prompts.append(enrich_prompt("", expression, {}, seed=seed + s))
             aus.append(vec)
             gens.append(torch.Generator().manual_seed(seed + s))
-    images = pipe(prompts, aus=torch.stack(aus), num_inference_steps=num_inference_steps,
-                  guidance_scale_text=guidance_scale_text, guidance_scale_au=guidance_scale_au, generator=gens,
-                  output_type="pt", precision=precision).images
+    images = pipe(prompts, aus=torch.stack(aus), **sampling.call_kwargs(), generator=gens, output_type="pt").images
     path = save_grid(images, Path(out), nrow=len(values))
     print(f"wrote {path}: {col} = {values} (columns), {seeds} seeds (rows), expression {expression}")
     return path

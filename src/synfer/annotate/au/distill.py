@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...core.dataset import DatasetError, DatasetFolder, atomic_write_json
-from ...core.provenance import provenance_entry
+from ...core.dataset import DatasetError, DatasetFolder
+from ...core.options import RunOptions, Schedule
 from ...core.runtime import resolve_precision
 from ...core.splits import Split, index_loader, load_split
 from ...core.training import Trainer, start_run
@@ -114,18 +114,11 @@ def train_au_estimator(
     init_from: str | None = None,
     train_split: str = "train",
     val_split: str = "val",
-    epochs: int = 12,
-    batch_size: int = 128,
-    lr: float = 2e-3,
     weight_decay: float = 0.05,
     warmup_epochs: float = 0.5,
     face_weight: float = 0.5,
-    precision: str = "auto",
-    seed: int = 0,
-    limit: int | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    report_to: str = "none",
+    schedule: Schedule = Schedule(12, 128, 2e-3),
+    run: RunOptions = RunOptions(),
 ) -> Path:
     """Distil the AU estimator whose outputs a prepared dataset folder holds into a small CNN.
 
@@ -137,47 +130,37 @@ def train_au_estimator(
         init_from: start from this expression classifier's backbone (folder or bundled name); its head is
             replaced. None: random initialisation.
         train_split, val_split: splits to fit and to select on (the test split is never read here).
-        epochs, batch_size, lr, weight_decay, warmup_epochs: AdamW with a cosine schedule after a linear warm-up.
+        schedule: the optimisation schedule (plain flags work: --epochs, --batch-size, --lr).
+        weight_decay, warmup_epochs: AdamW with a cosine schedule after a linear warm-up.
         face_weight: weight of the face-presence loss next to the AU loss.
-        precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` (CUDA) for the forward passes (:mod:`synfer.core.runtime`).
-        seed: seeds weights, order and augmentation.
-        limit: at most this many faces per split (quick runs and tests).
-        resume: continue the interrupted run in ``out``.
-        report_to: also log each epoch's metrics through accelerate's trackers: ``tensorboard`` (under
-            ``out/logs``; ``pip install synfer[tracking]``) or ``wandb``; ``none``: ``metrics.jsonl`` only.
-        overwrite: start the run in ``out`` again.
+        run: seed, limit, precision, resume, overwrite, report_to (plain flags work: --seed 1, --resume).
 
     Returns:
         the run folder.
     """
     out = Path(out)
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1; got {epochs}.")
     init = ExpressionClassifier.from_pretrained(init_from) if init_from else None
     size = tuple(init.config.input_size) if init is not None else None
-    train = _au_split(data, train_split, size, limit)
-    val = _au_split(data, val_split, tuple(train.images.shape[1:]), limit)
-    if len(train) < batch_size:
-        raise DatasetError(f"{len(train)} training faces is less than one batch of {batch_size}.")
-    accel, resume = start_run(out, resume, overwrite, precision, seed, report_to=report_to)
+    train = _au_split(data, train_split, size, run.limit)
+    val = _au_split(data, val_split, tuple(train.images.shape[1:]), run.limit)
+    if len(train) < schedule.batch_size:
+        raise DatasetError(f"{len(train)} training faces is less than one batch of {schedule.batch_size}.")
+    accel, resume = start_run(out, run)
     model = _student(architecture, model_kwargs, init, train).to(accel.device)
-    loader = accel.prepare(index_loader(len(train), batch_size, seed, lambda idx: (torch.tensor(idx),)))
+    loader = accel.prepare(index_loader(len(train), schedule.batch_size, run.seed,
+                                        lambda idx: (torch.tensor(idx),)))
     options = {"data": str(data), "architecture": model.config.architecture, "model_kwargs": model.config.model_kwargs,
-               "init_from": init_from, "train_split": train_split, "val_split": val_split, "epochs": epochs,
-               "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "warmup_epochs": warmup_epochs,
-               "face_weight": face_weight, "precision": resolve_precision(precision, accel.device), "seed": seed,
-               "limit": limit}
+               "init_from": init_from, "train_split": train_split, "val_split": val_split, **vars(schedule),
+               "weight_decay": weight_decay, "warmup_epochs": warmup_epochs, "face_weight": face_weight,
+               "precision": resolve_precision(run.precision, accel.device), "seed": run.seed, "limit": run.limit}
     steps = len(loader)
-    trainer = Trainer(accel, out, {"model": model}, epochs, steps, lr, weight_decay=weight_decay,
+    trainer = Trainer(accel, out, {"model": model}, schedule.epochs, steps, schedule.lr,
+                      weight_decay=weight_decay,
                       warmup_steps=max(1, int(warmup_epochs * steps)), max_grad_norm=0.0, decay_1d=False,
                       fingerprint=options)
-    if resume:
-        trainer.load()
-    if accel.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "train_config.json", provenance_entry("train-au-estimator", options, data={
-            "train": len(train), "train_with_aus": int(train.has_aus.sum()), "val": len(val),
-            "val_with_aus": int(val.has_aus.sum())}))
+    trainer.begin(resume, "train-au-estimator", options, data={
+        "train": len(train), "train_with_aus": int(train.has_aus.sum()), "val": len(val),
+        "val_with_aus": int(val.has_aus.sum())})
     perm, sums = _flip_permutation(train.au_names), {"au": 0.0, "face": 0.0, "batches": 0}
 
     def loss_fn(batch: tuple[torch.Tensor]) -> torch.Tensor:
@@ -194,7 +177,7 @@ def train_au_estimator(
     def end_epoch(epoch: int) -> dict[str, Any]:
         n = max(1, sums["batches"])
         row = {"train_au_bce": sums["au"] / n, "train_face_bce": sums["face"] / n,
-               **_select(trainer, model, val, data, val_split, init_from, seed, out)}
+               **_select(trainer, model, val, data, val_split, init_from, run.seed, out)}
         sums.update(au=0.0, face=0.0, batches=0)
         return row
 
