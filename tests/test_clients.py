@@ -34,12 +34,11 @@ def sample(pipe: SynferPipeline, seed: int = 0, **kw) -> torch.Tensor:
 
 
 # -- diffusers ----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("first", ["synfer", "diffusers"])
-def test_diffusion_pipeline_loads_a_synfer_folder(pipe_dir: Path, first: str) -> None:
-    """In a new process, `import synfer` before or after diffusers: DiffusionPipeline.from_pretrained gives a
-    SynferPipeline drawing the same faces as SynferPipeline.from_pretrained."""
+def test_diffusion_pipeline_loads_a_synfer_folder(pipe_dir: Path) -> None:
+    """In new processes, `import synfer` before and after diffusers: DiffusionPipeline.from_pretrained gives a
+    SynferPipeline drawing the same faces as SynferPipeline.from_pretrained (the two processes run side by side)."""
     imports = ["import synfer", "from diffusers import DiffusionPipeline"]
-    code = "\n".join([*(imports if first == "synfer" else imports[::-1]), f"""
+    body = f"""
 import torch
 from synfer.generator.pipeline import SynferPipeline
 a = DiffusionPipeline.from_pretrained({str(pipe_dir)!r})
@@ -47,11 +46,15 @@ b = SynferPipeline.from_pretrained({str(pipe_dir)!r})
 out = [p("a happy face", aus=[0.9, 0.1], generator=torch.Generator().manual_seed(0), output_type="pt").images
        for p in (a, b)]
 print(type(a).__name__, torch.equal(*out))
-"""])
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stdout.split()[-2:] == ["SynferPipeline", "True"]
+"""
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    procs = {first: subprocess.Popen([sys.executable, "-c", "\n".join([*order, body])], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=env)
+             for first, order in (("synfer", imports), ("diffusers", imports[::-1]))}
+    for first, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, (first, err[-2000:])
+        assert out.split()[-2:] == ["SynferPipeline", "True"], first
 
 
 def test_save_pretrained_copy_generates_the_same_faces(tmp_path: Path) -> None:

@@ -359,6 +359,7 @@ def test_a_killed_exports_staging_folder_is_cleaned_by_the_next(tmp_path: Path) 
     assert not left.exists() and not list(tmp_path.glob(".tmp-*")) and (tmp_path / "pq" / "README.md").is_file()
 
 
+@pytest.mark.slow
 def test_two_concurrent_generate_runs_cannot_share_a_folder(pipe_dir: Path, tmp_path: Path) -> None:
     """Two `generate --resume` on one OUT: while the first runs, the second is refused naming it; the folder then
     holds exactly the planned faces, no duplicates."""

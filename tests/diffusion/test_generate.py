@@ -84,6 +84,36 @@ def test_generate_writes_the_planned_records(pipe_dir: Path, prepared: Path, tmp
         generate(tmp_path / "bad", pipeline=str(pipe_dir), counts={"fear": 1}, expressions=EXPR)
 
 
+def test_resume_after_an_interrupted_run(pipe_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run stopped after two shards (Ctrl-C in the third flush) resumes to exactly the planned faces, the same
+    faces as an uninterrupted run; the SIGKILL variant is the slow test below."""
+    from synfer.core import dataset
+
+    kw = dict(pipeline=str(pipe_dir), expressions=EXPR, per_class=5, batch_size=2, flush_every=2,
+              au_source="prototype", preview=False)
+    real_flush, flushes = dataset.DatasetWriter.flush, []
+
+    def stop_in_the_third_flush(self):
+        if self._buffer:
+            flushes.append(len(self._buffer))
+            if len(flushes) == 3:
+                raise KeyboardInterrupt
+        real_flush(self)
+
+    monkeypatch.setattr(dataset.DatasetWriter, "flush", stop_in_the_third_flush)
+    with pytest.raises(KeyboardInterrupt):
+        generate(tmp_path / "syn", **kw)
+    monkeypatch.setattr(dataset.DatasetWriter, "flush", real_flush)
+    assert 4 <= len(DatasetFolder(tmp_path / "syn", allow_incomplete=True)) < 10  # stopped mid-way
+    d = DatasetFolder(generate(tmp_path / "syn", **kw, resume=True))
+    straight = DatasetFolder(generate(tmp_path / "straight", **kw))
+    assert sorted(d.ids) == sorted(straight.ids) == [f"syn{k:07d}" for k in range(10)]
+    for r in straight.records():
+        a = np.asarray(d.load_image(r.image), dtype=int)
+        assert np.abs(a - np.asarray(straight.load_image(r.image), dtype=int)).max() <= 2
+
+
+@pytest.mark.slow
 def test_resume_after_sigkill(pipe_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "syn"
     cmd = [sys.executable, "-m", "synfer", "generate", str(out), "--pipeline", str(pipe_dir),
