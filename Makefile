@@ -7,14 +7,14 @@ BIN    := $(VENV)/bin
 FERPLUS ?= ../shared/data/ferplus
 RUNS   ?= runs
 
-.PHONY: demo ferplus test env bench lint clean
+.PHONY: demo ferplus test env bench lint clean browser app
 
 env: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,au,text]'
+	$(BIN)/pip install --quiet -e '.[dev,au,text,app]'
 	touch $@
 
 # Main job on the bundled default: the bundled mini generator draws a grid of faces for every FER+ expression and
@@ -31,6 +31,17 @@ ferplus: env
 # Default test run (offline; slow and GPU tests are marked and left out: `$(BIN)/pytest -m slow`).
 test: env
 	$(BIN)/pytest
+
+# Debian's Chromium and its driver, for the app's browser test (skipped where they are missing); needs root or sudo.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then echo "chromium: present"; \
+	elif command -v apt-get >/dev/null; then SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; \
+	else echo "no apt-get: install Chromium and chromedriver yourself to run the browser test"; fi
+
+# The face studio on http://127.0.0.1:7860 (bundled generator; writes under runs/app).
+app: env
+	$(BIN)/synfer app --out $(RUNS)/app
 
 bench: env
 	$(BIN)/python benchmarks/import_ferplus.py --ferplus $(FERPLUS)

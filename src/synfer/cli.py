@@ -44,6 +44,8 @@ COMMANDS: dict[str, str] = {
     "quality": "synfer.study.quality:quality",
     "probe": "synfer.classifiers.probe:probe",
     "experiment": "synfer.study.experiment:experiment",
+    # the face studio in the browser
+    "app": "synfer.app.serve:app",
 }
 
 
