@@ -26,8 +26,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(out.parent / "tmp")}  # nothing else may be written
-    (out.parent / "tmp").mkdir()
+    home, tmp = out.parent / "home", out.parent / "tmp"  # the app may write neither here nor anywhere but `out`
+    home.mkdir()
+    tmp.mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp), "HOME": str(home), "XDG_CACHE_HOME": str(home)}
     proc = subprocess.Popen([sys.executable, "-m", "synfer", "app", "--port", str(port), "--out", str(out)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
@@ -79,6 +81,7 @@ def test_endpoints_through_gradio_client(server: tuple[str, Path]) -> None:
     assert not (out.parent / "escape").exists()
     written = {p.relative_to(out).parts[0] for p in out.rglob("*") if p.is_file()}
     assert written <= {".gradio", "datasets", "exports"}, written
+    assert not [p for p in (out.parent / "home").rglob("*")], "the app wrote into HOME"
 
 
 @pytest.mark.slow

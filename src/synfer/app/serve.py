@@ -51,6 +51,7 @@ def app(
         raise ValueError(f"port must be 1..65535; got {port}.")
     out.mkdir(parents=True, exist_ok=True)
     os.environ["GRADIO_TEMP_DIR"] = str(out / ".gradio")  # uploads and shown images stay in the output folder
+    os.environ["MPLCONFIGDIR"] = str(out / ".gradio" / "matplotlib")  # gradio imports matplotlib: its font cache too
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     try:
