@@ -14,22 +14,12 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import torch
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def main() -> None:
@@ -58,17 +48,10 @@ def main() -> None:
         studio.generate("happiness", target(k + 1), n=args.faces, seed=args.seed)
         direct.append(time.perf_counter() - t0)
 
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "synfer", "app", "--port", str(port), "--out", str(work / "app")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    from synfer.app.serve import serve_in_background
+
+    proc, url = serve_in_background(work / "app")
     try:
-        url = f"http://127.0.0.1:{port}/"
-        for _ in range(360):
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
         from gradio_client import Client
 
         client = Client(url, verbose=False, analytics_enabled=False, download_files=str(work / "downloads"))

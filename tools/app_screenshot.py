@@ -10,12 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 
@@ -29,12 +25,10 @@ def main() -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from synfer.app.serve import serve_in_background
+
     work = Path(tempfile.mkdtemp(prefix="synfer-app-shot-"))
-    proc = subprocess.Popen([sys.executable, "-m", "synfer", "app", "--port", str(port), "--out", str(work)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, url = serve_in_background(work)
     os.environ.setdefault("SE_OFFLINE", "true")
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
@@ -43,13 +37,6 @@ def main() -> None:
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"),
                               options=options)
     try:
-        url = f"http://127.0.0.1:{port}/"
-        for _ in range(360):
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
         driver.get(url)
         wait = WebDriverWait(driver, 120)
         css = lambda sel: driver.find_elements(By.CSS_SELECTOR, sel)  # noqa: E731

@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +12,8 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("gradio")
+from synfer.app.serve import serve_in_background  # noqa: E402
+
 CHROMIUM, DRIVER = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
 
 
@@ -23,28 +21,11 @@ CHROMIUM, DRIVER = shutil.which("chromium") or shutil.which("chromium-browser"),
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """``synfer app`` in a child process on a free port; yields (url, its output folder)."""
     out = tmp_path_factory.mktemp("app") / "out"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     home, tmp = out.parent / "home", out.parent / "tmp"  # the app may write neither here nor anywhere but `out`
     home.mkdir()
     tmp.mkdir()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp), "HOME": str(home), "XDG_CACHE_HOME": str(home)}
-    proc = subprocess.Popen([sys.executable, "-m", "synfer", "app", "--port", str(port), "--out", str(out)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail(f"synfer app exited: {proc.stdout.read()[-3000:]}")
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("synfer app did not start in 180 s")
+    proc, url = serve_in_background(out, env=env)
     yield url, out
     proc.terminate()
     proc.wait(timeout=30)

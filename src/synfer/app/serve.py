@@ -7,6 +7,11 @@ web, and keeps Gradio's upload cache inside the output folder, the only folder i
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 from ..models.classifiers import DEFAULT_CLASSIFIER
@@ -75,3 +80,30 @@ def app(
             page.block_thread()
         finally:
             studio.close()
+
+
+def serve_in_background(out: Path, *args: str, env: dict[str, str] | None = None,
+                        timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
+    """``synfer app --out OUT ARGS`` in a child process on a free local port, returned once the page answers:
+    ``(process, url)`` (for benchmarks, screenshots and tests; terminate the process when done). The server's
+    output goes to ``OUT/.gradio/server.log``."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = Path(out) / ".gradio" / "server.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as sink:  # the child keeps its own handle
+        proc = subprocess.Popen([sys.executable, "-m", "synfer", "app", "--port", str(port), "--out", str(out),
+                                 *args], env=env, stdout=sink, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return proc, url
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"synfer app exited: {log.read_text()[-3000:]}") from None
+            time.sleep(0.5)
+    proc.kill()
+    raise TimeoutError(f"synfer app did not answer on {url} within {timeout:.0f} s")
