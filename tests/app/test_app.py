@@ -81,6 +81,40 @@ def test_make_a_dataset_through_the_page(server: tuple[str, Path]) -> None:
     assert "metadata.parquet" in " ".join(names) and sum(n.endswith(".png") for n in names) == 2
 
 
+@pytest.mark.slow
+def test_stop_ends_a_dataset_run_and_the_same_settings_continue_it(server: tuple[str, Path]) -> None:
+    import time
+
+    from gradio_client import Client
+
+    url, out = server
+    folder = out / "datasets" / "big"
+
+    def children() -> list[str]:  # `synfer generate` processes writing this folder
+        found = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                args = cmdline.read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"generate" in args and str(folder).encode() in args:
+                found.append(cmdline.parent.name)
+        return found
+
+    client = Client(url, verbose=False, analytics_enabled=False, download_files=str(out.parent / "downloads"))
+    job = client.submit("big", "class mean", 0, 0, *[400] * 8, api_name="/make_dataset")
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(folder.glob("records-*.parquet")):
+        time.sleep(0.5)
+    assert children(), "the dataset run should be going"
+    job.cancel()
+    deadline = time.time() + 30
+    while time.time() < deadline and children():
+        time.sleep(0.5)
+    assert not children(), "Stop must end the child process"
+    assert (folder / "dataset.json").is_file()  # kept, to be continued with the same settings
+
+
 @pytest.mark.skipif(CHROMIUM is None or DRIVER is None, reason="needs Debian's chromium and chromium-driver")
 def test_the_page_in_a_real_browser(server: tuple[str, Path], tmp_path: Path) -> None:
     """Move an AU slider, apply a preset, generate (the gallery and the measured-AU chart update), edit a
