@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ import numpy as np
 import torch
 
 PINNED = Path(__file__).with_name("pinned.json")
+#: CPU kernels' float reductions depend on the thread count: the pinned outputs were computed with 2 threads.
+THREADS = 2
 PROMPT = "A close-up photo of a person with a {} expression."
 
 
@@ -31,6 +35,18 @@ def _hashes(images: torch.Tensor) -> list[str]:
     return [hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:16] for x in u8]
 
 
+@contextmanager
+def pinned_threads() -> Iterator[None]:
+    """torch on :data:`THREADS` threads inside (test workers may run on one)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pinned_threads()
 def faces() -> dict[str, list[str]]:
     """The bundled generator's faces at the pinned settings."""
     from synfer.generator.guidance import SemanticGuidance
@@ -65,6 +81,7 @@ def _bundled_dir() -> Path:
     return resolve("generator")
 
 
+@pinned_threads()
 def classifier_predictions(ferplus: Path, work: Path) -> str | None:
     """The bundled classifier's argmax on FER+ test (majority), as one digit per face; None without the data."""
     from synfer.classifiers.evaluate import predict
