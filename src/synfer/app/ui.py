@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,163 +79,178 @@ def au_chart(names: tuple[str, ...], target: list[float] | None, measured: np.nd
 
 
 def build(studio: Studio) -> Any:
-    """The gr.Blocks of the app."""
+    """The gr.Blocks of the app: a header and three tabs."""
     import gradio as gr
 
-    sliders_info = studio.sliders()
     info = studio.describe()
-    exprs = studio.expressions
-    defaults = studio.defaults
     with gr.Blocks(title="synfer studio", analytics_enabled=False) as page:
         gr.Markdown(f"## synfer studio\nGenerator `{info['pipeline']}` ({info['aus']} AUs, {info['device']}); "
                     f"expressions read by `{info['judge']}`, a classifier that does not guide.")
-        sliders: list[Any] = []
         with gr.Tab("Generate"):
-            with gr.Row():
-                with gr.Column(scale=2):
-                    expression = gr.Dropdown(exprs, value="happiness", label="expression")
-                    coarse = gr.Textbox(label="description (optional)", placeholder="an old man with glasses")
-                    with gr.Row():
-                        preset = gr.Radio(list(studio.presets(exprs[0])) or ["none"], label="AU preset",
-                                          elem_id="preset")
-                        reset = gr.Button("Reset AUs", size="sm", elem_id="reset")
-                    with gr.Accordion("AUs from a face", open=False):
-                        face = gr.Image(type="pil", label="a face to start from", elem_id="face-upload")
-                        read = gr.Button("Read its AUs", size="sm", elem_id="read-aus")
-                    by_region = {r: [s for s in sliders_info if s.region == r] for r in REGIONS}
-                    for region, group in by_region.items():
-                        if not group:
-                            continue
-                        with gr.Accordion(f"{region} ({len(group)})", open=region in ("brows", "mouth")):
-                            for s in group:
-                                sliders.append(gr.Slider(0, 1, value=0, step=0.01, label=s.label, info=s.info,
-                                                         elem_id=f"au-{s.column}"))
-                    order = [s.column for r in REGIONS for s in by_region[r]]  # slider order -> generator order
-                    position = [order.index(name) for name in studio.au_names]
-                with gr.Column(scale=3):
-                    with gr.Row():
-                        steps = gr.Slider(1, 50, value=int(defaults["num_inference_steps"]), step=1, label="steps")
-                        n_faces = gr.Slider(1, 16, value=4, step=1, label="faces")
-                        seed = gr.Number(0, precision=0, label="seed", minimum=0)
-                    with gr.Row():
-                        text_scale = gr.Slider(0, 10, value=float(defaults["guidance_scale_text"]), step=0.5,
-                                               label="text guidance")
-                        au_scale = gr.Slider(0, 10, value=float(defaults["guidance_scale_au"]), step=0.5,
-                                             label="AU guidance")
-                        semantic = gr.Slider(0, 0.3, value=0.0, step=0.01, label="semantic guidance (0 = off)")
-                    with gr.Row():
-                        go = gr.Button("Generate", variant="primary", elem_id="generate")
-                        live = gr.Checkbox(False, label="generate when a slider is released")
-                    gallery = gr.Gallery(label="faces", columns=4, height=220, format="png", elem_id="gallery")
-                    chart = gr.Image(label="AUs: target vs measured", elem_id="au-chart", interactive=False, format="png")
-                    probs = gr.Label(num_top_classes=4, label="expression read by the judge", elem_id="probs")
-                    status = gr.Markdown(elem_id="status")
-
-        def to_generator_order(values: tuple[float, ...]) -> list[float]:
-            return [float(values[position[i]]) for i in range(len(studio.au_names))]
-
-        def to_slider_order(vector: list[float]) -> list[float]:
-            return [round(float(vector[studio.au_names.index(name)]), 3) for name in order]
-
-        @_messages
-        def draw(expr: str, text: str, _live: bool, s: float, n: int, st: int, ts: float, as_: float, sg: float,
-                 *values: float) -> tuple[Any, ...]:
-            if s is None or s < 0:
-                raise StudioError("seed must be a whole number >= 0.")
-            faces = studio.generate(expr, to_generator_order(values) if studio.au_names else None, n=int(n),
-                                    seed=int(s), coarse=text or "", steps=int(st), text_scale=float(ts),
-                                    au_scale=float(as_), semantic_guidance=float(sg))
-            chart_image = au_chart(studio.au_names, faces.target, faces.measured) if studio.au_names else None
-            gallery_items = [(im.resize((144, 144), Image.NEAREST), p) for im, p in zip(faces.images, faces.prompts,
-                                                                                        strict=True)]
-            return (gallery_items, chart_image, faces.probabilities,
-                    f"{len(faces.images)} faces in {faces.seconds:.2f} s (drawing, reading AUs and expressions)")
-
-        inputs = [expression, coarse, live, seed, n_faces, steps, text_scale, au_scale, semantic, *sliders]
-        outputs = [gallery, chart, probs, status]
-        go.click(draw, inputs, outputs, api_name="generate")
-
-        def on_release(*args: Any) -> tuple[Any, ...]:
-            return draw(*args) if args[2] else (gr.skip(),) * len(outputs)  # args[2]: the live checkbox
-
-        if sliders:
-            gr.on([s.release for s in sliders], on_release, inputs, outputs, api_visibility="private")
-
-        @_messages
-        def apply_preset(expr: str, name: str | None) -> list[float]:
-            chosen = studio.presets(expr).get(name or "")
-            if chosen is None:
-                raise StudioError(f"no preset {name!r} for this generator.")
-            return to_slider_order(chosen)
-
-        @_messages
-        def read_face(photo: Any) -> list[float]:
-            return to_slider_order(studio.aus_from_face(photo))
-
-        if sliders:
-            preset.input(apply_preset, [expression, preset], sliders, api_name="preset")
-            reset.click(lambda: [0.0] * len(sliders), None, sliders, api_visibility="private")
-            read.click(read_face, [face], sliders, api_name="read_aus")
-
+            sliders, order = _generate_tab(studio)
         with gr.Tab("Edit a photo"):
-            with gr.Row():
-                with gr.Column():
-                    photo = gr.Image(type="pil", label="photo", elem_id="photo")
-                    edit_expr = gr.Dropdown(exprs, value="happiness", label="toward expression")
-                    strength = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="strength")
-                    use_sliders = gr.Checkbox(False, label="use the AU sliders of the Generate tab "
-                                                           "(else the expression's preset)")
-                    edit_go = gr.Button("Edit", variant="primary", elem_id="edit")
-                with gr.Column():
-                    before_after = gr.Gallery(label="face before / after", columns=2, height=260,
-                                              elem_id="before-after")
-                    pasted = gr.Image(label="photo with the edit pasted back", interactive=False, elem_id="pasted")
-
-        @_messages
-        def do_edit(image: Any, expr: str, st: float, mine: bool, *values: float) -> tuple[Any, Any]:
-            aus = None
-            if studio.au_names:
-                presets = studio.presets(expr)
-                aus = to_generator_order(values) if mine else presets.get("class mean",
-                                                                          presets["EMFACS prototype"])
-            before, after, photo_out = studio.edit(image, expr, aus, float(st))
-            big = [(im.resize((160, 160), Image.BICUBIC), label) for im, label in ((before, "before"),
-                                                                                    (after, "after"))]
-            return big, photo_out
-
-        edit_go.click(do_edit, [photo, edit_expr, strength, use_sliders, *sliders], [before_after, pasted],
-                      api_name="edit")
-
+            _edit_tab(studio, sliders, order)
         with gr.Tab("Make a dataset"):
-            gr.Markdown("Faces per expression, written as a synfer dataset folder under the app's output folder, "
-                        "then exported as an ImageFolder and zipped. Stopping keeps what is done; the same "
-                        "settings continue it.")
-            with gr.Row():
-                counts = [gr.Number(0, precision=0, minimum=0, label=e, elem_id=f"count-{e}") for e in exprs]
-            with gr.Row():
-                name = gr.Textbox("my-faces", label="dataset name (letters, digits, - and _)", elem_id="ds-name")
-                au_source = gr.Radio(["class mean", "EMFACS prototype", "none"], value="class mean",
-                                     label="target AUs")
-                ds_semantic = gr.Slider(0, 0.3, value=0.0, step=0.01, label="semantic guidance (0 = off)")
-                ds_seed = gr.Number(0, precision=0, minimum=0, label="seed")
-            with gr.Row():
-                make = gr.Button("Make dataset", variant="primary", elem_id="make")
-                stop = gr.Button("Stop", elem_id="stop")
-            ds_status = gr.Markdown(elem_id="ds-status")
-            ds_file = gr.File(label="ImageFolder zip", elem_id="ds-zip")
-
-        def make_dataset(ds_name: str, source: str, sg: float, s: float, *numbers: float,
-                         progress: Any = gr.Progress()) -> Iterator[tuple[str, Any]]:  # noqa: B008 (gradio's way)
-            try:
-                yield from dataset_job(studio, ds_name, source, sg, s, dict(zip(exprs, numbers, strict=True)),
-                                       progress)
-            except (StudioError, ValueError, OSError) as e:
-                raise gr.Error(" ".join(str(e).split())) from e
-
-        job = make.click(make_dataset, [name, au_source, ds_semantic, ds_seed, *counts], [ds_status, ds_file],
-                         api_name="make_dataset")
-        stop.click(None, None, None, cancels=[job], api_visibility="private")
+            _dataset_tab(studio)
     return page
+
+
+@dataclass(frozen=True)
+class _SliderOrder:
+    """The sliders are grouped by face region; the generator wants its own AU order."""
+
+    au_names: tuple[str, ...]
+    order: tuple[str, ...]  # the AU of each slider, top to bottom
+
+    def to_generator(self, values: tuple[float, ...]) -> list[float]:
+        return [float(values[self.order.index(name)]) for name in self.au_names]
+
+    def to_sliders(self, vector: list[float]) -> list[float]:
+        return [round(float(vector[self.au_names.index(name)]), 3) for name in self.order]
+
+
+def _au_column(studio: Studio) -> tuple[dict[str, Any], list[Any], _SliderOrder]:
+    """The Generate tab's left column: expression, description, presets, AUs from a face, a slider per AU."""
+    import gradio as gr
+
+    exprs = studio.expressions
+    c: dict[str, Any] = {"expression": gr.Dropdown(exprs, value="happiness", label="expression"),
+                         "coarse": gr.Textbox(label="description (optional)", placeholder="an old man with glasses")}
+    with gr.Row():
+        c["preset"] = gr.Radio(list(studio.presets(exprs[0])) or ["none"], label="AU preset", elem_id="preset")
+        c["reset"] = gr.Button("Reset AUs", size="sm", elem_id="reset")
+    with gr.Accordion("AUs from a face", open=False):
+        c["face"] = gr.Image(type="pil", label="a face to start from", elem_id="face-upload")
+        c["read"] = gr.Button("Read its AUs", size="sm", elem_id="read-aus")
+    by_region = {r: [s for s in studio.sliders() if s.region == r] for r in REGIONS}
+    sliders = []
+    for region, group in by_region.items():
+        if group:
+            with gr.Accordion(f"{region} ({len(group)})", open=region in ("brows", "mouth")):
+                sliders += [gr.Slider(0, 1, value=0, step=0.01, label=s.label, info=s.info, elem_id=f"au-{s.column}")
+                            for s in group]
+    order = _SliderOrder(studio.au_names, tuple(s.column for r in REGIONS for s in by_region[r]))
+    return c, sliders, order
+
+
+def _generate_tab(studio: Studio) -> tuple[list[Any], _SliderOrder]:
+    """Controls, faces, the measured AUs and the judge's reading; returns the AU sliders and their order."""
+    import gradio as gr
+
+    defaults = studio.defaults
+    with gr.Row():
+        with gr.Column(scale=2):
+            c, sliders, order = _au_column(studio)
+        with gr.Column(scale=3):
+            with gr.Row():
+                steps = gr.Slider(1, 50, value=int(defaults["num_inference_steps"]), step=1, label="steps")
+                n_faces = gr.Slider(1, 16, value=4, step=1, label="faces")
+                seed = gr.Number(0, precision=0, label="seed", minimum=0)
+            with gr.Row():
+                text_scale = gr.Slider(0, 10, value=float(defaults["guidance_scale_text"]), step=0.5,
+                                       label="text guidance")
+                au_scale = gr.Slider(0, 10, value=float(defaults["guidance_scale_au"]), step=0.5, label="AU guidance")
+                semantic = gr.Slider(0, 0.3, value=0.0, step=0.01, label="semantic guidance (0 = off)")
+            with gr.Row():
+                go = gr.Button("Generate", variant="primary", elem_id="generate")
+                live = gr.Checkbox(False, label="generate when a slider is released")
+            outputs = [gr.Gallery(label="faces", columns=4, height=220, format="png", elem_id="gallery"),
+                       gr.Image(label="AUs: target vs measured", elem_id="au-chart", interactive=False, format="png"),
+                       gr.Label(num_top_classes=4, label="expression read by the judge", elem_id="probs"),
+                       gr.Markdown(elem_id="status")]
+
+    @_messages
+    def draw(expr: str, text: str, _live: bool, s: float, n: int, st: int, ts: float, as_: float, sg: float,
+             *values: float) -> tuple[Any, ...]:
+        if s is None or s < 0:
+            raise StudioError("seed must be a whole number >= 0.")
+        faces = studio.generate(expr, order.to_generator(values) if studio.au_names else None, n=int(n),
+                                seed=int(s), coarse=text or "", steps=int(st), text_scale=float(ts),
+                                au_scale=float(as_), semantic_guidance=float(sg))
+        chart = au_chart(studio.au_names, faces.target, faces.measured) if studio.au_names else None
+        shown = [(im.resize((144, 144), Image.NEAREST), p) for im, p in zip(faces.images, faces.prompts, strict=True)]
+        return (shown, chart, faces.probabilities,
+                f"{len(faces.images)} faces in {faces.seconds:.2f} s (drawing, reading AUs and expressions)")
+
+    def on_release(*args: Any) -> tuple[Any, ...]:
+        return draw(*args) if args[2] else (gr.skip(),) * len(outputs)  # args[2]: the live checkbox
+
+    @_messages
+    def apply_preset(expr: str, name: str | None) -> list[float]:
+        chosen = studio.presets(expr).get(name or "")
+        if chosen is None:
+            raise StudioError(f"no preset {name!r} for this generator.")
+        return order.to_sliders(chosen)
+
+    inputs = [c["expression"], c["coarse"], live, seed, n_faces, steps, text_scale, au_scale, semantic, *sliders]
+    go.click(draw, inputs, outputs, api_name="generate")
+    if sliders:
+        gr.on([s.release for s in sliders], on_release, inputs, outputs, api_visibility="private")
+        c["preset"].input(apply_preset, [c["expression"], c["preset"]], sliders, api_name="preset")
+        c["reset"].click(lambda: [0.0] * len(sliders), None, sliders, api_visibility="private")
+        c["read"].click(_messages(lambda photo: order.to_sliders(studio.aus_from_face(photo))), [c["face"]],
+                        sliders, api_name="read_aus")
+    return sliders, order
+
+
+def _edit_tab(studio: Studio, sliders: list[Any], order: _SliderOrder) -> None:
+    """A photo edited toward an expression (its preset AUs or the Generate tab's sliders), pasted back."""
+    import gradio as gr
+
+    with gr.Row():
+        with gr.Column():
+            photo = gr.Image(type="pil", label="photo", elem_id="photo")
+            expression = gr.Dropdown(studio.expressions, value="happiness", label="toward expression")
+            strength = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="strength")
+            use_sliders = gr.Checkbox(False, label="use the AU sliders of the Generate tab (else the expression's "
+                                                   "preset)")
+            go = gr.Button("Edit", variant="primary", elem_id="edit")
+        with gr.Column():
+            before_after = gr.Gallery(label="face before / after", columns=2, height=260, elem_id="before-after")
+            pasted = gr.Image(label="photo with the edit pasted back", interactive=False, elem_id="pasted")
+
+    @_messages
+    def do_edit(image: Any, expr: str, st: float, mine: bool, *values: float) -> tuple[Any, Any]:
+        aus = None
+        if studio.au_names:
+            presets = studio.presets(expr)
+            aus = order.to_generator(values) if mine else presets.get("class mean", presets["EMFACS prototype"])
+        before, after, photo_out = studio.edit(image, expr, aus, float(st))
+        return [(im.resize((160, 160), Image.BICUBIC), label) for im, label in ((before, "before"),
+                                                                                 (after, "after"))], photo_out
+
+    go.click(do_edit, [photo, expression, strength, use_sliders, *sliders], [before_after, pasted], api_name="edit")
+
+
+def _dataset_tab(studio: Studio) -> None:
+    """Counts per expression -> a dataset folder, its ImageFolder export and a zip; Stop ends the run."""
+    import gradio as gr
+
+    exprs = studio.expressions
+    gr.Markdown("Faces per expression, written as a synfer dataset folder under the app's output folder, then "
+                "exported as an ImageFolder and zipped. Stopping keeps what is done; the same settings continue it.")
+    with gr.Row():
+        counts = [gr.Number(0, precision=0, minimum=0, label=e, elem_id=f"count-{e}") for e in exprs]
+    with gr.Row():
+        name = gr.Textbox("my-faces", label="dataset name (letters, digits, - and _)", elem_id="ds-name")
+        au_source = gr.Radio(["class mean", "EMFACS prototype", "none"], value="class mean", label="target AUs")
+        semantic = gr.Slider(0, 0.3, value=0.0, step=0.01, label="semantic guidance (0 = off)")
+        seed = gr.Number(0, precision=0, minimum=0, label="seed")
+    with gr.Row():
+        make = gr.Button("Make dataset", variant="primary", elem_id="make")
+        stop = gr.Button("Stop", elem_id="stop")
+    status, zip_file = gr.Markdown(elem_id="ds-status"), gr.File(label="ImageFolder zip", elem_id="ds-zip")
+
+    def make_dataset(ds_name: str, source: str, sg: float, s: float, *numbers: float,
+                     progress: Any = gr.Progress()) -> Iterator[tuple[str, Any]]:  # noqa: B008 (gradio's way)
+        try:
+            yield from dataset_job(studio, ds_name, source, sg, s, dict(zip(exprs, numbers, strict=True)), progress)
+        except (StudioError, ValueError, OSError) as e:
+            raise gr.Error(" ".join(str(e).split())) from e
+
+    job = make.click(make_dataset, [name, au_source, semantic, seed, *counts], [status, zip_file],
+                     api_name="make_dataset")
+    stop.click(None, None, None, cancels=[job], api_visibility="private")
 
 
 def dataset_job(studio: Studio, name: str, source: str, semantic: float, seed: float, counts: dict[str, Any],
