@@ -246,6 +246,23 @@ def test_adapter_with_standardized_aus_continues_the_same_function_and_resumes(
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_generator_trainers_run_in_bf16_and_export_fp32(faces: Path, clip: Path, vae_run: Path, gen_run: Path,
+                                                        tmp_path: Path) -> None:
+    """train-vae, train-generator and train-adapter under bf16 autocast on the CPU: finite losses, bf16 on record,
+    fp32 weights exported (the loss and the optimiser's master weights never leave fp32)."""
+    runs = {"vae": call(train_vae, [faces], tmp_path / "vae", **{**VAE, "epochs": 1}, precision="bf16").parent,
+            "generator": call(train_generator, [faces], tmp_path / "gen", vae=vae_run, text_encoder=str(clip),
+                              **{**GEN, "epochs": 1}, precision="bf16").parent,
+            "adapter": call(train_adapter, [faces], tmp_path / "adapter", pipeline=gen_run / "pipeline",
+                            **{**ADAPTER, "epochs": 1}, precision="bf16").parent}
+    for name, run in runs.items():
+        assert all(np.isfinite(row["train_loss"]) for row in metrics(run)), name
+        assert json.loads((run / "train_config.json").read_text())["config"]["precision"] == "bf16", name
+    assert all(w.dtype == torch.float32 for w in weights(runs["vae"] / "vae").values())
+    assert all(w.dtype == torch.float32 for w in weights(runs["generator"] / "pipeline" / "unet").values())
+    assert all(w.dtype == torch.float32 for w in weights(runs["adapter"] / "adapter").values())
+
+
 def test_inputs_without_captions_or_aus_are_refused(gen_run: Path, vae_run: Path, clip: Path,
                                                     tmp_path: Path) -> None:
     no_captions = write_faces(tmp_path / "raw", captions=False, aus=False, n_train=8)
