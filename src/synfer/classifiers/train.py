@@ -120,7 +120,7 @@ def train_fer(
     out = Path(out)
     if labels not in ("soft", "hard", "sample"):
         raise ValueError(f"labels must be soft, hard or sample; got {labels!r}.")
-    accel, resume = start_run(out, run)
+    accel, resume = start_run(out, run, schedule)
     data = _load_data(train, train_split, val, val_split, input_size, run.limit)
     sampler = MixSampler([len(p) for p in data.parts], [p.labels for p in data.parts], ratios=ratios, counts=counts,
                          epoch_size=epoch_size, balanced=balanced, seed=run.seed)

@@ -23,7 +23,8 @@ class Schedule:
 
     Args:
         epochs: passes over the training data, as the verb defines an epoch.
-        batch_size: examples per optimiser step in each process.
+        batch_size: examples per optimiser step, over all processes (each of N processes takes batch_size / N, so
+            a run takes the same steps on the same faces whatever the process count).
         lr: peak learning rate (after any warm-up).
     """
 
@@ -37,6 +38,7 @@ class Schedule:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}.")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0; got {self.lr}.")
+
 
 
 @dataclass(frozen=True)

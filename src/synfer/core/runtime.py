@@ -101,11 +101,15 @@ def make_accelerator(precision: str, device: torch.device | None = None, log_wit
     """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
+    from accelerate.utils import DataLoaderConfiguration
 
     device = resolve_device("auto") if device is None else device
     mixed = accelerate_mixed_precision(precision, device)
     state = AcceleratorState._shared_state
     if state and state.get("_mixed_precision", mixed) != mixed:
         AcceleratorState._reset_state(reset_partial_state=False)
+    # split_batches: a loader's batch is the global batch, shared out among the processes, so a run takes the same
+    # optimiser steps on the same faces whatever the process count (the trainer averages the gradients)
     return Accelerator(mixed_precision=mixed, cpu=device.type == "cpu", log_with=log_with,
-                       project_dir=None if project_dir is None else str(project_dir))
+                       project_dir=None if project_dir is None else str(project_dir),
+                       dataloader_config=DataLoaderConfiguration(split_batches=True))

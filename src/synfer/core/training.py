@@ -32,7 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .dataset import DatasetError, FolderLock, replace_path
-from .options import RunOptions
+from .options import RunOptions, Schedule
 from .runtime import make_accelerator, resolve_device, resolve_precision
 from .train_state import load_state, open_run_dir, rng_state, save_state, set_rng_state, warmup_cosine
 
@@ -55,20 +55,30 @@ def check_report_to(report_to: str) -> str | None:
     return package and report_to
 
 
-def start_run(out: Path, run: RunOptions, precision: str | None = None) -> tuple[Any, bool]:
-    """Check the run folder, make the Accelerator (``run.precision``, or ``precision`` where the verb decides it:
-    see :mod:`synfer.core.runtime`; ``run.report_to``: :data:`TRACKERS`, logging under ``out/logs``) and seed
-    everything; returns ``(accelerator, resume)``.
+def start_run(out: Path, run: RunOptions, schedule: Schedule, precision: str | None = None) -> tuple[Any, bool]:
+    """Check the options and the run folder, make the Accelerator (``run.precision``, or ``precision`` where the
+    verb decides it: see :mod:`synfer.core.runtime`; ``run.report_to``: :data:`TRACKERS`, logging under
+    ``out/logs``) and seed everything; returns ``(accelerator, resume)``.
 
     ``resume`` comes back False where the folder holds no finished epoch yet (start from scratch in it).
     """
     from accelerate.utils import set_seed
 
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun / accelerate launch set it
+    if schedule.batch_size % processes:
+        raise ValueError(f"batch_size {schedule.batch_size} must be a multiple of the {processes} processes (each "
+                         "takes an equal share of every batch).")
     precision = precision or run.precision
     resolve_precision(precision, resolve_device("auto"))  # checked before the run folder is touched
     tracker = check_report_to(run.report_to)
-    resume = open_run_dir(out, run.resume, run.overwrite)
+    # the main process checks, locks and (with overwrite) clears the folder; the others learn whether it resumes
+    main = os.environ.get("RANK", "0") == "0"
+    resume = open_run_dir(out, run.resume, run.overwrite) if main else run.resume
     accel = make_accelerator(precision, log_with=tracker, project_dir=out / "logs" if tracker else None)
+    if accel.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        resume = bool(broadcast_object_list([resume], from_process=0)[0])
     if tracker:
         accel.init_trackers(out.name)
     set_seed(run.seed, device_specific=True)  # each process its own noise draws
@@ -177,6 +187,7 @@ class Trainer:
                  extra_state: dict[str, Any] | None = None, optimizer: str = "adamw", momentum: float = 0.9,
                  decay_1d: bool = True) -> None:
         self.accel, self.out, self.modules, self.epochs = accel, out, modules, epochs
+        self._share_main_weights()
         self.extra_state = dict(extra_state or {})
         self.fingerprint = canonical_fingerprint(json.loads(json.dumps(fingerprint or {})))  # as read from JSON
         self.params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
@@ -201,6 +212,18 @@ class Trainer:
         self.step, self.start_epoch = 0, 0
         self.best: dict[str, Any] = {}  # the best validation result so far (the verb decides what is best)
         self.epoch = 0
+
+    @torch.no_grad()
+    def _share_main_weights(self) -> None:
+        """Every process starts from the main process's weights and buffers: fresh layers are initialised from
+        per-process seeds (``start_run`` seeds each process on its own), and gradients are averaged, not weights."""
+        if self.accel.num_processes == 1:
+            return
+        from accelerate.utils import broadcast
+
+        for module in self.modules.values():
+            for tensor in [*module.parameters(), *module.buffers()]:
+                tensor.copy_(broadcast(tensor.detach().clone(), from_process=0))
 
     def begin(self, resume: bool, stage: str, record: dict[str, Any], data: dict[str, Any]) -> None:
         """Restore the last finished epoch when ``resume`` (:meth:`load`), then write ``OUT/train_config.json``
@@ -314,6 +337,10 @@ class Trainer:
                     "epoch": epoch, "step": self.step, "fingerprint": self.fingerprint, "best": self.best,
                 })
             accel.wait_for_everyone()
+        if accel.num_processes > 1:  # the main process judged the epochs: every process learns the result
+            from accelerate.utils import broadcast_object_list
+
+            self.best = broadcast_object_list([self.best], from_process=0)[0]
         accel.end_training()  # flush and close the trackers
         FolderLock(self.out).release()  # taken by start_run (open_run_dir)
 

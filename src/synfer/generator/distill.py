@@ -234,7 +234,7 @@ def distill(
     if teacher.au_adapter is None:
         raise ValueError(f"{pipeline} has no AU adapter; distill needs one (train it with `synfer train-adapter`).")
     teacher.au_adapter.check_aus(probe.au_names, str(data[0]))
-    accel, resume = start_run(out, run, precision="fp32")  # autocast is applied per call here
+    accel, resume = start_run(out, run, schedule, precision="fp32")  # autocast is applied per call here
     device = accel.device
     precision = resolve_precision(run.precision, device)
     teacher.to(device)

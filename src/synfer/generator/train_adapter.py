@@ -123,7 +123,7 @@ def train_adapter(
     if init is not None:
         init.check_aus(au_names, str(data[0]))
     estimator = _au_term_estimator(data, au_names, au_loss, au_estimator)
-    accel, resume = start_run(out, run)
+    accel, resume = start_run(out, run, schedule)
 
     # 2. the frozen pipeline, the adapter (and the UNet with train_unet), the faces and their conditions
     pipe = SynferPipeline.from_pretrained(pipeline)

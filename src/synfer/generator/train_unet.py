@@ -312,7 +312,7 @@ def train_generator(
 
     out = Path(out)
     _check_options(caption_dropout, pretrained, vae, lora_rank, text_encoder)
-    accel, resume = start_run(out, run)
+    accel, resume = start_run(out, run, schedule)
 
     # 1. components
     vae_model, encoder, unet, train_sched, sample_sched = _components(

@@ -140,7 +140,7 @@ def train_vae(
             raise ImportError("perceptual=True needs the lpips package: pip install lpips (it downloads VGG weights "
                               "from torchvision on first use, so it needs the network once).") from e
         lpips_net = lpips.LPIPS(net="vgg", verbose=False).eval().requires_grad_(False)
-    accel, resume = start_run(out, run)
+    accel, resume = start_run(out, run, schedule)
 
     # 1. faces in memory, uint8
     size = (channels, image_size, image_size) if channels and image_size else None

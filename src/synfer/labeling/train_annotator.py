@@ -128,7 +128,7 @@ def train_annotator(
     out = Path(out)
     if kind not in ("feranno", "probe"):
         raise ValueError(f"kind must be feranno or probe; got {kind!r}.")
-    accel, resume = start_run(out, run)
+    accel, resume = start_run(out, run, schedule)
     pipe, folder = load_generator(pipeline, accel.device)
     annotator = FERAnnotator(pipe, None, prompt, timestep, attention_tokens, run.seed)
     size = (pipe.vae.config.in_channels, pipe.vae.config.sample_size, pipe.vae.config.sample_size)

@@ -145,7 +145,7 @@ def train_au_estimator(
     val = _au_split(data, val_split, tuple(train.images.shape[1:]), run.limit)
     if len(train) < schedule.batch_size:
         raise DatasetError(f"{len(train)} training faces is less than one batch of {schedule.batch_size}.")
-    accel, resume = start_run(out, run)
+    accel, resume = start_run(out, run, schedule)
     model = _student(architecture, model_kwargs, init, train).to(accel.device)
     loader = accel.prepare(index_loader(len(train), schedule.batch_size, run.seed,
                                         lambda idx: (torch.tensor(idx),)))
