@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import string
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -222,3 +225,17 @@ def hub_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """No Hugging Face hub access in this test (as at run time): loaders must find everything locally."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+def torchrun(args: list[str], processes: int = 2) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node N -m synfer ARGS`` on CPU processes (gloo) on a free port; fails the test on a
+    non-zero exit, with the end of its output."""
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                          "--master_port", port, "-m", "synfer", *args], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from conftest import write_pattern_dataset
+from conftest import torchrun, write_pattern_dataset
 from synfer.classifiers.train import train_fer
 from synfer.core.dataset import FolderLock
 from synfer.core.options import call
@@ -30,18 +30,6 @@ def flags(recipe: dict) -> list[str]:
     for k, v in recipe.items():
         out += [f"--{k.replace('_', '-')}", json.dumps(v) if isinstance(v, dict) else str(v)]
     return out
-
-
-def torchrun(args: list[str], processes: int = 2) -> subprocess.CompletedProcess:
-    with socket.socket() as sock:  # a free port for the rendezvous
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                          "--master_port", port, "-m", "synfer", *args], env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return run
 
 
 def max_difference(a: Path, b: Path) -> float:
