@@ -200,3 +200,17 @@ def test_group_fields_take_their_plain_flags(tmp_path, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert e.value.code == 0
     assert printed["schedule"] == {"epochs": 7, "batch_size": 128, "lr": 0.1} and printed["run"]["seed"] == 3
+
+
+def test_bind_gathers_flat_options_into_the_verbs_groups() -> None:
+    from synfer.classifiers.train import train_fer
+    from synfer.core.options import RunOptions, Schedule, bind
+
+    kw = bind(train_fer, {"epochs": 5, "seed": 2, "augment": "none", "resume": True})
+    assert kw == {"augment": "none", "schedule": Schedule(5, 128, 0.1), "run": RunOptions(seed=2, resume=True)}
+    given = bind(train_fer, {"schedule": Schedule(3, 16, 0.5), "lr": 0.25})  # a group given whole, then a field
+    assert given["schedule"] == Schedule(3, 16, 0.25)
+    with pytest.raises(ValueError, match="train_fer has no option 'epoch'"):
+        bind(train_fer, {"epoch": 5})
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        bind(train_fer, {"epochs": 0})

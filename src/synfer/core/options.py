@@ -4,7 +4,7 @@ A verb takes a group as one parameter (``run: RunOptions = RunOptions()``); the 
 ``--run.seed`` and also accepts the plain spelling (``--seed``), so command lines read the same on every verb.
 A verb's own defaults are the group instance in its signature (``schedule: Schedule = Schedule(30, 128, 0.1)``).
 :func:`bind` turns flat keyword options (a recipe in a YAML file, a benchmark's settings) into a verb's grouped
-keywords, the same way the CLI does.
+keywords, the same way the CLI does, and :func:`call` calls a verb with them.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ class Schedule:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}.")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0; got {self.lr}.")
-
 
 
 @dataclass(frozen=True)
@@ -122,10 +121,12 @@ def option_groups(fn: Callable[..., Any]) -> dict[str, type]:
 
 
 def flat_aliases(fn: Callable[..., Any]) -> dict[str, str]:
-    """Each group field's plain name -> ``group.field`` (a name that is also a parameter of ``fn`` keeps its own)."""
+    """Each group field's plain name -> ``group.field``. A name that is also a parameter of ``fn`` keeps its own
+    meaning, and one that two groups share has no plain spelling (only ``group.field``)."""
     params = set(inspect.signature(fn).parameters)
-    return {f.name: f"{group}.{f.name}" for group, cls in option_groups(fn).items()
-            for f in dataclasses.fields(cls) if f.name not in params}
+    fields = [(f.name, group) for group, cls in option_groups(fn).items() for f in dataclasses.fields(cls)]
+    names = [name for name, _ in fields]
+    return {name: f"{group}.{name}" for name, group in fields if name not in params and names.count(name) == 1}
 
 
 def bind(fn: Callable[..., Any], options: Mapping[str, Any]) -> dict[str, Any]:
