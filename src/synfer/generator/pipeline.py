@@ -54,7 +54,7 @@ from ..core.runtime import autocast, resolve_precision
 # Imported here, not only for the type hints: DiffusionPipeline.from_pretrained resolves these custom components'
 # classes from sys.modules (model_index.json names their modules), so they must be imported before loading.
 from ..models.au_adapter import AUAdapter
-from ..models.denoiser import denoise, load_denoiser
+from ..models.denoiser import denoise, family_of, load_denoiser
 from ..models.text_encoders import CLIPTextEncoderWrapper, TextEncoder
 from .au_targets import AU_TARGETS_FILE
 
@@ -147,11 +147,12 @@ class SynferPipeline(DiffusionPipeline):
         if unet.in_channels != latent or unet.out_channels != latent:
             raise ValueError(f"The UNet maps {unet.in_channels} -> {unet.out_channels} channels but the VAE's latents "
                              f"have {latent}; build the UNet with in_channels = out_channels = {latent}.")
-        d = self.text_encoder.output_dim
-        if unet.cross_attention_dim != d:
-            raise ValueError(f"The text encoder gives {d}-wide tokens but unet.config.cross_attention_dim is "
-                             f"{unet.cross_attention_dim}; build the text encoder for it (MiniLMTextEncoder("
-                             f"cross_attention_dim={unet.cross_attention_dim})) or use the checkpoint's own.")
+        d, family = self.text_encoder.output_dim, family_of(self.unet)
+        want = family.text_width(self.unet)
+        if want != d:
+            raise ValueError(f"The text encoder gives {d}-wide tokens but the {family.name} takes {want}-wide ones; "
+                             f"build the text encoder for it (MiniLMTextEncoder(cross_attention_dim={want})) or use "
+                             "the checkpoint's own.")
         if self.au_adapter is not None and self.au_adapter.config.cross_attention_dim != d:
             raise ValueError(f"The AU adapter makes {self.au_adapter.config.cross_attention_dim}-wide tokens but the "
                              f"text tokens are {d}-wide; build it with AUAdapter.for_unet(pipe.unet, au_names).")

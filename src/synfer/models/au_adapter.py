@@ -173,7 +173,9 @@ class AUAdapter(ModelMixin, ConfigMixin):
     Args:
         au_names: AU column names in vector order ("AU01", "AU12", ...): the order is data, checked on use.
         num_tokens: N, AU tokens per sample (IP-Adapter uses 4 image tokens).
-        cross_attention_dim: D, width of the UNet's text tokens.
+        cross_attention_dim: D, width of the denoiser's text tokens (the AU tokens join them before the denoiser).
+        attention_dim: width of the tokens its cross-attention layers attend to, where the denoiser projects its
+            text tokens first (a diffusion transformer's caption projection); None: D (a UNet).
         hidden_dim: width of the MLP's hidden layer.
         layers: per cross-attention processor name, ``{"hidden_size": to_k/to_v output width}``
             (:meth:`for_unet` fills it from a UNet).
@@ -188,7 +190,7 @@ class AUAdapter(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, au_names: Sequence[str], cross_attention_dim: int, layers: Mapping[str, Mapping[str, int]],
                  num_tokens: int = 4, hidden_dim: int = 256, au_mean: Sequence[float] | None = None,
-                 au_std: Sequence[float] | None = None) -> None:
+                 au_std: Sequence[float] | None = None, attention_dim: int | None = None) -> None:
         super().__init__()
         self.au_set = AUSet(tuple(au_names))  # canonical, unique names, or a ValueError saying how to write them
         if num_tokens < 1 or hidden_dim < 1 or cross_attention_dim < 1:
@@ -215,9 +217,10 @@ class AUAdapter(ModelMixin, ConfigMixin):
         # Zero null tokens give zero AU keys/values, so a dropped AU vector adds exactly nothing at init; training
         # with AU dropout learns what "no AU condition" means (classifier-free guidance on AUs, SynFER §2).
         self.null_tokens = nn.Parameter(torch.zeros(num_tokens, d))
-        self.to_k_au = nn.ModuleDict({layer_key(n): nn.Linear(d, int(v["hidden_size"]), bias=False)
+        a = attention_dim or d
+        self.to_k_au = nn.ModuleDict({layer_key(n): nn.Linear(a, int(v["hidden_size"]), bias=False)
                                       for n, v in layers.items()})
-        self.to_v_au = nn.ModuleDict({layer_key(n): nn.Linear(d, int(v["hidden_size"]), bias=False)
+        self.to_v_au = nn.ModuleDict({layer_key(n): nn.Linear(a, int(v["hidden_size"]), bias=False)
                                       for n, v in layers.items()})
         self._scales: dict[str, float] = dict.fromkeys(layers, 1.0)
 
@@ -228,17 +231,24 @@ class AUAdapter(ModelMixin, ConfigMixin):
         """An adapter matching ``unet``'s cross-attention layers, AU k/v initialised from their text k/v.
 
         Built on the CPU in float32 (trainable weights stay fp32 under mixed precision); move it with ``.to``.
-        ``cross_attention_dim`` defaults to ``unet.config.cross_attention_dim`` (give it where that is per-block).
+        ``cross_attention_dim`` defaults to the denoiser's text width (:mod:`synfer.models.denoiser`; give it where
+        a UNet's is per-block). Any denoiser family works: a UNet, or a diffusion transformer whose attention
+        layers see projected text tokens (the AU tokens join the text before that projection).
         """
-        d = cross_attention_dim if cross_attention_dim is not None else unet.config.cross_attention_dim
+        from .denoiser import family_of
+
+        family = family_of(unet)
+        d = cross_attention_dim if cross_attention_dim is not None else family.text_width(unet)
+        a = cross_attention_dim if cross_attention_dim is not None else family.token_width(unet)
         if not isinstance(d, int):
             raise ValueError(f"unet.config.cross_attention_dim is {d!r}; pass cross_attention_dim=<int> to pick "
                              "the text width whose layers get AU key/values.")
-        layers = cross_attention_layers(unet, d)
+        layers = cross_attention_layers(unet, a)
         if not layers:
-            raise ValueError(f"{type(unet).__name__} has no cross-attention layer over {d}-wide tokens.")
+            raise ValueError(f"{type(unet).__name__} has no cross-attention layer over {a}-wide tokens.")
         adapter = cls(au_names=list(au_names), cross_attention_dim=d, num_tokens=num_tokens, hidden_dim=hidden_dim,
-                      layers={n: {"hidden_size": h} for n, h in layers.items()})
+                      layers={n: {"hidden_size": h} for n, h in layers.items()},
+                      attention_dim=None if a == d else a)
         adapter.init_from_unet(unet)
         return adapter
 
@@ -387,7 +397,7 @@ class AUAdapter(ModelMixin, ConfigMixin):
         if getattr(unet, "encoder_hid_proj", None) is not None:
             raise ValueError("This UNet projects encoder_hidden_states (encoder_hid_proj) before its blocks, which "
                              "would mangle the AU tokens; the AU adapter supports UNets without encoder_hid_dim.")
-        found = cross_attention_layers(unet, self.config.cross_attention_dim)
+        found = cross_attention_layers(unet, self.config.get("attention_dim") or self.config.cross_attention_dim)
         want = {n: int(v["hidden_size"]) for n, v in self.config.layers.items()}
         if found != want:
             missing = sorted(set(want) - set(found))

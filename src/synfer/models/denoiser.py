@@ -29,12 +29,17 @@ class Family:
         forward: ``(net, latents (B, C, h, w), timestep, cond (B, L, D), **added) -> prediction (B, C, h, w)``.
         feature_blocks: ``net -> the modules whose outputs FERAnno reads`` (coarse to fine).
         load: the class that reads the family's checkpoints (``from_pretrained``).
+        text_width: ``net -> D``, the width of the text tokens it takes (what the text encoder must give).
+        token_width: ``net -> D'``, the width of the tokens its cross-attention layers attend to (the AU adapter's
+            tokens): the text width for a UNet, the inner width for a transformer that projects its captions.
     """
 
     name: str
     forward: Callable[..., torch.Tensor]
     feature_blocks: Callable[[nn.Module], list[nn.Module]]
     load: Callable[[], type]
+    text_width: Callable[[nn.Module], int]
+    token_width: Callable[[nn.Module], int]
 
 
 def _unet_forward(net: nn.Module, latents: torch.Tensor, timestep: torch.Tensor | int, cond: torch.Tensor,
@@ -48,9 +53,33 @@ def _unet_class() -> type:
     return UNet2DConditionModel
 
 
+def _pixart_forward(net: nn.Module, latents: torch.Tensor, timestep: torch.Tensor | int, cond: torch.Tensor,
+                    **added: Any) -> torch.Tensor:
+    t = torch.as_tensor(timestep, device=latents.device)
+    t = t.expand(len(latents)) if t.ndim == 0 else t  # the transformer embeds one timestep per face
+    out = net(latents, encoder_hidden_states=cond, timestep=t,
+              added_cond_kwargs=added.pop("added_cond_kwargs", {"resolution": None, "aspect_ratio": None}),
+              return_dict=False, **added)[0]
+    c = latents.shape[1]
+    return out[:, :c] if out.shape[1] == 2 * c else out  # a learned-sigma checkpoint: its first half predicts
+
+
+def _pixart_class() -> type:
+    from diffusers import PixArtTransformer2DModel
+
+    return PixArtTransformer2DModel
+
+
 FAMILIES: dict[str, Family] = {
-    "UNet2DConditionModel": Family("UNet2DConditionModel", _unet_forward, lambda net: list(net.up_blocks),
-                                   _unet_class),
+    "UNet2DConditionModel": Family(
+        "UNet2DConditionModel", _unet_forward, lambda net: list(net.up_blocks), _unet_class,
+        text_width=lambda net: int(net.config.cross_attention_dim),
+        token_width=lambda net: int(net.config.cross_attention_dim)),
+    # a PixArt-style diffusion transformer: text cross-attention in every block, captions projected inside
+    "PixArtTransformer2DModel": Family(
+        "PixArtTransformer2DModel", _pixart_forward, lambda net: list(net.transformer_blocks), _pixart_class,
+        text_width=lambda net: int(net.config.caption_channels),
+        token_width=lambda net: int(net.config.cross_attention_dim)),
 }
 
 

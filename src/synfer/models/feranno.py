@@ -77,7 +77,12 @@ class UNetFeatureHooks:
         self.features, self.attention = [], []
 
     def _keep_features(self, module: nn.Module, args: Any, output: Any) -> None:
-        self.features.append(output[0] if isinstance(output, tuple) else output)
+        out = output[0] if isinstance(output, tuple) else output
+        if out.ndim == 3:  # a transformer block's tokens (B, N, D) on a square latent grid: a (B, D, s, s) map
+            b, n, d = out.shape
+            side = math.isqrt(n)
+            out = out.transpose(1, 2).reshape(b, d, side, side)
+        self.features.append(out)
 
     def _keep_attention(self, attn: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         hidden = args[0] if args else kwargs["hidden_states"]
