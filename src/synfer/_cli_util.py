@@ -211,7 +211,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     from .core.dataset import DatasetError
 
-    errors: list[type[BaseException]] = [DatasetError, ValueError, TypeError, KeyError, OSError,
+    # ImportError: a missing optional package, whose message says what to install
+    errors: list[type[BaseException]] = [DatasetError, ValueError, TypeError, KeyError, OSError, ImportError,
                                          Image.DecompressionBombError]
     try:
         from safetensors import SafetensorError
