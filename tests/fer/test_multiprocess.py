@@ -38,6 +38,7 @@ def max_difference(a: Path, b: Path) -> float:
     return max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa)
 
 
+@pytest.mark.slow  # 13 s of torchrun start-up; the default run keeps the sharded-generation torchrun test
 def test_two_processes_train_the_same_classifier_as_one(tmp_path: Path) -> None:
     data = write_pattern_dataset(tmp_path / "patterns")
     one = call(train_fer, [data], tmp_path / "one", **RECIPE, epochs=2)
