@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import resource
-import string
 import subprocess
 import sys
 import time
@@ -49,21 +48,14 @@ def build(work: Path) -> dict[str, Any]:
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from PIL import Image
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     from synfer.core.dataset import DatasetWriter, Record
     from synfer.generator.pipeline import load_pipeline
+    from synfer.models.text_encoders import character_clip_tokenizer
 
     torch.manual_seed(0)
-    tok_dir = work / "tokenizer-src"
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in string.ascii_lowercase + string.digits + ",.!'-":
-        vocab.setdefault(c, len(vocab))
-        vocab.setdefault(c + "</w>", len(vocab))
-    tok_dir.mkdir(parents=True, exist_ok=True)
-    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
-    (tok_dir / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir), model_max_length=77)
+    tokenizer = character_clip_tokenizer(work / "tokenizer-src")
     text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                         num_attention_heads=12, max_position_embeddings=77, vocab_size=49408,
                                         hidden_act="quick_gelu", projection_dim=768, bos_token_id=0, eos_token_id=1,

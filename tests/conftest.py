@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import string
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -103,21 +101,14 @@ def tiny_clip_encoder(folder: Path, hidden: int = 32):
     """A random 2-layer CLIP text model (seeded) and a character-level CLIP tokenizer written to ``folder``, wrapped
     as synfer's CLIPTextEncoderWrapper: the full-scale text encoder, tiny and offline."""
     import torch
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
-    from synfer.models.text_encoders import CLIPTextEncoderWrapper
+    from synfer.models.text_encoders import CLIPTextEncoderWrapper, character_clip_tokenizer
 
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in string.ascii_lowercase + string.digits + ",.!'-":
-        vocab.setdefault(c, len(vocab))
-        vocab.setdefault(c + "</w>", len(vocab))
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer.from_pretrained(str(folder), model_max_length=77)
+    tokenizer = character_clip_tokenizer(folder)
     torch.manual_seed(0)
     config = CLIPTextConfig(hidden_size=hidden, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                            vocab_size=len(vocab), max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
+                            vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
                             pad_token_id=1)
     return CLIPTextEncoderWrapper(CLIPTextModel(config), tokenizer)
 

@@ -325,3 +325,24 @@ class CLIPTextEncoderWrapper(TextEncoder):
         tokenizer = CLIPTokenizer.from_pretrained(str(checkpoint), subfolder="tokenizer", **hub_kwargs)
         encoder = cls(model, tokenizer)
         return encoder.to(dtype) if dtype is not None else encoder
+
+
+def character_clip_tokenizer(folder: str | Path, max_length: int = 77) -> Any:
+    """A CLIP tokenizer over single characters (lower-case letters, digits, punctuation), written to ``folder``:
+    ids 0 and 1 are the start and end tokens. It stands in for CLIP's BPE vocabulary where none can be
+    downloaded (tests, full-size simulations of CLIP-conditioned models); every caption it reads is long, so
+    CLIP's ``max_length`` truncation is exercised."""
+    import json
+    import string
+
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in string.ascii_lowercase + string.digits + ",.!'-":
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer.from_pretrained(str(folder), model_max_length=max_length)
