@@ -9,7 +9,7 @@ checkpoint folder. Each stage then runs in its own process (so its peak memory i
 
 Stages: ``build`` (components -> checkpoint), ``adapter`` (from_stable_diffusion, AU adapter installed and removed
 exactly), ``sample`` (one 512 px face, text and AU guidance, 2 steps), ``guidance`` (semantic guidance through the
-full-size VAE decoder), ``invert`` (DDIM inversion and an edit), ``feranno`` (FERAnno's feature hooks),
+full-size VAE decoder), ``invert`` (DDIM inversion and an edit), ``feranno`` (FERAnno's feature hooks), ``flops`` (FLOPs of one UNet, VAE-decode and VAE-encode pass),
 ``train-generator`` (one epoch of 2 optimiser steps, full fine-tune), ``train-generator-lora`` (the same with LoRA
 rank 4), ``train-adapter`` (one epoch of 2 steps). Every figure is per stage: wall seconds and the process's peak
 resident memory.
@@ -28,8 +28,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-STAGES = ("build", "adapter", "sample", "guidance", "invert", "feranno", "train-generator", "train-generator-lora",
-          "train-adapter")
+STAGES = ("build", "adapter", "sample", "guidance", "invert", "feranno", "flops", "train-generator",
+          "train-generator-lora", "train-adapter")
 UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
             block_out_channels=(320, 640, 1280, 1280),
             down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
@@ -148,6 +148,20 @@ def run_stage(stage: str, work: Path, precision: str) -> dict[str, Any]:
         with UNetFeatureHooks(pipe.unet, tokens=8) as hooks, torch.no_grad():
             denoise(pipe.unet, torch.randn(1, 4, 64, 64), 500, cond)
         return {"features": [list(f.shape) for f in hooks.features], "attention_maps": len(hooks.attention)}
+    if stage == "flops":
+        from torch.utils.flop_counter import FlopCounterMode
+
+        pipe = _pipe(work)
+        latents, cond = torch.randn(1, 4, 64, 64), torch.randn(1, 77, 768)
+        passes = {"unet_forward": lambda: pipe.unet(latents, 500, encoder_hidden_states=cond),
+                  "vae_decode_512": lambda: pipe.vae.decode(latents), "vae_encode_512":
+                  lambda: pipe.vae.encode(torch.randn(1, 3, 512, 512))}
+        tflops = {}
+        for name, fn in passes.items():
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                fn()
+            tflops[name] = round(counter.get_total_flops() / 1e12, 4)
+        return {"tflops_batch_1": tflops}
     if stage in ("train-generator", "train-generator-lora", "train-adapter"):
         from synfer.cli import main
 
