@@ -21,13 +21,14 @@ from PIL import Image
 from ..annotate.au.distilled import DistilledAUEstimator
 from ..annotate.prompts import enrich_prompt
 from ..core.assets import resolve
+from ..core.images import pil_batch
 from ..core.provenance import files_sha256
 from ..generator.au_targets import expression_au_targets
 from ..generator.guidance import SemanticGuidance
-from ..generator.layout import invert, to_pipeline_images
 from ..generator.pipeline import load_generator
 from ..models.classifiers import DEFAULT_CLASSIFIER, ExpressionClassifier
 from ..schema import FERPLUS8, au_description, au_info, canonical_expression
+from ..synthesize.edit import edit_faces
 
 #: The classifier that reads the expression of shown faces: not the one that guides them.
 DEFAULT_JUDGE = "ferplus-vgg13s-judge"
@@ -159,7 +160,7 @@ class Studio:
             read = self.estimator.estimate(images).aus[:, self._read]
             measured = np.zeros((len(images), len(self.au_names)), np.float32)
             measured[:, self._shown] = read
-        x = _batch(images, self.judge.config.input_size).to(self.pipe.device)
+        x = pil_batch(images, *self.judge.config.input_size).to(self.pipe.device)
         p = torch.softmax(self.judge(x).float(), -1).mean(0).cpu().tolist()
         return measured, dict(zip(self.judge.label_names, p, strict=True))
 
@@ -173,13 +174,17 @@ class Studio:
 
     def face_crop(self, photo: Image.Image) -> Image.Image:
         """The aligned face of a photo (with a face model), else the upload itself; refuses a photo with no face."""
+        return self._locate(photo)[1]
+
+    def _locate(self, photo: Any) -> tuple[Image.Image, Image.Image, Any]:
+        """(the checked photo, its face, where the face came from or None without a face model)."""
         photo = _checked(photo)
         if self.aligner is None:
-            return photo
+            return photo, photo, None
         found = self.aligner.align(photo.convert("RGB"))
         if found is None:
             raise StudioError("no face found in the photo; upload a photo with one clearly visible face.")
-        return found[0]
+        return photo, *found
 
     def edit(self, photo: Image.Image, expression: str, aus: list[float] | None, strength: float = 0.6,
              seed: int = 0) -> tuple[Image.Image, Image.Image, Image.Image | None]:
@@ -189,25 +194,13 @@ class Studio:
         expression = self._expression(expression)
         if not 0.05 <= float(strength) <= 1.0:
             raise StudioError(f"strength must lie in 0.05..1; got {strength}.")
-        photo = _checked(photo)
-        alignment = None
-        if self.aligner is not None:
-            found = self.aligner.align(photo.convert("RGB"))
-            if found is None:
-                raise StudioError("no face found in the photo; upload a photo with one clearly visible face.")
-            face, alignment = found
-        else:
-            face = photo
+        photo, face, alignment = self._locate(photo)
         target = self._target(aus)
         au_map = None if target is None else dict(zip(self.au_names, target, strict=True))
         text = enrich_prompt("", expression, au_map, seed=int(seed))
-        steps = int(self.defaults["num_inference_steps"])
-        images = to_pipeline_images(self.pipe, [face])
-        latents = invert(self.pipe, images, steps, float(strength))
-        aus_t = None if target is None else torch.tensor([target])
-        after = self.pipe([text], aus=aus_t, latents=latents, strength=float(strength), num_inference_steps=steps
-                          ).images[0]
-        before = self.pipe.postprocess(images, "pil")[0]
+        images, edited = edit_faces(self.pipe, [face], text, target, int(self.defaults["num_inference_steps"]),
+                                    float(strength))
+        before, after = (self.pipe.postprocess(x, "pil")[0] for x in (images, edited))
         pasted = None
         if alignment is not None:
             from ..annotate.align import paste_back
@@ -265,12 +258,3 @@ def _checked(photo: Any) -> Image.Image:
         photo = photo.copy()
         photo.thumbnail((MAX_SIDE, MAX_SIDE))
     return photo.convert("RGB") if photo.mode not in ("L", "RGB") else photo
-
-
-def _batch(images: list[Image.Image], size: tuple[int, ...]) -> torch.Tensor:
-    """PIL images -> (N, C, H, W) floats in [0, 1] at a classifier's input size."""
-    c, h, w = size
-    mode = "L" if c == 1 else "RGB"
-    arrays = [np.asarray(im.convert(mode).resize((w, h), Image.BICUBIC), np.float32) / 255.0 for im in images]
-    x = torch.from_numpy(np.stack(arrays))
-    return x[:, None] if c == 1 else x.permute(0, 3, 1, 2)

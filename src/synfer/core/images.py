@@ -1,13 +1,24 @@
-"""Image files the tools write for people to look at (sample grids, previews)."""
+"""Images in and out of the tools: PIL faces as model input batches, and the files written for people to look at
+(sample grids, previews)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+
+def pil_batch(images: Sequence[Image.Image], channels: int, height: int, width: int) -> torch.Tensor:
+    """PIL images -> (B, C, H, W) floats in [0, 1] at a model's input size and channels (1: gray, 3: RGB)."""
+    mode = "L" if channels == 1 else "RGB"
+    arrays = [np.asarray(im.convert(mode).resize((width, height), Image.BICUBIC), dtype=np.float32) / 255
+              for im in images]
+    batch = torch.from_numpy(np.stack(arrays))
+    return batch[:, None] if channels == 1 else batch.permute(0, 3, 1, 2)
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> Path:

@@ -22,11 +22,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
 from ..core.dataset import DatasetError, DatasetFolder
+from ..core.images import pil_batch
 from ..core.runtime import autocast, resolve_precision
 from ..models.denoiser import denoise
 
@@ -35,12 +35,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 def to_pipeline_images(pipe: Any, images: Sequence[Image.Image]) -> torch.Tensor:
     """PIL faces -> (B, C, H, W) float in [0, 1] at the VAE's size and channels (gray or RGB)."""
-    channels, size = pipe.vae.config.in_channels, int(pipe.vae.config.sample_size)
-    mode = "L" if channels == 1 else "RGB"
-    arrays = [np.asarray(im.convert(mode).resize((size, size), Image.BICUBIC), dtype=np.float32) / 255
-              for im in images]
-    batch = torch.from_numpy(np.stack(arrays))
-    return batch[:, None] if channels == 1 else batch.permute(0, 3, 1, 2)
+    size = int(pipe.vae.config.sample_size)
+    return pil_batch(images, pipe.vae.config.in_channels, size, size)
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,21 @@ def _paste(path: Path, edit: Any, photo: Any, alignment: Any) -> dict[str, Any]:
     path.parent.mkdir(exist_ok=True)
     paste_back(photo, edit, alignment).save(path)
     return alignment.to_dict()
+
+
+def edit_faces(pipe: Any, faces: Sequence[Any], text: str, aus: list[float] | None, steps: int, strength: float,
+               guidance_scale_text: float | None = None, guidance_scale_au: float | None = None,
+               precision: str = "auto", source_prompt: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """PIL faces -> (the faces as the pipeline reads them, their edits), both (B, C, H, W) in [0, 1]: DDIM
+    inversion to ``strength`` of a ``steps``-step schedule (under ``source_prompt``; "" = class-agnostic), then sampling back under
+    ``text`` and the AU target ``aus`` (None: a generator without AUs)."""
+    images = to_pipeline_images(pipe, list(faces))
+    latents = invert(pipe, images, steps, strength, source_prompt)
+    aus_t = None if aus is None else torch.tensor([aus] * len(faces))
+    edited = pipe([text] * len(faces), aus=aus_t, latents=latents, strength=strength, num_inference_steps=steps,
+                  guidance_scale_text=guidance_scale_text, guidance_scale_au=guidance_scale_au, precision=precision,
+                  output_type="pt").images
+    return images, edited
 
 
 def target_aus(expression: str | None, aus: dict[str, float] | None, au_names: tuple[str, ...] | None,
@@ -170,14 +186,9 @@ def edit(
     try:
         for start in range(0, len(faces), batch_size):
             chunk = faces[start:start + batch_size]
-            images = to_pipeline_images(pipe, [im for _, im in chunk])
-            latents = invert(pipe, images, sampler["num_inference_steps"], strength, source_prompt)
-            aus_t = None if vector is None else torch.tensor([vector] * len(chunk))
-            edited = pipe([text] * len(chunk), aus=aus_t, latents=latents, strength=strength,
-                          num_inference_steps=sampler["num_inference_steps"],
-                          guidance_scale_text=sampler["guidance_scale_text"],
-                          guidance_scale_au=sampler["guidance_scale_au"], precision=precision,
-                          output_type="pt").images
+            images, edited = edit_faces(pipe, [im for _, im in chunk], text, vector, sampler["num_inference_steps"],
+                                        strength, sampler["guidance_scale_text"], sampler["guidance_scale_au"],
+                                        precision, source_prompt)
             pil = pipe.postprocess(edited, "pil")
             for (name, _), image in zip(chunk, pil, strict=True):
                 stem = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:180]  # record ids: letters, digits, ._-
