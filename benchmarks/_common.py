@@ -1,5 +1,5 @@
-"""What every benchmark script shares: the machine description, the atomic write of its result file, and whether a
-resumable output folder is finished."""
+"""What every benchmark script shares: the machine description, the atomic write of its result file, whether a
+resumable output folder is finished, and the process-per-stage harness of the full-size simulations."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,3 +35,60 @@ def is_complete(folder: Path) -> bool:
     from synfer.core.dataset import HEADER_FILE, read_header
 
     return (Path(folder) / HEADER_FILE).is_file() and read_header(folder).complete
+
+
+def run_stages(script: str, description: str, stages: tuple[str, ...],
+               run_stage: Callable[[str, Path, str], dict[str, Any]], default_out: Path) -> None:
+    """The command line of a staged simulation (``--work``, ``--stages``, ``--precision``, ``--out``): each stage
+    and precision runs in its own process (``script --child STAGE PRECISION``), so its peak memory is its own;
+    a failing stage is recorded with its error and does not hide the others. ``build`` runs once, in fp32."""
+    import argparse
+    import subprocess
+    import sys
+
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--stages", default="all")
+    ap.add_argument("--precision", default="fp32,bf16")
+    ap.add_argument("--out", type=Path, default=default_out)
+    ap.add_argument("--child", nargs=2, metavar=("STAGE", "PRECISION"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        _child(args.child[0], args.work, args.child[1], run_stage)
+        return
+    chosen = stages if args.stages == "all" else tuple(args.stages.split(","))
+    unknown = sorted(set(chosen) - set(stages))
+    if unknown:
+        raise SystemExit(f"unknown stages {unknown}; stages: {', '.join(stages)}")
+    rows = []
+    for stage in chosen:
+        for precision in (["fp32"] if stage == "build" else args.precision.split(",")):
+            run = subprocess.run([sys.executable, script, "--work", str(args.work), "--child", stage, precision],
+                                 capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            found = [x for x in run.stdout.splitlines() if x.startswith("RESULT ")]
+            row = json.loads(found[-1][7:]) if found else {"stage": stage, "precision": precision, "ok": False,
+                                                            "error": f"exit {run.returncode}: {run.stderr[-1000:]}"}
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "traceback"}), flush=True)
+    result = {"benchmark": description.strip().splitlines()[0],
+              "command": f"python benchmarks/{Path(script).name} --work WORK --stages {args.stages} "
+                         f"--precision {args.precision}",
+              "machine": {"cores": os.cpu_count()}, "stages": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _child(stage: str, work: Path, precision: str, run_stage: Callable[[str, Path, str], dict[str, Any]]) -> None:
+    import resource
+    import traceback
+
+    t0 = time.perf_counter()
+    row: dict[str, Any] = {"stage": stage, "precision": precision}
+    try:
+        row.update(run_stage(stage, work, precision), ok=True)
+    except Exception as e:  # recorded, so one failing stage does not hide the others
+        row.update(ok=False, error=f"{type(e).__name__}: {' '.join(str(e).split())[:500]}",
+                   traceback=traceback.format_exc()[-2000:])
+    row["seconds"] = round(time.perf_counter() - t0, 1)
+    row["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    print("RESULT " + json.dumps(row), flush=True)

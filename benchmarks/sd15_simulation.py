@@ -9,7 +9,9 @@ checkpoint folder. Each stage then runs in its own process (so its peak memory i
 
 Stages: ``build`` (components -> checkpoint), ``adapter`` (from_stable_diffusion, AU adapter installed and removed
 exactly), ``sample`` (one 512 px face, text and AU guidance, 2 steps), ``guidance`` (semantic guidance through the
-full-size VAE decoder), ``invert`` (DDIM inversion and an edit), ``feranno`` (FERAnno's feature hooks), ``flops`` (FLOPs of one UNet, VAE-decode and VAE-encode pass),
+full-size VAE decoder), ``invert`` (DDIM inversion and an edit), ``feranno`` (FERAnno's feature hooks), ``label``
+(``train-annotator``: a FERAnno head on the full-size UNet's features, one epoch; then ``label`` voting with it),
+``flops`` (FLOPs of one UNet, VAE-decode and VAE-encode pass),
 ``train-generator`` (one epoch of 2 optimiser steps, full fine-tune), ``train-generator-lora`` (the same with LoRA
 rank 4), ``train-adapter`` (one epoch of 2 steps). Every figure is per stage: wall seconds and the process's peak
 resident memory.
@@ -17,18 +19,11 @@ resident memory.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import resource
-import subprocess
-import sys
-import time
-import traceback
 from pathlib import Path
 from typing import Any
 
-STAGES = ("build", "adapter", "sample", "guidance", "invert", "feranno", "flops", "train-generator",
+STAGES = ("build", "adapter", "sample", "guidance", "invert", "feranno", "label", "flops", "train-generator",
           "train-generator-lora", "train-adapter")
 UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
             block_out_channels=(320, 640, 1280, 1280),
@@ -96,6 +91,13 @@ def _pipe(work: Path) -> Any:
     return pipe
 
 
+def _synfer_pipeline(work: Path) -> Path:
+    """The checkpoint with its AU adapter saved as a synfer pipeline folder (once)."""
+    if not (work / "synfer-sd" / "model_index.json").is_file():
+        _pipe(work).save_pretrained(work / "synfer-sd")
+    return work / "synfer-sd"
+
+
 def _face(pipe: Any, precision: str, **kw: Any) -> Any:
     import torch
 
@@ -148,6 +150,19 @@ def run_stage(stage: str, work: Path, precision: str) -> dict[str, Any]:
         with UNetFeatureHooks(pipe.unet, tokens=8) as hooks, torch.no_grad():
             denoise(pipe.unet, torch.randn(1, 4, 64, 64), 500, cond)
         return {"features": [list(f.shape) for f in hooks.features], "attention_maps": len(hooks.attention)}
+    if stage == "label":
+        from synfer.cli import main
+        from synfer.core.dataset import DatasetFolder
+
+        pipeline, run = _synfer_pipeline(work), work / f"feranno-{precision}"
+        code = main(["train-annotator", str(work / "faces"), str(run), "--pipeline", str(pipeline), "--epochs", "1",
+                     "--batch-size", "2", "--lr", "1e-3", "--grid", "4", "--dim", "32", "--heads", "2",
+                     "--read-batch-size", "1", "--seed", "0", "--precision", precision, "--overwrite"])
+        labelled = work / f"labelled-{precision}"
+        code += main(["label", str(work / "faces"), str(labelled), str(run), "--split", "train", "--batch-size", "1",
+                      "--overwrite"])
+        records = list(DatasetFolder(labelled).records())
+        return {"exit": code, "labelled": len(records), "labels": sorted({r.expression for r in records})}
     if stage == "flops":
         from torch.utils.flop_counter import FlopCounterMode
 
@@ -168,10 +183,8 @@ def run_stage(stage: str, work: Path, precision: str) -> dict[str, Any]:
         common = ["--epochs", "1", "--batch-size", "1", "--lr", "1e-5", "--sample-steps", "1", "--seed", "0",
                   "--precision", precision, "--overwrite"]
         if stage == "train-adapter":
-            if not (work / "synfer-sd" / "model_index.json").is_file():
-                _pipe(work).save_pretrained(work / "synfer-sd")
             args = ["train-adapter", str(work / "faces"), str(work / f"{stage}-{precision}"),
-                    str(work / "synfer-sd"), *common]
+                    str(_synfer_pipeline(work)), *common]
         else:
             args = ["train-generator", str(work / "faces"), str(work / f"{stage}-{precision}"), "--pretrained",
                     str(work / "sd15"), *common, *(["--lora-rank", "4"] if stage.endswith("lora") else [])]
@@ -182,47 +195,10 @@ def run_stage(stage: str, work: Path, precision: str) -> dict[str, Any]:
     raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
 
 
-def child(stage: str, work: Path, precision: str) -> None:
-    t0 = time.perf_counter()
-    row: dict[str, Any] = {"stage": stage, "precision": precision}
-    try:
-        row.update(run_stage(stage, work, precision), ok=True)
-    except Exception as e:  # recorded, so one failing stage does not hide the others
-        row.update(ok=False, error=f"{type(e).__name__}: {' '.join(str(e).split())[:500]}",
-                   traceback=traceback.format_exc()[-2000:])
-    row["seconds"] = round(time.perf_counter() - t0, 1)
-    row["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
-    print("RESULT " + json.dumps(row), flush=True)
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, required=True)
-    ap.add_argument("--stages", default="all")
-    ap.add_argument("--precision", default="fp32,bf16")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/sd15_simulation.json"))
-    ap.add_argument("--child", nargs=2, metavar=("STAGE", "PRECISION"), help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.child:
-        child(args.child[0], args.work, args.child[1])
-        return
-    stages = STAGES if args.stages == "all" else tuple(args.stages.split(","))
-    rows = []
-    for stage in stages:
-        for precision in (["fp32"] if stage == "build" else args.precision.split(",")):
-            run = subprocess.run([sys.executable, __file__, "--work", str(args.work), "--child", stage, precision],
-                                 capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-            found = [x for x in run.stdout.splitlines() if x.startswith("RESULT ")]
-            row = json.loads(found[-1][7:]) if found else {"stage": stage, "precision": precision, "ok": False,
-                                                            "error": run.stderr[-1000:]}
-            rows.append(row)
-            print(json.dumps({k: v for k, v in row.items() if k != "traceback"}), flush=True)
-    result = {"benchmark": "SD-1.5-shaped components with random weights through synfer, one process per stage",
-              "command": f"python benchmarks/sd15_simulation.py --work WORK --stages {args.stages} "
-                         f"--precision {args.precision}",
-              "machine": {"cores": os.cpu_count()}, "stages": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    from _common import run_stages
+
+    run_stages(__file__, __doc__, STAGES, run_stage, Path("benchmarks/results/sd15_simulation.json"))
 
 
 if __name__ == "__main__":

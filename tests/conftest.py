@@ -113,6 +113,31 @@ def tiny_clip_encoder(folder: Path, hidden: int = 32):
     return CLIPTextEncoderWrapper(CLIPTextModel(config), tokenizer)
 
 
+def tiny_sdxl_parts(folder: Path):
+    """An SDXL-shaped UNet (8x8 latents, ``text_time`` added conditioning, cross-attention in the lower block and the
+    middle, 2 transformer layers each) and an SDXLTextEncoder of two random CLIP models (16 + 24 wide, a 16-wide
+    projected pooled embedding), character tokenizers written to ``folder`` (seeded): SDXL's conditioning, tiny."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from synfer.models.text_encoders import SDXLTextEncoder, character_clip_tokenizer
+
+    tokenizer = character_clip_tokenizer(folder)
+    torch.manual_seed(0)
+    configs = [CLIPTextConfig(hidden_size=h, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                              vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
+                              pad_token_id=1, projection_dim=16) for h in (16, 24)]
+    encoder = SDXLTextEncoder(CLIPTextModel(configs[0]), CLIPTextModelWithProjection(configs[1]), tokenizer, tokenizer)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(16, 32), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2),
+                                cross_attention_dim=40, attention_head_dim=8, norm_num_groups=8,
+                                use_linear_projection=True, addition_embed_type="text_time",
+                                addition_time_embed_dim=8, projection_class_embeddings_input_dim=16 + 6 * 8).eval()
+    return unet, encoder
+
+
 @contextmanager
 def stopped_after_saves(monkeypatch: pytest.MonkeyPatch, saves: int = 1) -> Iterator[None]:
     """The training run inside stops right after its ``saves``-th saved state, as a killed job would (every trainer

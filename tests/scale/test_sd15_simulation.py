@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ["build", "adapter", "sample", "guidance", "invert", "feranno", "train-generator-lora", "train-adapter"]
+STAGES = ["build", "adapter", "sample", "guidance", "invert", "feranno", "label", "train-generator-lora",
+          "train-adapter"]
 
 
 def memory_gb() -> float:
@@ -39,4 +40,6 @@ def test_sd15_shaped_components_go_through_every_stage(tmp_path: Path) -> None:
     assert rows["sample"]["shape"] == [1, 3, 512, 512] and rows["sample"]["finite"]
     assert rows["guidance"]["finite"] and rows["invert"]["latents"] == [1, 4, 64, 64]
     assert [f[2] for f in rows["feranno"]["features"]] == [16, 32, 64, 64] and rows["feranno"]["attention_maps"] == 16
+    assert rows["label"]["exit"] == 0 and rows["label"]["labelled"] == 2  # FERAnno on the full-size UNet votes
+    assert set(rows["label"]["labels"]) <= {"happiness", "sadness"}
     assert rows["train-generator-lora"]["steps"] == 2 and rows["train-adapter"]["steps"] == 2

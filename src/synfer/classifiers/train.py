@@ -27,7 +27,7 @@ from ..core.metrics import classification_metrics
 from ..core.options import RunOptions, Schedule
 from ..core.runtime import resolve_precision
 from ..core.splits import MixSampler, Split, load_split
-from ..core.training import Trainer, start_run
+from ..core.training import Trainer, local_draws, start_run
 from ..models.classifiers import ClassifierConfig, ExpressionClassifier
 from .augment import train_transform
 from .evaluate import predict
@@ -150,9 +150,10 @@ def train_fer(
     transform, seen = train_transform(data.size[1:], augment), {"correct": 0, "faces": 0}
 
     def loss_fn(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        x = _augment(batch[0].cpu(), transform, aug_group).to(accel.device)
+        with local_draws():  # augmentation and dropout of this process's rows
+            x = _augment(batch[0].cpu(), transform, aug_group).to(accel.device)
+            logits = model(x)
         target = _targets(labels, batch[1], batch[2], label_smoothing)
-        logits = model(x)
         seen["correct"] += int((logits.argmax(-1) == batch[2]).sum())
         seen["faces"] += len(x)
         return torch.sum(-target * F.log_softmax(logits.float(), -1), -1).mean()

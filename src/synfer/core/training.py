@@ -14,6 +14,12 @@ seeded generators, so judging a run never shifts its training randomness.
 Modules are moved to the device but not wrapped in DistributedDataParallel: the AU adapter's weights are used
 inside the UNet's attention processors, not through a ``forward`` of their own, which DDP cannot follow. With
 several processes the gradients are averaged by one all-reduce per step instead.
+
+Process counts: every process seeds its generators alike and draws the per-face randomness of a step (noise,
+timesteps, caption and AU dropout) for the whole global batch through :func:`batch_draw`, keeping its own rows, so a
+run on N processes takes the steps of a run on one, within the all-reduce's rounding. What only makes sense per
+process (``train-fer``'s augmentation and dropout of its own rows) draws inside :func:`local_draws`, from a stream
+forked per process off the shared one.
 """
 
 from __future__ import annotations
@@ -81,8 +87,38 @@ def start_run(out: Path, run: RunOptions, schedule: Schedule, precision: str | N
         resume = bool(broadcast_object_list([resume], from_process=0)[0])
     if tracker:
         accel.init_trackers(out.name)
-    set_seed(run.seed, device_specific=True)  # each process its own noise draws
+    set_seed(run.seed)  # alike on every process: batch_draw slices one draw for the global batch
     return accel, resume
+
+
+def batch_draw(draw: Callable[[int], torch.Tensor], rows: int) -> torch.Tensor:
+    """``draw(n)`` (random numbers for n faces, along dim 0) for the whole global batch, and this process's ``rows``
+    of it: process k holds rows k*rows .. (k+1)*rows of each batch (accelerate's ``split_batches``). Each face then
+    gets the same noise, timestep and dropout whatever the number of processes; with one process it is
+    ``draw(rows)``, the same stream as before."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    n, k = state.num_processes, state.process_index
+    return draw(rows) if n == 1 else draw(rows * n)[k * rows:(k + 1) * rows]
+
+
+@contextmanager
+def local_draws() -> Iterator[None]:
+    """Random draws inside are this process's own: with several processes, from a stream forked off the shared one
+    and seeded by one number drawn from it plus the process index (the shared streams stay in step, the processes'
+    augmentations and dropout masks differ); with one process, the shared stream itself, unchanged."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.num_processes == 1:
+        yield
+        return
+    seed = int(torch.randint(0, 2**62, (1,)))  # every process draws it: their shared streams stay in step
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed + state.process_index)
+        yield
 
 
 def append_metrics(out: Path, row: dict[str, Any]) -> None:

@@ -50,7 +50,7 @@ from ..core.images import save_grid
 from ..core.options import RunOptions, Schedule
 from ..core.runtime import autocast, resolve_precision
 from ..core.splits import index_loader, load_split
-from ..core.training import EMA, Trainer, atomic_save_dir, start_run
+from ..core.training import EMA, Trainer, atomic_save_dir, batch_draw, start_run
 from ..models.denoiser import denoise
 from .captions import CaptionEmbedder
 from .guidance import predict_x0
@@ -152,10 +152,11 @@ class ConsistencyDistiller:
              use_aus: torch.Tensor) -> torch.Tensor:
         """The consistency-distillation loss of one batch of clean latents (B, c, h, w) under its conditions:
         text (B, L, D), the "" text, AU vectors (B, A) and which faces use them (B,) bool."""
-        n = torch.randint(0, len(self.grid), (len(z0),))
+        n = batch_draw(lambda m: torch.randint(0, len(self.grid), (m,)), len(z0))
         t = self.grid[n].to(z0.device)
         t_prev = (t - self.k).clamp(min=0)
-        z_t = self.scheduler.add_noise(z0, torch.randn_like(z0), t)
+        noise = batch_draw(lambda m: torch.randn((m, *z0.shape[1:]), device=z0.device, dtype=z0.dtype), len(z0))
+        z_t = self.scheduler.add_noise(z0, noise, t)
         z_prev = self.teacher_step(z_t, t, t_prev, text, empty, aus, use_aus)
         with torch.no_grad(), self.target.swapped():  # before the student's forward: its graph keeps the weights
             target = self.student(z_prev, t_prev, self.adapter.condition(text, aus, ~use_aus))
@@ -262,8 +263,8 @@ def distill(
 
     def loss_fn(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         z0, rows, vectors, has, alt_rows = batch
-        rows = torch.where(torch.rand(len(rows)) < class_prompts, alt_rows.cpu(), rows.cpu())
-        use = (torch.rand(len(rows)) >= au_dropout) & has.cpu()
+        rows = torch.where(batch_draw(torch.rand, len(rows)) < class_prompts, alt_rows.cpu(), rows.cpu())
+        use = (batch_draw(torch.rand, len(rows)) >= au_dropout) & has.cpu()
         return dist.loss(z0.to(device), embed(rows), embed(torch.full_like(rows, embed.empty)),
                          vectors.to(device), use.to(device))
 

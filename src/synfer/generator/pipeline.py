@@ -54,8 +54,8 @@ from ..core.runtime import autocast, resolve_precision
 # Imported here, not only for the type hints: DiffusionPipeline.from_pretrained resolves these custom components'
 # classes from sys.modules (model_index.json names their modules), so they must be imported before loading.
 from ..models.au_adapter import AUAdapter
-from ..models.denoiser import denoise, family_of, load_denoiser
-from ..models.text_encoders import CLIPTextEncoderWrapper, TextEncoder
+from ..models.denoiser import denoise, family_of, is_sdxl, load_denoiser, sdxl_pooled_width
+from ..models.text_encoders import CLIPTextEncoderWrapper, SDXLTextEncoder, TextEncoder
 from .au_targets import AU_TARGETS_FILE
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -153,6 +153,12 @@ class SynferPipeline(DiffusionPipeline):
             raise ValueError(f"The text encoder gives {d}-wide tokens but the {family.name} takes {want}-wide ones; "
                              f"build the text encoder for it (MiniLMTextEncoder(cross_attention_dim={want})) or use "
                              "the checkpoint's own.")
+        pooled = getattr(self.text_encoder, "pooled_width", None)  # SDXL's encoder packs a pooled token
+        wants = sdxl_pooled_width(self.unet) if is_sdxl(self.unet) else None
+        if pooled != wants:
+            raise ValueError(f"The denoiser takes a pooled text embedding of width {wants} (None: none) but the "
+                             f"{type(self.text_encoder).__name__} gives {pooled}; an SDXL UNet needs an "
+                             "SDXLTextEncoder of its pooled width, and an SDXLTextEncoder an SDXL UNet.")
         if self.au_adapter is not None and self.au_adapter.config.cross_attention_dim != d:
             raise ValueError(f"The AU adapter makes {self.au_adapter.config.cross_attention_dim}-wide tokens but the "
                              f"text tokens are {d}-wide; build it with AUAdapter.for_unet(pipe.unet, au_names).")
@@ -175,16 +181,19 @@ class SynferPipeline(DiffusionPipeline):
     def from_stable_diffusion(cls, checkpoint: str | Path, au_adapter: AUAdapter | None = None,
                               scheduler: SchedulerMixin | None = None, dtype: torch.dtype | None = None,
                               torch_dtype: torch.dtype | None = None, **hub_kwargs: Any) -> SynferPipeline:
-        """A diffusers SD 1.x/2.x checkpoint (folder or hub id; vae/, unet/, text_encoder/, tokenizer/,
-        scheduler/), safetensors only, its weights in ``dtype`` (``torch_dtype``: the older name diffusers still
-        accepts). The scheduler defaults to DDIM with the checkpoint's noise schedule."""
+        """A diffusers SD 1.x/2.x or SDXL checkpoint (folder or hub id; vae/, unet/, text_encoder/, tokenizer/,
+        scheduler/, and for SDXL text_encoder_2/, tokenizer_2/), safetensors only, its weights in ``dtype``
+        (``torch_dtype``: the older name diffusers still accepts). An SDXL UNet (``addition_embed_type:
+        text_time``) gets both text encoders (:class:`~synfer.models.text_encoders.SDXLTextEncoder`). The
+        scheduler defaults to DDIM with the checkpoint's noise schedule."""
         if dtype is not None and torch_dtype is not None:
             raise ValueError("pass dtype or torch_dtype (its older name), not both.")
         dtype = dtype if dtype is not None else torch_dtype
         kw = {"dtype": dtype, **hub_kwargs}
         vae = AutoencoderKL.from_pretrained(str(checkpoint), subfolder="vae", use_safetensors=True, **kw)
         unet = load_denoiser(str(checkpoint), "unet", **kw)
-        text_encoder = CLIPTextEncoderWrapper.from_stable_diffusion(checkpoint, dtype, **hub_kwargs)
+        encoder_class = SDXLTextEncoder if is_sdxl(unet) else CLIPTextEncoderWrapper
+        text_encoder = encoder_class.from_stable_diffusion(checkpoint, dtype, **hub_kwargs)
         if scheduler is None:
             scheduler = DDIMScheduler.from_pretrained(str(checkpoint), subfolder="scheduler", **hub_kwargs)
         return cls(vae=vae, unet=unet, text_encoder=text_encoder, scheduler=scheduler, au_adapter=au_adapter)

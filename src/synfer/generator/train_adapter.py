@@ -39,7 +39,7 @@ from ..annotate.prompts import enrich_prompt
 from ..core.dataset import DatasetError, read_header
 from ..core.options import RunOptions, Schedule
 from ..core.splits import Split, index_loader, load_split
-from ..core.training import Trainer, atomic_save_dir, start_run
+from ..core.training import Trainer, atomic_save_dir, batch_draw, start_run
 from ..models.au_adapter import AUAdapter
 from .captions import CaptionEmbedder
 from .train_unet import ValDraw, denoise_step, noise_loss, sample_grid, sample_prompts_from
@@ -69,6 +69,7 @@ def train_adapter(
     au_estimator: str | Path | None = None,
     train_unet: bool = False,
     standardize_aus: bool = False,
+    gradient_checkpointing: bool = False,
     schedule: Schedule = Schedule(10, 64, 1e-4),
     run: RunOptions = RunOptions(),
 ) -> Path:
@@ -109,6 +110,9 @@ def train_adapter(
             training faces' per-AU statistics (std floored at 0.02), so that rarely active AUs (std ~0.04)
             weigh as much as common ones (~0.3); an adapter given to continue is refolded to the same function
             (:meth:`AUAdapter.with_standardized_inputs`), one that is already standardised keeps its statistics.
+        gradient_checkpointing: recompute the denoiser's blocks in the backward pass (the adapter's gradients flow
+            through all of them) instead of keeping their activations: less memory, about a third more time per
+            step; the same steps (not in the options a resume must match).
 
     Returns:
         ``OUT/adapter``.
@@ -131,6 +135,8 @@ def train_adapter(
         module.requires_grad_(False).eval().to(accel.device)
     if train_unet:  # the adapter's weights sit outside unet.parameters() (unregistered processors): no overlap
         pipe.unet.requires_grad_(True)
+    if gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
     au = init if init is not None else AUAdapter.for_unet(pipe.unet, au_names, num_tokens=num_tokens,
                                                           hidden_dim=hidden_dim)
     faces = _AdapterFaces(pipe, data, split, val_split, run.limit, class_prompts, run.seed, accel.device,
@@ -159,7 +165,8 @@ def train_adapter(
                       fingerprint=options)
     # nothing below draws random numbers before fit(): a resumed run replays the same one
     trainer.begin(resume, "train-adapter", {**options, "epochs": schedule.epochs, "sample_prompts": faces.prompts,
-                                            "sample_steps": sample_steps, "precision": run.precision},
+                                            "sample_steps": sample_steps, "precision": run.precision,
+                                            "gradient_checkpointing": gradient_checkpointing},
                   data={"train_faces": len(faces.train), "with_aus": int(faces.train.has_aus.sum()),
                         "val_faces": len(faces.draw.ids), "skipped_without_caption": faces.train.skipped,
                         "text_cache": faces.embed.mode})
@@ -272,9 +279,9 @@ class _AdapterRun:
     def loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         z, rows, vectors, has, alt = batch[0].to(self.device), batch[1], batch[2], batch[3], batch[4]
         if self.class_prompts > 0:  # drawn only when used, so runs without it keep their random stream
-            rows = torch.where(torch.rand(len(rows)) < self.class_prompts, alt, rows)
-        rows = torch.where(torch.rand(len(rows)) < self.caption_dropout, self.faces.embed.empty, rows)
-        drop = (torch.rand(len(rows)) < self.au_dropout) | ~has.cpu()
+            rows = torch.where(batch_draw(torch.rand, len(rows)) < self.class_prompts, alt, rows)
+        rows = torch.where(batch_draw(torch.rand, len(rows)) < self.caption_dropout, self.faces.embed.empty, rows)
+        drop = (batch_draw(torch.rand, len(rows)) < self.au_dropout) | ~has.cpu()
         cond = self.au.condition(self.faces.embed(rows), vectors.to(self.device), drop.to(self.device))
         if self.consistency is None:
             return noise_loss(self.pipe.unet, self.sched, z, cond, self.snr_gamma)

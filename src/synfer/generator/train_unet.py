@@ -38,7 +38,7 @@ from ..core.dataset import DatasetError
 from ..core.images import save_grid
 from ..core.options import RunOptions, Schedule
 from ..core.splits import Split, index_loader, load_split
-from ..core.training import Trainer, atomic_save_dir, start_run
+from ..core.training import Trainer, atomic_save_dir, batch_draw, start_run
 from ..models.denoiser import build_mini_unet, denoise
 from ..models.text_encoders import CLIPTextEncoderWrapper, MiniLMTextEncoder, TextEncoder
 from .captions import CaptionEmbedder
@@ -125,9 +125,11 @@ class DenoiseStep:
 def denoise_step(unet: nn.Module, scheduler: Any, latents: torch.Tensor, cond: torch.Tensor,
                  noise: torch.Tensor | None = None, timesteps: torch.Tensor | None = None) -> DenoiseStep:
     """Noise latents (B, c, h, w) at random (or given) timesteps and run the UNet under ``cond`` (B, L, D)."""
-    noise = torch.randn_like(latents) if noise is None else noise
+    b, shape, device = len(latents), latents.shape[1:], latents.device
+    if noise is None:
+        noise = batch_draw(lambda n: torch.randn((n, *shape), device=device, dtype=latents.dtype), b)
     if timesteps is None:
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), device=latents.device)
+        timesteps = batch_draw(lambda n: torch.randint(0, scheduler.config.num_train_timesteps, (n,), device=device), b)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     v_pred = scheduler.config.prediction_type == "v_prediction"
     target = scheduler.get_velocity(latents, noise, timesteps) if v_pred else noise
@@ -269,6 +271,7 @@ def train_generator(
     sample_prompts: list[str] | None = None,
     sample_steps: int = 25,
     text_cache: Path | None = None,
+    gradient_checkpointing: bool = False,
     schedule: Schedule = Schedule(30, 64, 2e-4),
     run: RunOptions = RunOptions(),
 ) -> Path:
@@ -304,6 +307,9 @@ def train_generator(
         text_cache: a folder to keep the frozen text states of the captions in and reuse them from (safetensors,
             keyed by the frozen text weights and the caption set; 0.8 GB for FER+'s 22k distinct captions), so a
             resumed run skips the encoding; None = encode them at every start.
+        gradient_checkpointing: recompute the denoiser's blocks in the backward pass instead of keeping their
+            activations (diffusers' ``enable_gradient_checkpointing``): less memory, about a third more time per
+            step; the same steps (not in the options a resume must match).
 
     Returns:
         ``OUT/pipeline``.
@@ -323,6 +329,8 @@ def train_generator(
     unet.to(accel.device)
     if lora_rank is not None:
         _add_lora(unet, lora_rank)
+    if gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
 
     # 2. data: latents once, captions once
     cfg = vae_model.config
@@ -346,7 +354,7 @@ def train_generator(
 
     def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         z, rows = batch[0].to(accel.device), batch[1]
-        rows = torch.where(torch.rand(len(rows)) < caption_dropout, embed.empty, rows)
+        rows = torch.where(batch_draw(torch.rand, len(rows)) < caption_dropout, embed.empty, rows)
         return noise_loss(unet, train_sched, z, embed(rows), snr_gamma)
 
     options = {"data": [str(Path(p).resolve()) for p in data], "split": split, "size": list(size),
@@ -361,7 +369,8 @@ def train_generator(
                       schedule.lr, ema_decay=ema_decay, fingerprint=options)
     # nothing below draws random numbers before fit(): a resumed run replays the same one
     trainer.begin(resume, "train-generator", {**options, "epochs": schedule.epochs, "sample_prompts": prompts,
-                                              "sample_steps": sample_steps, "precision": run.precision},
+                                              "sample_steps": sample_steps, "precision": run.precision,
+                                              "gradient_checkpointing": gradient_checkpointing},
                   data={"train_faces": len(train), "val_faces": len(draw.ids), "skipped_without_caption": train.skipped,
                         "distinct_captions": len(embed.unique), "text_cache": embed.mode,
                         "unet_parameters": sum(p.numel() for p in unet.parameters())})

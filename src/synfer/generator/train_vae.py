@@ -31,7 +31,7 @@ from ..core.dataset import DatasetError
 from ..core.images import save_grid
 from ..core.options import RunOptions, Schedule
 from ..core.splits import index_loader, load_split
-from ..core.training import Trainer, atomic_save_dir, start_run
+from ..core.training import Trainer, atomic_save_dir, batch_draw, start_run
 
 #: LDM's weight of the LPIPS term next to an L1 reconstruction loss.
 PERCEPTUAL_WEIGHT = 1.0
@@ -172,7 +172,9 @@ def train_vae(
     def loss_fn(batch: tuple[torch.Tensor]) -> torch.Tensor:
         x = to_model_range(batch[0]).to(accel.device)
         posterior = vae.encode(x).latent_dist
-        rec = vae.decode(posterior.sample()).sample.float()
+        mean = posterior.mean  # posterior.sample(), its noise drawn for the global batch (batch_draw)
+        eps = batch_draw(lambda n: torch.randn((n, *mean.shape[1:]), device=mean.device, dtype=mean.dtype), len(mean))
+        rec = vae.decode(mean + posterior.std * eps).sample.float()
         loss = F.l1_loss(rec, x) if recon_loss == "l1" else F.mse_loss(rec, x)
         loss = loss + kl_weight * posterior.kl().mean() / pixels  # LDM: KL summed per face, here per pixel
         if lpips_net is not None:

@@ -8,6 +8,11 @@ conditioning, a diffusion transformer) is a new entry, not a branch in the calle
 
 Every family keeps diffusers' attention-processor API (``attn_processors`` / ``set_attn_processor``), which is
 what the AU adapter swaps its decoupled cross-attention into.
+
+Conditioning is one token tensor everywhere (guidance rows stack it, semantic guidance differentiates it, the AU
+adapter appends its tokens to it). A family whose denoiser takes more than tokens packs the rest into it: SDXL's
+pooled text embedding travels as token 0 (zero-padded to the token width, see
+:class:`~synfer.models.text_encoders.SDXLTextEncoder`) and its forward unpacks it.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ class Family:
         text_width: ``net -> D``, the width of the text tokens it takes (what the text encoder must give).
         token_width: ``net -> D'``, the width of the tokens its cross-attention layers attend to (the AU adapter's
             tokens): the text width for a UNet, the inner width for a transformer that projects its captions.
+        accepts: ``net -> bool``, for families sharing a class (an SDXL UNet is a ``UNet2DConditionModel`` whose
+            config adds ``text_time`` conditioning); the first family in :data:`FAMILIES` that accepts wins.
     """
 
     name: str
@@ -40,6 +47,7 @@ class Family:
     load: Callable[[], type]
     text_width: Callable[[nn.Module], int]
     token_width: Callable[[nn.Module], int]
+    accepts: Callable[[nn.Module], bool] = lambda net: True
 
 
 def _unet_forward(net: nn.Module, latents: torch.Tensor, timestep: torch.Tensor | int, cond: torch.Tensor,
@@ -51,6 +59,38 @@ def _unet_class() -> type:
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel
+
+
+#: SDXL's VAE downsamples 8x: the time ids (original and target size) are the latents' size times this.
+SDXL_VAE_SCALE = 8
+
+
+def is_sdxl(net: nn.Module) -> bool:
+    """An SDXL-style UNet: pooled text and size/crop "time ids" added to the timestep embedding."""
+    return getattr(net.config, "addition_embed_type", None) == "text_time"
+
+
+def sdxl_pooled_width(net: nn.Module) -> int:
+    """P, the width of the pooled text embedding an SDXL UNet adds (its projection input less 6 time ids)."""
+    cfg = net.config
+    return int(cfg.projection_class_embeddings_input_dim) - 6 * int(cfg.addition_time_embed_dim)
+
+
+def sdxl_time_ids(latents: torch.Tensor) -> torch.Tensor:
+    """(B, 6): original size, crop top-left, target size in pixels, for an uncropped face at the latents' size
+    (what diffusers' SDXL pipeline passes by default)."""
+    h, w = (SDXL_VAE_SCALE * s for s in latents.shape[-2:])
+    return torch.tensor([h, w, 0, 0, h, w], dtype=latents.dtype, device=latents.device).expand(len(latents), 6)
+
+
+def _sdxl_forward(net: nn.Module, latents: torch.Tensor, timestep: torch.Tensor | int, cond: torch.Tensor,
+                  **added: Any) -> torch.Tensor:
+    """``cond`` (B, 1 + L, D): token 0 the pooled embedding (its first P values), then the L text tokens (and any
+    AU tokens the adapter appended)."""
+    pooled = cond[:, 0, :sdxl_pooled_width(net)]
+    extra = {"text_embeds": pooled, "time_ids": sdxl_time_ids(latents), **added.pop("added_cond_kwargs", {})}
+    return net(latents, timestep, encoder_hidden_states=cond[:, 1:], added_cond_kwargs=extra, return_dict=False,
+               **added)[0]
 
 
 def _pixart_forward(net: nn.Module, latents: torch.Tensor, timestep: torch.Tensor | int, cond: torch.Tensor,
@@ -71,6 +111,11 @@ def _pixart_class() -> type:
 
 
 FAMILIES: dict[str, Family] = {
+    # SDXL: two text encoders' tokens concatenated (2048 wide), pooled embedding + time ids added to the timestep
+    "SDXL": Family(
+        "UNet2DConditionModel", _sdxl_forward, lambda net: list(net.up_blocks), _unet_class,
+        text_width=lambda net: int(net.config.cross_attention_dim),
+        token_width=lambda net: int(net.config.cross_attention_dim), accepts=is_sdxl),
     "UNet2DConditionModel": Family(
         "UNet2DConditionModel", _unet_forward, lambda net: list(net.up_blocks), _unet_class,
         text_width=lambda net: int(net.config.cross_attention_dim),
@@ -83,12 +128,19 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+def _class_names() -> set[str]:
+    return {f.name for f in FAMILIES.values()}
+
+
 def family_of(net: nn.Module) -> Family:
     """The family of a denoiser (by its class or, for a compiled or wrapped one, its original's)."""
-    for cls in type(getattr(net, "_orig_mod", net)).__mro__:
-        if cls.__name__ in FAMILIES:
-            return FAMILIES[cls.__name__]
-    raise ValueError(f"{type(net).__name__} is not a denoiser synfer knows; supported: {', '.join(FAMILIES)} "
+    base = getattr(net, "_orig_mod", net)
+    for cls in type(base).__mro__:
+        for family in FAMILIES.values():
+            if family.name == cls.__name__ and family.accepts(base):
+                return family
+    known = ", ".join(sorted(_class_names()))
+    raise ValueError(f"{type(net).__name__} is not a denoiser synfer knows; supported: {known} "
                      "(add a Family to synfer.models.denoiser.FAMILIES for another).")
 
 
@@ -106,9 +158,10 @@ def load_denoiser(checkpoint: str, subfolder: str | None = None, **kwargs: Any) 
 
     config = Path(checkpoint) / (subfolder or "") / "config.json"
     name = json.loads(config.read_text()).get("_class_name") if config.is_file() else "UNet2DConditionModel"
-    if name not in FAMILIES:
-        raise ValueError(f"{config}: a {name} denoiser; synfer supports {', '.join(FAMILIES)}.")
-    return FAMILIES[name].load().from_pretrained(checkpoint, subfolder=subfolder, use_safetensors=True, **kwargs)
+    family = next((f for f in FAMILIES.values() if f.name == name), None)
+    if family is None:
+        raise ValueError(f"{config}: a {name} denoiser; synfer supports {', '.join(sorted(_class_names()))}.")
+    return family.load().from_pretrained(checkpoint, subfolder=subfolder, use_safetensors=True, **kwargs)
 
 
 def build_mini_unet(sample_size: int, channels: int, block_out_channels: Sequence[int], layers_per_block: int,

@@ -13,6 +13,9 @@ Every encoder gives the per-token states the UNet cross-attends to, padded to a 
   backbone, never a copy of the 90 MB backbone.
 * :class:`CLIPTextEncoderWrapper` (full scale): a Stable Diffusion checkpoint's frozen ``CLIPTextModel`` and
   ``CLIPTokenizer``; ``last_hidden_state`` (B, 77, D) exactly as diffusers' SD pipelines use it.
+* :class:`SDXLTextEncoder` (SDXL): an SDXL checkpoint's two frozen CLIP encoders; their penultimate states
+  concatenated (B, 77, 768 + 1280), behind one more token 0 that carries the second encoder's pooled, projected
+  embedding (what SDXL's UNet adds to its timestep embedding; :mod:`synfer.models.denoiser` unpacks it).
 
 Both are diffusers ``ModelMixin`` / ``ConfigMixin``, so a ``DiffusionPipeline`` saves and loads them as components
 (it calls their ``save_pretrained`` / ``from_pretrained``); both write safetensors only.
@@ -87,19 +90,21 @@ class TextEncoder(ModelMixin, ConfigMixin):
         """What an optimizer should get (the MiniLM projection; nothing for CLIP)."""
         return [p for p in self.parameters() if p.requires_grad]
 
-    def tokenize(self, prompts: Sequence[str], device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
-        """``input_ids`` and ``attention_mask``, each (B, L) on ``device``; warns when a prompt is cut off (the
-        words lost are often the AU cues at a caption's end)."""
+    def tokenize(self, prompts: Sequence[str], device: torch.device | str | None = None, tokenizer: Any = None,
+                 length: int | None = None) -> dict[str, torch.Tensor]:
+        """``input_ids`` and ``attention_mask``, each (B, L) on ``device`` (``tokenizer`` and ``length``: another
+        than the encoder's own, and another L); warns when a prompt is cut off (the words lost are often the AU
+        cues at a caption's end)."""
         if isinstance(prompts, str):
             prompts = [prompts]
-        prompts = list(prompts)
-        lengths = [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
-        too_long = [n for n in lengths if n > self.max_length]
+        prompts, tokenizer = list(prompts), tokenizer or self.tokenizer
+        length = length or self.max_length
+        lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
+        too_long = [n for n in lengths if n > length]
         if too_long:
-            warnings.warn(f"{len(too_long)} of {len(prompts)} prompts have more than {self.max_length} tokens (up to "
+            warnings.warn(f"{len(too_long)} of {len(prompts)} prompts have more than {length} tokens (up to "
                           f"{max(too_long)}) and were truncated; shorten them or raise max_length.", stacklevel=3)
-        batch = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True,
-                               return_tensors="pt")
+        batch = tokenizer(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
         device = self.device if device is None else device
         return {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
 
@@ -324,6 +329,116 @@ class CLIPTextEncoderWrapper(TextEncoder):
                                               **hub_kwargs)
         tokenizer = CLIPTokenizer.from_pretrained(str(checkpoint), subfolder="tokenizer", **hub_kwargs)
         encoder = cls(model, tokenizer)
+        return encoder.to(dtype) if dtype is not None else encoder
+
+
+class SDXLTextEncoder(TextEncoder):
+    """SDXL's two frozen text encoders: prompts -> (B, 1 + 77, D1 + D2), token 0 the pooled embedding.
+
+    Tokens 1..77 are the penultimate hidden states of ``CLIPTextModel`` (D1 = 768) and of
+    ``CLIPTextModelWithProjection`` (D2 = 1280) side by side, as diffusers' SDXL pipeline builds them; token 0 holds
+    the second model's projected pooled embedding (P = 1280 values) followed by zeros. The "" prompt encodes to
+    zeros, tokens and pooled alike (SDXL's ``force_zeros_for_empty_prompt``, which its base models were trained
+    with), so caption dropout in training and the unconditional row in sampling agree.
+
+    Args:
+        text_model, text_model_2: the two CLIP text models (the second with a text projection).
+        tokenizer, tokenizer_2: their tokenizers.
+        max_length: text tokens per prompt (77 for SDXL); L = max_length + 1 with the pooled token.
+        zero_empty_prompt: encode "" to zeros (default, as SDXL) instead of through the encoders.
+    """
+
+    def __init__(self, text_model: nn.Module, text_model_2: nn.Module, tokenizer: Any, tokenizer_2: Any,
+                 max_length: int | None = None, zero_empty_prompt: bool = True) -> None:
+        super().__init__()
+        self.text_model = text_model.requires_grad_(False).eval()
+        self.text_model_2 = text_model_2.requires_grad_(False).eval()
+        self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
+        limit = min(int(m.config.max_position_embeddings) for m in (text_model, text_model_2))
+        length = max_length if max_length is not None else min(int(tokenizer.model_max_length), limit)
+        if not 2 < length <= limit:
+            raise ValueError(f"max_length must be in 3..{limit} (the text models' positions); got {length}.")
+        pooled = int(text_model_2.config.projection_dim)
+        if pooled > self.output_dim:
+            raise ValueError(f"the pooled embedding ({pooled} wide) does not fit in one {self.output_dim}-wide token.")
+        self.register_to_config(max_length=length, zero_empty_prompt=bool(zero_empty_prompt))
+
+    @property
+    def output_dim(self) -> int:
+        return int(self.text_model.config.hidden_size) + int(self.text_model_2.config.hidden_size)
+
+    @property
+    def max_length(self) -> int:
+        return int(self.config.max_length) + 1  # the pooled token in front
+
+    @property
+    def pooled_width(self) -> int:
+        return int(self.text_model_2.config.projection_dim)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.text_model, self.text_model_2]
+
+    def encode(self, prompts: Sequence[str], device: torch.device | str | None = None) -> torch.Tensor:
+        """Prompts -> (B, 1 + max_length, D1 + D2); "" -> zeros when ``zero_empty_prompt``."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        n = int(self.config.max_length)
+        states, pooled = [], None
+        for model, tokenizer in ((self.text_model, self.tokenizer), (self.text_model_2, self.tokenizer_2)):
+            ids = self.tokenize(prompts, device, tokenizer, n)["input_ids"]
+            out = model(input_ids=ids, output_hidden_states=True)
+            states.append(out.hidden_states[-2])
+            pooled = getattr(out, "text_embeds", None)
+        tokens = torch.cat(states, dim=-1)
+        if pooled is None:
+            raise ValueError("text_model_2 must return text_embeds (a CLIPTextModelWithProjection).")
+        head = nn.functional.pad(pooled.to(tokens.dtype), (0, tokens.shape[-1] - pooled.shape[-1]))[:, None]
+        out = torch.cat([head, tokens], dim=1)
+        if self.config.zero_empty_prompt:
+            empty = torch.tensor([p == "" for p in prompts], device=out.device)
+            out = torch.where(empty[:, None, None], torch.zeros_like(out), out)
+        return out
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
+        """``config.json`` + ``text_model/``, ``text_model_2/`` (transformers, safetensors), ``tokenizer/``,
+        ``tokenizer_2/``."""
+        if kwargs.get("safe_serialization", True) is not True:
+            raise ValueError("SDXLTextEncoder saves safetensors only; drop safe_serialization=False.")
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.save_config(folder)
+        for name, part in (("text_model", self.text_model), ("text_model_2", self.text_model_2),
+                           ("tokenizer", self.tokenizer), ("tokenizer_2", self.tokenizer_2)):
+            part.save_pretrained(folder / name)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, dtype: torch.dtype | None = None,
+                        torch_dtype: torch.dtype | None = None, **kwargs: Any) -> SDXLTextEncoder:
+        """Load a folder written by :meth:`save_pretrained` (local files only)."""
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+        _check_load_kwargs(cls.__name__, kwargs)
+        folder = Path(pretrained_model_name_or_path)
+        config = cls.load_config(folder)
+        local = {"local_files_only": True, "use_safetensors": True}
+        encoder = cls(CLIPTextModel.from_pretrained(str(folder / "text_model"), **local),
+                      CLIPTextModelWithProjection.from_pretrained(str(folder / "text_model_2"), **local),
+                      CLIPTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True),
+                      CLIPTokenizer.from_pretrained(str(folder / "tokenizer_2"), local_files_only=True),
+                      max_length=config.get("max_length"), zero_empty_prompt=config.get("zero_empty_prompt", True))
+        return _to_dtype(encoder, dtype, torch_dtype)
+
+    @classmethod
+    def from_stable_diffusion(cls, checkpoint: str | Path, dtype: torch.dtype | None = None,
+                              **hub_kwargs: Any) -> SDXLTextEncoder:
+        """``text_encoder/``, ``text_encoder_2/``, ``tokenizer/``, ``tokenizer_2/`` of a diffusers SDXL checkpoint
+        (folder or hub id), safetensors only."""
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+        path, kw = str(checkpoint), {"use_safetensors": True, **hub_kwargs}
+        encoder = cls(CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kw),
+                      CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2", **kw),
+                      CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **hub_kwargs),
+                      CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2", **hub_kwargs))
         return encoder.to(dtype) if dtype is not None else encoder
 
 

@@ -28,7 +28,7 @@ from ...core.dataset import DatasetError, DatasetFolder
 from ...core.options import RunOptions, Schedule
 from ...core.runtime import resolve_precision
 from ...core.splits import Split, index_loader, load_split
-from ...core.training import Trainer, start_run
+from ...core.training import Trainer, batch_draw, start_run
 from ...models.classifiers import ClassifierConfig, ExpressionClassifier
 from .distilled import FACE_COLUMN, KIND
 
@@ -86,11 +86,11 @@ def _augment(x: torch.Tensor, aus: torch.Tensor, perm: list[int]) -> tuple[torch
     in the teacher's padded input and change its output.
     """
     b = len(x)
-    flip = torch.rand(b) < 0.5
+    flip = batch_draw(torch.rand, b) < 0.5  # drawn for the global batch: the same per face on any process count
     x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
     aus = torch.where(flip.view(-1, 1), aus[:, perm], aus)
-    contrast = 1 + (torch.rand(b, 1, 1, 1) - 0.5) * 0.3
-    bright = (torch.rand(b, 1, 1, 1) - 0.5) * 0.15
+    contrast = 1 + (batch_draw(lambda n: torch.rand(n, 1, 1, 1), b) - 0.5) * 0.3
+    bright = (batch_draw(lambda n: torch.rand(n, 1, 1, 1), b) - 0.5) * 0.15
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     return ((x - mean) * contrast + mean + bright).clamp(0, 1), aus
 
