@@ -61,3 +61,18 @@ def test_replace_and_recover(tmp_path):
         load_state(tmp_path / "none")
     with pytest.raises(TypeError, match="cannot store"):
         save_state(tmp_path / "x", {"f": object()})
+
+
+def test_large_states_are_written_in_shards_without_copies(tmp_path, monkeypatch):
+    """A state larger than SHARD_BYTES goes to several files (safetensors copies one file's tensors to write it);
+    tensors that share memory or are not contiguous are copied, and everything reads back exactly."""
+    import synfer.core.train_state as ts
+
+    monkeypatch.setattr(ts, "SHARD_BYTES", 1000)
+    base = torch.arange(600, dtype=torch.float32)
+    state = {"a": base, "view": base[:10], "t": torch.randn(20, 30).t(), "b": torch.ones(100), "empty": torch.zeros(0)}
+    ts.save_state(tmp_path / "state", state)
+    files = sorted((tmp_path / "state").glob("tensors-*.safetensors"))
+    assert len(files) >= 3
+    back = ts.load_state(tmp_path / "state")
+    assert all(torch.equal(back[k], v) for k, v in state.items())

@@ -1,6 +1,6 @@
 """Stable Diffusion 1.5 at full size (random weights) through every synfer stage that fits a 24 GB CPU machine:
-``benchmarks/sd15_simulation.py`` run as a slow test, each stage in its own process (about 10 minutes on 2 cores,
-12.5 GB at most). The full fine-tune needs more than 24 GB (see docs/scale.md) and runs only where there is room."""
+``benchmarks/sd15_simulation.py`` run as a slow test, each stage in its own process (about 20 minutes on 2 cores,
+16.3 GB at most: the full fine-tune runs without EMA and with gradient checkpointing, see docs/scale.md)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ["build", "adapter", "sample", "guidance", "invert", "feranno", "label", "train-generator-lora",
-          "train-adapter"]
+STAGES = ["build", "adapter", "sample", "guidance", "invert", "feranno", "label", "train-generator",
+          "train-generator-lora", "train-adapter"]
 
 
 def memory_gb() -> float:
@@ -24,12 +24,12 @@ def memory_gb() -> float:
 @pytest.mark.slow
 def test_sd15_shaped_components_go_through_every_stage(tmp_path: Path) -> None:
     pytest.importorskip("peft")
-    if memory_gb() < 16:
-        pytest.skip("needs 16 GB of memory (semantic guidance through the 512 px VAE decoder peaks at 12.5 GB)")
-    stages = STAGES + (["train-generator"] if memory_gb() >= 48 else [])
+    if memory_gb() < 20:
+        pytest.skip("needs 20 GB of memory (the full fine-tune peaks at 16.3 GB)")
+
     out = tmp_path / "result.json"
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sd15_simulation.py"), "--work", str(tmp_path),
-                          "--stages", ",".join(stages), "--precision", "fp32", "--out", str(out)],
+                          "--stages", ",".join(STAGES), "--precision", "fp32", "--out", str(out)],
                          capture_output=True, text=True, timeout=3600)
     assert run.returncode == 0, run.stderr[-3000:]
     rows = {r["stage"]: r for r in json.loads(out.read_text())["stages"]}
@@ -42,4 +42,4 @@ def test_sd15_shaped_components_go_through_every_stage(tmp_path: Path) -> None:
     assert [f[2] for f in rows["feranno"]["features"]] == [16, 32, 64, 64] and rows["feranno"]["attention_maps"] == 16
     assert rows["label"]["exit"] == 0 and rows["label"]["labelled"] == 2  # FERAnno on the full-size UNet votes
     assert set(rows["label"]["labels"]) <= {"happiness", "sadness"}
-    assert rows["train-generator-lora"]["steps"] == 2 and rows["train-adapter"]["steps"] == 2
+    assert all(rows[s]["steps"] == 2 for s in ("train-generator", "train-generator-lora", "train-adapter"))

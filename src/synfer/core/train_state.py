@@ -95,8 +95,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(list(state["cuda"]))
 
 
+#: Most bytes of tensors per file of a saved state: safetensors copies a file's tensors into memory to write it,
+#: so shards keep that copy small next to a large model's weights and optimiser moments.
+SHARD_BYTES = 2**30
+
+
 def save_state(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` to the folder ``path`` (``state.json`` + ``tensors.safetensors``), replacing it atomically."""
+    """Write ``state`` to the folder ``path`` (``state.json`` + ``tensors-NNNNN.safetensors`` shards of at most
+    :data:`SHARD_BYTES` each, or one larger tensor), replacing it atomically."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -106,11 +112,30 @@ def save_state(path: str | Path, state: dict[str, Any]) -> Path:
     tmp.mkdir(parents=True)
     tensors: dict[str, torch.Tensor] = {}
     skeleton = flatten(state, tensors)
-    # safetensors refuses tensors that share memory; clone each (the state is small next to training cost)
-    save_file({k: v.clone() for k, v in tensors.items()}, str(tmp / "tensors.safetensors"))
+    for i, shard in enumerate(_shards(tensors)):
+        save_file(shard, str(tmp / f"tensors-{i:05d}.safetensors"))
     (tmp / "state.json").write_text(json.dumps(skeleton))
     replace_path(tmp, path)
     return path
+
+
+def _shards(tensors: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """The tensors in groups of at most SHARD_BYTES; a tensor that shares memory with an earlier one or is not
+    contiguous is copied (safetensors refuses both), the others are written as they are."""
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    seen, size = set(), 0
+    for key, t in tensors.items():
+        ptr = t.untyped_storage().data_ptr() if t.numel() else None
+        if ptr in seen or not t.is_contiguous():
+            t = t.clone(memory_format=torch.contiguous_format)
+        elif ptr is not None:
+            seen.add(ptr)
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > SHARD_BYTES:
+            shards.append({})
+            size = 0
+        shards[-1][key], size = t, size + nbytes
+    return shards
 
 
 def load_state(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
@@ -123,7 +148,9 @@ def load_state(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
         os.replace(old, path)
     if not (path / "state.json").is_file():
         raise FileNotFoundError(f"{path}: no training state here (state.json missing).")
-    tensors = load_file(str(path / "tensors.safetensors"), device=map_location)
+    tensors: dict[str, torch.Tensor] = {}
+    for file in sorted(path.glob("tensors*.safetensors")):  # the shards, or one file of an older state
+        tensors.update(load_file(str(file), device=map_location))
     return unflatten(json.loads((path / "state.json").read_text()), tensors)
 
 
