@@ -92,3 +92,35 @@ def _child(stage: str, work: Path, precision: str, run_stage: Callable[[str, Pat
     row["seconds"] = round(time.perf_counter() - t0, 1)
     row["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
     print("RESULT " + json.dumps(row), flush=True)
+
+
+def cli_epoch(args: list[str], run: Path) -> dict[str, Any]:
+    """Run a synfer training verb (``args``, writing to the run folder ``run``) in this process; its exit code and
+    the last ``metrics.jsonl`` line's step, training loss and epoch seconds."""
+    from synfer.cli import main
+
+    code = main(args)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return {"exit": code, "steps": rows[-1]["step"], "train_loss": rows[-1]["train_loss"],
+            "epoch_seconds": rows[-1]["epoch_s"]}
+
+
+def simulation_faces(folder: Path, caption: str, size: int = 512) -> Path:
+    """The full-size simulations' dataset: 2 training and 1 validation face of random 512 px RGB noise (seed 0),
+    captioned, with random intensities of the bundled generator's 22 AUs."""
+    import numpy as np
+    from PIL import Image
+
+    from synfer.core.dataset import DatasetWriter, Record
+    from synfer.generator.pipeline import load_pipeline
+    from synfer.schema import AUSet
+
+    names = load_pipeline("bundled").au_adapter.au_names
+    rng = np.random.default_rng(0)
+    with DatasetWriter(folder, ("happiness", "sadness"), aus=AUSet(tuple(names))) as w:
+        for split, n in (("train", 2), ("val", 1)):
+            for i in range(n):
+                w.add(Record(f"{split}-{i}", split, "simulation", ("happiness", "sadness")[i % 2],
+                             aus=rng.uniform(0, 1, len(names)).round(3).tolist(), caption=caption),
+                      Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)))
+    return folder

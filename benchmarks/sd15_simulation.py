@@ -20,7 +20,6 @@ resident memory.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +39,11 @@ PROMPT = "A close-up photo of a young woman with a joyful expression, lip corner
 
 def build(work: Path) -> dict[str, Any]:
     """SD-1.5-shaped components with random weights (seed 0) saved as a diffusers checkpoint, and a dataset."""
-    import numpy as np
     import torch
+    from _common import simulation_faces
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from PIL import Image
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from synfer.core.dataset import DatasetWriter, Record
-    from synfer.generator.pipeline import load_pipeline
     from synfer.models.text_encoders import character_clip_tokenizer
 
     torch.manual_seed(0)
@@ -62,16 +58,7 @@ def build(work: Path) -> dict[str, Any]:
     sd = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                                  safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     sd.save_pretrained(work / "sd15", safe_serialization=True)
-    names = load_pipeline("bundled").au_adapter.au_names  # the 22 AUs of synfer's FER+ generators
-    from synfer.schema import AUSet
-
-    rng = np.random.default_rng(0)
-    with DatasetWriter(work / "faces", ("happiness", "sadness"), aus=AUSet(tuple(names))) as w:
-        for split, n in (("train", 2), ("val", 1)):
-            for i in range(n):
-                w.add(Record(f"{split}-{i}", split, "simulation", ("happiness", "sadness")[i % 2],
-                             aus=rng.uniform(0, 1, len(names)).round(3).tolist(), caption=PROMPT),
-                      Image.fromarray(rng.integers(0, 255, (512, 512, 3), dtype=np.uint8)))
+    simulation_faces(work / "faces", PROMPT)
     params = {"unet": sum(p.numel() for p in unet.parameters()), "vae": sum(p.numel() for p in vae.parameters()),
               "text_encoder": sum(p.numel() for p in text.parameters())}
     return {"parameters": params}
@@ -179,7 +166,7 @@ def run_stage(stage: str, work: Path, precision: str) -> dict[str, Any]:
             tflops[name] = round(counter.get_total_flops() / 1e12, 4)
         return {"tflops_batch_1": tflops}
     if stage in ("train-generator", "train-generator-lora", "train-adapter"):
-        from synfer.cli import main
+        from _common import cli_epoch
 
         common = ["--epochs", "1", "--batch-size", "1", "--lr", "1e-5", "--sample-steps", "1", "--seed", "0",
                   "--precision", precision, "--overwrite"]
@@ -191,10 +178,7 @@ def run_stage(stage: str, work: Path, precision: str) -> dict[str, Any]:
                                                                          "--gradient-checkpointing", "true"]
             args = ["train-generator", str(work / "faces"), str(work / f"{stage}-{precision}"), "--pretrained",
                     str(work / "sd15"), *common, *extra]
-        code = main(args)
-        rows = [json.loads(x) for x in (work / f"{stage}-{precision}" / "metrics.jsonl").read_text().splitlines()]
-        return {"exit": code, "steps": rows[-1]["step"], "train_loss": rows[-1]["train_loss"],
-                "epoch_seconds": rows[-1]["epoch_s"]}
+        return cli_epoch(args, work / f"{stage}-{precision}")
     raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
 
 

@@ -17,7 +17,6 @@ checkpointing and no EMA, to fit 24 GB: one epoch of two optimiser steps at batc
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -43,21 +42,17 @@ PROMPT = "A close-up photo of a young woman with a joyful expression, lip corner
 
 def build(work: Path) -> dict[str, Any]:
     """SDXL-shaped components with random weights (seed 0) saved as a diffusers SDXL checkpoint, and a dataset."""
-    import numpy as np
     import torch
+    from _common import simulation_faces
     from diffusers import (
         AutoencoderKL,
         EulerDiscreteScheduler,
         StableDiffusionXLPipeline,
         UNet2DConditionModel,
     )
-    from PIL import Image
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from synfer.core.dataset import DatasetWriter, Record
-    from synfer.generator.pipeline import load_pipeline
     from synfer.models.text_encoders import character_clip_tokenizer
-    from synfer.schema import AUSet
 
     torch.manual_seed(0)
     tokenizer = character_clip_tokenizer(work / "tokenizer-src")
@@ -70,14 +65,7 @@ def build(work: Path) -> dict[str, Any]:
     sdxl = StableDiffusionXLPipeline(vae=vae, text_encoder=text, text_encoder_2=text_2, tokenizer=tokenizer,
                                      tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
     sdxl.save_pretrained(work / "sdxl", safe_serialization=True)
-    names = load_pipeline("bundled").au_adapter.au_names  # the 22 AUs of synfer's FER+ generators
-    rng = np.random.default_rng(0)
-    with DatasetWriter(work / "faces", ("happiness", "sadness"), aus=AUSet(tuple(names))) as w:
-        for split, n in (("train", 2), ("val", 1)):
-            for i in range(n):
-                w.add(Record(f"{split}-{i}", split, "simulation", ("happiness", "sadness")[i % 2],
-                             aus=rng.uniform(0, 1, len(names)).round(3).tolist(), caption=PROMPT),
-                      Image.fromarray(rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)))
+    simulation_faces(work / "faces", PROMPT, SIZE)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     return {"parameters": {"unet": count(unet), "vae": count(vae), "text_encoder": count(text),
                            "text_encoder_2": count(text_2)}}
@@ -130,15 +118,12 @@ def run_stage(stage: str, work: Path, precision: str) -> dict[str, Any]:
     if stage == "forward":
         return forward(work, precision)
     if stage == "train-adapter":
-        from synfer.cli import main
+        from _common import cli_epoch
 
         run = work / f"{stage}-{precision}"
-        code = main(["train-adapter", str(work / "faces"), str(run), str(work / "synfer-sdxl"), "--epochs", "1",
-                     "--batch-size", "1", "--lr", "1e-5", "--sample-steps", "1", "--seed", "0", "--precision",
-                     precision, "--gradient-checkpointing", "true", "--ema-decay", "0", "--overwrite"])
-        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-        return {"exit": code, "steps": rows[-1]["step"], "train_loss": rows[-1]["train_loss"],
-                "epoch_seconds": rows[-1]["epoch_s"]}
+        return cli_epoch(["train-adapter", str(work / "faces"), str(run), str(work / "synfer-sdxl"), "--epochs", "1",
+                          "--batch-size", "1", "--lr", "1e-5", "--sample-steps", "1", "--seed", "0", "--precision",
+                          precision, "--gradient-checkpointing", "true", "--ema-decay", "0", "--overwrite"], run)
     raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
 
 

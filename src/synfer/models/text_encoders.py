@@ -59,6 +59,17 @@ def _check_load_kwargs(cls_name: str, kwargs: dict[str, Any]) -> None:
                          "move it with .to(device, dtype).")
 
 
+def _save_parts(encoder: Any, save_directory: str | Path, parts: dict[str, Any], kwargs: dict[str, Any]) -> None:
+    """``config.json`` and one subfolder per part (transformers models in safetensors, tokenizers)."""
+    if kwargs.get("safe_serialization", True) is not True:
+        raise ValueError(f"{type(encoder).__name__} saves safetensors only; drop safe_serialization=False.")
+    folder = Path(save_directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    encoder.save_config(folder)
+    for name, part in parts.items():
+        part.save_pretrained(folder / name)
+
+
 class TextEncoder(ModelMixin, ConfigMixin):
     """The contract both scales implement (see the module docstring). Subclasses set ``self.tokenizer`` and
     implement :meth:`encode`, :attr:`output_dim` and :meth:`frozen_modules`."""
@@ -293,13 +304,7 @@ class CLIPTextEncoderWrapper(TextEncoder):
 
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
         """``config.json`` (L) + ``text_model/`` (transformers, safetensors) + ``tokenizer/``."""
-        if kwargs.get("safe_serialization", True) is not True:
-            raise ValueError("CLIPTextEncoderWrapper saves safetensors only; drop safe_serialization=False.")
-        folder = Path(save_directory)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.save_config(folder)
-        self.text_model.save_pretrained(folder / TEXT_MODEL_DIR)
-        self.tokenizer.save_pretrained(folder / TOKENIZER_DIR)
+        _save_parts(self, save_directory, {TEXT_MODEL_DIR: self.text_model, TOKENIZER_DIR: self.tokenizer}, kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, dtype: torch.dtype | None = None,
@@ -401,14 +406,8 @@ class SDXLTextEncoder(TextEncoder):
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
         """``config.json`` + ``text_model/``, ``text_model_2/`` (transformers, safetensors), ``tokenizer/``,
         ``tokenizer_2/``."""
-        if kwargs.get("safe_serialization", True) is not True:
-            raise ValueError("SDXLTextEncoder saves safetensors only; drop safe_serialization=False.")
-        folder = Path(save_directory)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.save_config(folder)
-        for name, part in (("text_model", self.text_model), ("text_model_2", self.text_model_2),
-                           ("tokenizer", self.tokenizer), ("tokenizer_2", self.tokenizer_2)):
-            part.save_pretrained(folder / name)
+        _save_parts(self, save_directory, {"text_model": self.text_model, "text_model_2": self.text_model_2,
+                                           "tokenizer": self.tokenizer, "tokenizer_2": self.tokenizer_2}, kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, dtype: torch.dtype | None = None,
