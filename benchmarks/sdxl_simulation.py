@@ -82,7 +82,7 @@ def forward(work: Path, precision: str) -> dict[str, Any]:
     from synfer.core.runtime import autocast
     from synfer.generator.pipeline import SynferPipeline
     from synfer.models.au_adapter import AUAdapter
-    from synfer.models.denoiser import denoise, family_of
+    from synfer.models.denoiser import denoise, family_key, family_of
 
     pipe = SynferPipeline.from_stable_diffusion(work / "sdxl")
     torch.manual_seed(1)
@@ -103,7 +103,7 @@ def forward(work: Path, precision: str) -> dict[str, Any]:
     after = {k: type(v).__name__ for k, v in pipe.unet.attn_processors.items()}
     if precision == "fp32" and not (work / "synfer-sdxl" / "model_index.json").is_file():
         pipe.save_pretrained(work / "synfer-sdxl")
-    return {"family": "SDXL" if family_of(pipe.unet).accepts(pipe.unet) else "?",
+    return {"family": family_key(family_of(pipe.unet)),
             "text_encoder": type(pipe.text_encoder).__name__, "condition": list(full.shape),
             "au_layers": layers, "restored_exactly": before == after,
             "adapter_parameters": sum(p.numel() for p in pipe.au_adapter.parameters()), "prediction": list(eps.shape),

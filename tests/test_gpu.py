@@ -49,3 +49,20 @@ def test_classifier_trains_and_evaluates_on_the_gpu(tmp_path: Path) -> None:
     assert m["accuracy"] >= 0.9
     config = json.loads((out / "train_config.json").read_text())
     assert config["processes"] >= 1 and config["config"]["precision"] in ("bf16", "fp16")
+
+
+def test_sdxl_vae_flagged_force_upcast_decodes_in_fp32_under_fp16(tmp_path: Path) -> None:
+    """SDXL's VAE overflows in fp16 and says so (``force_upcast``): under fp16 the pipeline decodes it in fp32,
+    and leaves its weights' dtype as it found them."""
+    from diffusers import AutoencoderKL, DDIMScheduler
+
+    from conftest import tiny_sdxl_parts, tiny_vae_unet
+    from synfer.generator.pipeline import SynferPipeline
+
+    vae, _ = tiny_vae_unet()
+    vae = AutoencoderKL.from_config({**dict(vae.config), "force_upcast": True}).to(torch.float16)
+    unet, encoder = tiny_sdxl_parts(tmp_path / "tok")
+    pipe = SynferPipeline(vae=vae, unet=unet, text_encoder=encoder, scheduler=DDIMScheduler()).to("cuda")
+    pipe.set_progress_bar_config(disable=True)
+    faces = pipe(["a happy face"], num_inference_steps=2, output_type="pt", precision="fp16").images
+    assert torch.isfinite(faces).all() and pipe.vae.dtype == torch.float16

@@ -241,3 +241,33 @@ def test_train_generator_with_lora_from_an_sdxl_checkpoint(tmp_path: Path) -> No
     assert any(not torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())  # LoRA fused in
     pipe.set_progress_bar_config(disable=True)
     assert torch.isfinite(draw(pipe, aus=None)).all()
+
+
+def test_sdxl_parts_are_checked_against_each_other(tmp_path: Path) -> None:
+    """An SDXL UNet refuses a one-encoder CLIP text encoder and the reverse (the pooled token would be read as text),
+    a refiner checkpoint is refused by name, a saved SDXL encoder loads as one, and a cut-off prompt warns once."""
+    import warnings
+
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+
+    from synfer.generator.train_unet import load_text_encoder
+
+    vae, unet = tiny_vae_unet()
+    sdxl_unet, encoder = tiny_sdxl_parts(tmp_path / "tok")
+    with pytest.raises(ValueError, match="pooled text embedding of width 16"):
+        SynferPipeline(vae=vae, unet=sdxl_unet, text_encoder=tiny_clip_encoder(tmp_path / "t2", hidden=40),
+                       scheduler=DDIMScheduler())
+    small = UNet2DConditionModel(**{**dict(unet.config), "cross_attention_dim": 40})
+    with pytest.raises(ValueError, match="SDXLTextEncoder an SDXL UNet"):
+        SynferPipeline(vae=vae, unet=small, text_encoder=encoder, scheduler=DDIMScheduler())
+    (tmp_path / "refiner").mkdir()
+    (tmp_path / "refiner" / "model_index.json").write_text('{"requires_aesthetics_score": true}')
+    with pytest.raises(ValueError, match="refiner"):
+        SynferPipeline.from_stable_diffusion(tmp_path / "refiner")
+    encoder.save_pretrained(tmp_path / "enc")
+    again = load_text_encoder(str(tmp_path / "enc"), 40)
+    assert type(again).__name__ == "SDXLTextEncoder" and torch.equal(again.encode(PROMPTS), encoder.encode(PROMPTS))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        encoder.encode(["a very long caption " * 6])
+    assert sum("truncated" in str(w.message) for w in caught) == 1

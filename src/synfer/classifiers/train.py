@@ -150,10 +150,10 @@ def train_fer(
     transform, seen = train_transform(data.size[1:], augment), {"correct": 0, "faces": 0}
 
     def loss_fn(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        with local_draws():  # augmentation and dropout of this process's rows
+        with local_draws():  # augmentation, dropout and sampled labels of this process's rows
             x = _augment(batch[0].cpu(), transform, aug_group).to(accel.device)
+            target = _targets(labels, batch[1], batch[2], label_smoothing)
             logits = model(x)
-        target = _targets(labels, batch[1], batch[2], label_smoothing)
         seen["correct"] += int((logits.argmax(-1) == batch[2]).sum())
         seen["faces"] += len(x)
         return torch.sum(-target * F.log_softmax(logits.float(), -1), -1).mean()

@@ -72,7 +72,8 @@ def unflatten(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def rng_state() -> dict[str, Any]:
-    """The Python, NumPy and torch (CPU and CUDA) RNG states."""
+    """The Python, NumPy and torch (CPU, and the current CUDA device's) RNG states. One device's: under several
+    processes each drives its own GPU from the same seed, and the main process's state is the one saved."""
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": np.random.get_state()[1],  # the MT19937 key; position and the rest follow
@@ -80,7 +81,7 @@ def rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -92,11 +93,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(("MT19937", key.astype(np.uint32), *state["numpy_rest"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(list(state["cuda"]))
+        cuda = state["cuda"]  # one device's state, or every device's from an older run: the first is device 0's
+        torch.cuda.set_rng_state(cuda[0] if isinstance(cuda, (list, tuple)) else cuda)
 
 
-#: Most bytes of tensors per file of a saved state: safetensors copies a file's tensors into memory to write it,
-#: so shards keep that copy small next to a large model's weights and optimiser moments.
+#: Most bytes of tensors per file of a saved state: older safetensors releases (the project accepts 0.4 and newer)
+#: copy a file's tensors into memory to write it, so shards keep that copy small next to a large model's weights
+#: and optimiser moments.
 SHARD_BYTES = 2**30
 
 

@@ -17,9 +17,11 @@ several processes the gradients are averaged by one all-reduce per step instead.
 
 Process counts: every process seeds its generators alike and draws the per-face randomness of a step (noise,
 timesteps, caption and AU dropout) for the whole global batch through :func:`batch_draw`, keeping its own rows, so a
-run on N processes takes the steps of a run on one, within the all-reduce's rounding. What only makes sense per
-process (``train-fer``'s augmentation and dropout of its own rows) draws inside :func:`local_draws`, from a stream
-forked per process off the shared one.
+run of a per-face denoising loss (train-generator, train-adapter, distill, train-vae) on N processes takes the steps
+of a run on one, within the all-reduce's rounding. What only makes sense per process (augmentation, dropout and
+sampled labels of its own rows in train-fer and train-au-estimator) draws inside :func:`local_draws`, from a stream
+forked per process off the shared one; losses averaged over a per-process count (the AU-consistency term, masked AU
+losses) and BatchNorm statistics are per process, as in any data-parallel run.
 """
 
 from __future__ import annotations
@@ -114,10 +116,12 @@ def local_draws() -> Iterator[None]:
     if state.num_processes == 1:
         yield
         return
-    seed = int(torch.randint(0, 2**62, (1,)))  # every process draws it: their shared streams stay in step
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed + state.process_index)
+    seed = int(torch.randint(0, 2**62, (1,))) + state.process_index  # drawn by all: shared streams stay in step
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else []):
+        torch.random.default_generator.manual_seed(seed)
+        if cuda:
+            torch.cuda.manual_seed(seed)  # the current device only: the one forked
         yield
 
 

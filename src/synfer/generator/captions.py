@@ -75,8 +75,13 @@ class CaptionEmbedder:
 def _text_cache_key(encoder: TextEncoder, mode: str, captions: list[str]) -> str:
     """Hash of what cached caption states depend on: the encoder's frozen weights and settings, and the captions."""
     frozen = encoder.frozen_modules() if mode == "hidden" else [encoder]
+    # settings that change the states (SDXL's zeroed "" prompt); absent keys keep older caches' keys valid
+    settings = {k: encoder.config[k] for k in ("zero_empty_prompt",) if k in encoder.config}
     h = hashlib.sha256(json.dumps({"encoder": type(encoder).__name__, "mode": mode, "max_length": encoder.max_length,
-                                   "vocab": getattr(getattr(encoder, "tokenizer", None), "vocab_size", None)}).encode())
+                                   "vocab": getattr(getattr(encoder, "tokenizer", None), "vocab_size", None),
+                                   **({"settings": settings} if settings else {}),
+                                   **({"vocab_2": encoder.tokenizer_2.vocab_size}
+                                      if hasattr(encoder, "tokenizer_2") else {})}, default=str).encode())
     for module in frozen:
         for name, t in sorted(module.state_dict().items()):
             h.update(name.encode() + b"\0" + t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())

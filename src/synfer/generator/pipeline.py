@@ -32,6 +32,7 @@ Saved by ``save_pretrained`` as diffusers does (``model_index.json`` + one folde
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -54,7 +55,7 @@ from ..core.runtime import autocast, resolve_precision
 # Imported here, not only for the type hints: DiffusionPipeline.from_pretrained resolves these custom components'
 # classes from sys.modules (model_index.json names their modules), so they must be imported before loading.
 from ..models.au_adapter import AUAdapter
-from ..models.denoiser import denoise, family_of, is_sdxl, load_denoiser, sdxl_pooled_width
+from ..models.denoiser import denoise, family_key, family_of, is_sdxl, load_denoiser, sdxl_pooled_width
 from ..models.text_encoders import CLIPTextEncoderWrapper, SDXLTextEncoder, TextEncoder
 from .au_targets import AU_TARGETS_FILE
 
@@ -150,7 +151,8 @@ class SynferPipeline(DiffusionPipeline):
         d, family = self.text_encoder.output_dim, family_of(self.unet)
         want = family.text_width(self.unet)
         if want != d:
-            raise ValueError(f"The text encoder gives {d}-wide tokens but the {family.name} takes {want}-wide ones; "
+            raise ValueError(f"The text encoder gives {d}-wide tokens but the {family_key(family)} denoiser takes "
+                             f"{want}-wide ones; "
                              f"build the text encoder for it (MiniLMTextEncoder(cross_attention_dim={want})) or use "
                              "the checkpoint's own.")
         pooled = getattr(self.text_encoder, "pooled_width", None)  # SDXL's encoder packs a pooled token
@@ -189,6 +191,10 @@ class SynferPipeline(DiffusionPipeline):
         if dtype is not None and torch_dtype is not None:
             raise ValueError("pass dtype or torch_dtype (its older name), not both.")
         dtype = dtype if dtype is not None else torch_dtype
+        index = Path(checkpoint) / "model_index.json"
+        if index.is_file() and json.loads(index.read_text()).get("requires_aesthetics_score"):
+            raise ValueError(f"{checkpoint} is an SDXL refiner (aesthetic-score time ids, one text encoder): it "
+                             "refines images, it does not make faces from text; load an SDXL base checkpoint.")
         kw = {"dtype": dtype, **hub_kwargs}
         vae = AutoencoderKL.from_pretrained(str(checkpoint), subfolder="vae", use_safetensors=True, **kw)
         unet = load_denoiser(str(checkpoint), "unet", **kw)
@@ -369,7 +375,14 @@ class SynferPipeline(DiffusionPipeline):
         latents = latents.to(self.vae.dtype) / config.scaling_factor
         if config.get("shift_factor") is not None:
             latents = latents + config.shift_factor
-        image = self.vae.decode(latents, return_dict=False)[0]
+        if self.active_precision == "fp16" and config.get("force_upcast", False):
+            # SDXL's VAE overflows in fp16 (its config says so): decode outside fp16 autocast, in fp32
+            dtype = self.vae.dtype
+            with torch.autocast(latents.device.type, enabled=False):
+                image = self.vae.to(torch.float32).decode(latents.float(), return_dict=False)[0]
+            self.vae.to(dtype)
+        else:
+            image = self.vae.decode(latents, return_dict=False)[0]
         return (image.float() / 2 + 0.5).clamp(0, 1)
 
     @staticmethod

@@ -40,7 +40,7 @@ from ..core.options import RunOptions, Schedule
 from ..core.splits import Split, index_loader, load_split
 from ..core.training import Trainer, atomic_save_dir, batch_draw, start_run
 from ..models.denoiser import build_mini_unet, denoise
-from ..models.text_encoders import CLIPTextEncoderWrapper, MiniLMTextEncoder, TextEncoder
+from ..models.text_encoders import CLIPTextEncoderWrapper, MiniLMTextEncoder, SDXLTextEncoder, TextEncoder
 from .captions import CaptionEmbedder
 from .train_vae import encode_latents, group_norm_groups
 
@@ -61,10 +61,13 @@ def load_vae(path: Path) -> Any:
 
 
 def load_text_encoder(spec: str, cross_attention_dim: int) -> TextEncoder:
-    """``minilm`` (a new projection to ``cross_attention_dim``) or a saved text-encoder folder (MiniLM or CLIP)."""
+    """``minilm`` (a new projection to ``cross_attention_dim``) or a saved text-encoder folder (MiniLM, CLIP or
+    SDXL's pair)."""
     if spec == "minilm":
         return MiniLMTextEncoder(cross_attention_dim=cross_attention_dim)
     folder = Path(spec)
+    if (folder / "text_model_2").is_dir():
+        return SDXLTextEncoder.from_pretrained(folder)
     if (folder / "text_model").is_dir():
         return CLIPTextEncoderWrapper.from_pretrained(folder)
     if (folder / "projection").is_dir():

@@ -132,6 +132,11 @@ def _class_names() -> set[str]:
     return {f.name for f in FAMILIES.values()}
 
 
+def family_key(family: Family) -> str:
+    """The family's key in :data:`FAMILIES` (``SDXL`` for an SDXL UNet, else its class name)."""
+    return next(k for k, f in FAMILIES.items() if f is family)
+
+
 def family_of(net: nn.Module) -> Family:
     """The family of a denoiser (by its class or, for a compiled or wrapped one, its original's)."""
     base = getattr(net, "_orig_mod", net)

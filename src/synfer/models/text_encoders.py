@@ -102,15 +102,16 @@ class TextEncoder(ModelMixin, ConfigMixin):
         return [p for p in self.parameters() if p.requires_grad]
 
     def tokenize(self, prompts: Sequence[str], device: torch.device | str | None = None, tokenizer: Any = None,
-                 length: int | None = None) -> dict[str, torch.Tensor]:
+                 length: int | None = None, warn: bool = True) -> dict[str, torch.Tensor]:
         """``input_ids`` and ``attention_mask``, each (B, L) on ``device`` (``tokenizer`` and ``length``: another
-        than the encoder's own, and another L); warns when a prompt is cut off (the words lost are often the AU
-        cues at a caption's end)."""
+        than the encoder's own, and another L); warns (``warn``) when a prompt is cut off (the words lost are often
+        the AU cues at a caption's end)."""
         if isinstance(prompts, str):
             prompts = [prompts]
-        prompts, tokenizer = list(prompts), tokenizer or self.tokenizer
+        prompts = list(prompts)
+        tokenizer = self.tokenizer if tokenizer is None else tokenizer
         length = length or self.max_length
-        lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
+        lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]] if warn else []
         too_long = [n for n in lengths if n > length]
         if too_long:
             warnings.warn(f"{len(too_long)} of {len(prompts)} prompts have more than {length} tokens (up to "
@@ -388,8 +389,9 @@ class SDXLTextEncoder(TextEncoder):
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         n = int(self.config.max_length)
         states, pooled = [], None
-        for model, tokenizer in ((self.text_model, self.tokenizer), (self.text_model_2, self.tokenizer_2)):
-            ids = self.tokenize(prompts, device, tokenizer, n)["input_ids"]
+        for i, (model, tokenizer) in enumerate(((self.text_model, self.tokenizer),
+                                                (self.text_model_2, self.tokenizer_2))):
+            ids = self.tokenize(prompts, device, tokenizer, n, warn=i == 0)["input_ids"]  # one warning, not two
             out = model(input_ids=ids, output_hidden_states=True)
             states.append(out.hidden_states[-2])
             pooled = getattr(out, "text_embeds", None)

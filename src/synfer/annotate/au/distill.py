@@ -28,7 +28,7 @@ from ...core.dataset import DatasetError, DatasetFolder
 from ...core.options import RunOptions, Schedule
 from ...core.runtime import resolve_precision
 from ...core.splits import Split, index_loader, load_split
-from ...core.training import Trainer, batch_draw, start_run
+from ...core.training import Trainer, batch_draw, local_draws, start_run
 from ...models.classifiers import ClassifierConfig, ExpressionClassifier
 from .distilled import FACE_COLUMN, KIND
 
@@ -167,7 +167,8 @@ def train_au_estimator(
         idx = batch[0].cpu()
         x, aus = _augment(train.images[idx].float() / 255.0, train.aus[idx], perm)
         has, face = train.has_aus[idx].to(accel.device), train.face[idx].to(accel.device)
-        logits = model(x.to(accel.device)).float()
+        with local_draws():  # the student's dropout: this process's rows
+            logits = model(x.to(accel.device)).float()
         au_loss = F.binary_cross_entropy_with_logits(logits[:, :-1], aus.to(accel.device), reduction="none").mean(1)
         au_loss = (au_loss * has).sum() / has.sum().clamp(min=1)
         face_loss = F.binary_cross_entropy_with_logits(logits[:, -1], face)
