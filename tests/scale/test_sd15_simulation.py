@@ -22,6 +22,7 @@ def memory_gb() -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # longer than the default run's per-test limit
 def test_sd15_shaped_components_go_through_every_stage(tmp_path: Path) -> None:
     pytest.importorskip("peft")
     if memory_gb() < 20:

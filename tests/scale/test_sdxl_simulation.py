@@ -22,6 +22,7 @@ def memory_gb() -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(5400)  # longer than the default run's per-test limit
 def test_sdxl_unet_forward_and_an_adapter_training_step(tmp_path: Path) -> None:
     if memory_gb() < 20:
         pytest.skip("needs 20 GB of memory (SDXL's UNet alone is 10.3 GB in fp32)")
