@@ -2,7 +2,8 @@
 # Resume the full-scale FER+ study from a pinned checkout (see README.md here). Idempotent: the data folders are
 # imported and prepared only where missing, and every recorded cell is skipped.
 #
-#   experiments/ferplus-full/run.sh [ROWS]      # ROWS: comma-separated report rows (default: every row)
+#   experiments/ferplus-full/run.sh [ROWS [OPTIONS...]]  # ROWS: comma-separated report rows (default: every row);
+#                                  # OPTIONS go to `synfer experiment`, e.g. --seeds '[0]' (cell keys do not change)
 #
 # Environment: RUNS (the runs folder, default <checkout>/runs), PIN (the study's commit, default below),
 # WT (the pinned worktree, default <RUNS>/../wt-study), FERPLUS (the FER+ folder, default ../shared/data/ferplus),
@@ -33,4 +34,4 @@ cd "$WT"
 rows=()
 [ -n "${1:-}" ] && rows=(--rows "[$1]")
 PYTHONPATH=src exec "$synfer" experiment --config configs/experiments/ferplus.yaml --work runs/study \
-  --record "$main/experiments/ferplus-full/cells" "${rows[@]}"
+  --record "$main/experiments/ferplus-full/cells" "${rows[@]}" "${@:2}"

@@ -125,6 +125,29 @@ def test_a_recorded_cell_is_recomputed_where_its_files_are_needed(tmp_path: Path
     assert Path(other.lookup("train-x", {"data": ["a"]})["outputs"]["model"]).is_dir()
 
 
+def test_an_interrupted_recomputation_of_a_recorded_cell_resumes(tmp_path: Path) -> None:
+    from synfer.study.cells import Cells
+
+    seen: list[bool] = []
+
+    def produce(d: Path, fail: bool = False) -> dict:
+        seen.append((d / "data").exists())  # what a resumable step sees: its partial folder
+        (d / "data").mkdir(exist_ok=True)
+        if fail:
+            raise KeyboardInterrupt
+        (d / "data" / "done").write_text("1")
+        return {"data": str(d / "data")}
+
+    Cells(tmp_path / "a", tmp_path / "record").run("generate-x-c0", {"n": 1}, produce)
+    other = Cells(tmp_path / "b", tmp_path / "record")  # another machine: the record, no files
+    with pytest.raises(KeyboardInterrupt):
+        other.run("generate-x-c0", {"n": 1}, lambda d: produce(d, fail=True), files=True)
+    # the partial folder exists but the cell did not finish here: it is resumed, not handed to a reader
+    out = other.run("generate-x-c0", {"n": 1}, produce, files=True)
+    assert seen == [False, False, True] and (Path(out["data"]) / "done").is_file()
+    assert other.run("generate-x-c0", {"n": 1}, lambda d: pytest.fail("done here"), files=True) == out
+
+
 def test_cells_reuse_identical_work_under_another_name(tmp_path: Path) -> None:
     from synfer.study.cells import Cells
 

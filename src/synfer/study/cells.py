@@ -63,6 +63,13 @@ class Cells:
     def files_exist(outputs: dict[str, Any]) -> bool:
         return all(Path(v).exists() for k, v in outputs.items() if k in FILE_KEYS and isinstance(v, str))
 
+    def has_files(self, cell: dict[str, Any]) -> bool:
+        """Whether a done cell's files are complete here: it finished in WORK (its ``cell.json`` is written last)
+        and its outputs exist. A recorded cell whose recomputation was interrupted has a partial folder and no
+        ``cell.json``: it is not ready, and :meth:`run` resumes it."""
+        done_here = (self.root / f"{cell['name']}-{cell['key']}" / CELL_FILE).is_file()
+        return done_here and self.files_exist(cell["outputs"])
+
     def run(self, name: str, inputs: dict[str, Any], produce: Callable[[Path], dict[str, Any]],
             files: bool = False) -> dict[str, Any]:
         """The outputs of cell ``name`` with ``inputs``; ``produce(folder)`` computes them where the cell is not
@@ -70,7 +77,7 @@ class Cells:
         key = self.key(inputs)
         folder = self.root / f"{name}-{key}"
         cell = self.lookup(name, inputs)
-        if cell is not None and (not files or self.files_exist(cell["outputs"])):
+        if cell is not None and (not files or self.has_files(cell)):
             self.log.append({"cell": name, "key": key, "cached": True, "from": cell["name"]})
             return cell["outputs"]
         folder.mkdir(parents=True, exist_ok=True)

@@ -118,7 +118,7 @@ class Study:
         out = generated(False)
         vote_in = {"from": out, "annotators": self.cfg.annotators, "threshold": self.cfg.vote_threshold}
         voted = self.cells.lookup(f"label-{base}-c{j}", vote_in)
-        if voted is None or (files and not Cells.files_exist(voted["outputs"])):
+        if voted is None or (files and not self.cells.has_files(voted)):
             generated(True)  # the vote reads the generated faces
         return self.cells.run(f"label-{base}-c{j}", vote_in, lambda d: {"data": str(label(
             Path(out["data"]), d / "data", self.cfg.annotators, self.cfg.vote_threshold,
