@@ -12,6 +12,9 @@ set -euo pipefail
 main=$(cd "$(dirname "$0")/../.." && pwd)
 RUNS=${RUNS:-$main/runs}
 PIN=${PIN:-0d0a89a}  # the commit the synthetic sets were generated at: generate --resume checks the generator's hash
+# commits of this repository whose src changes are applied on top of PIN: fixes of the study's own machinery that
+# change no cell's result (the cells' resume of a recorded cell's interrupted recomputation)
+FIXES=${FIXES:-9730a58}
 WT=${WT:-$(dirname "$RUNS")/wt-study}
 FERPLUS=${FERPLUS:-$main/../shared/data/ferplus}
 AU_MODEL=${AU_MODEL:-$main/../shared/data/mediapipe_face_landmarker/face_landmarker.task}
@@ -26,6 +29,7 @@ RUNS=$(cd "$RUNS" && pwd)
 if [ ! -d "$WT" ]; then
   git -C "$main" worktree prune
   git -C "$main" worktree add --detach "$WT" "$PIN"
+  for c in $FIXES; do git -C "$main" diff "$c^" "$c" -- src | git -C "$WT" apply; done
 fi
 [ "$(git -C "$WT" rev-parse --short=7 HEAD)" = "${PIN:0:7}" ] || { echo "$WT is not at $PIN" >&2; exit 1; }
 ln -sfn "$RUNS" "$WT/runs"
