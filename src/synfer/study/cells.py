@@ -27,13 +27,21 @@ CELL_FILE = "cell.json"
 FILE_KEYS = ("data", "model", "image", "gallery")
 
 
-class Cells:
-    """The cache: ``run(name, inputs, produce)`` returns the outputs of a done cell or produces them."""
+class CellMissing(LookupError):
+    """A cell that would have to be computed, asked of :class:`Cells` that may only read done cells."""
 
-    def __init__(self, work: Path, record: Path | None = None) -> None:
+
+class Cells:
+    """The cache: ``run(name, inputs, produce)`` returns the outputs of a done cell or produces them.
+
+    ``compute=False`` (a report from what is done): :meth:`run` raises :class:`CellMissing` instead of computing.
+    """
+
+    def __init__(self, work: Path, record: Path | None = None, compute: bool = True) -> None:
         self.root = Path(work) / "cells"
         self.root.mkdir(parents=True, exist_ok=True)
         self.record = None if record is None else Path(record)
+        self.compute = compute
         self.log: list[dict[str, Any]] = []
 
     @staticmethod
@@ -80,6 +88,10 @@ class Cells:
         if cell is not None and (not files or self.has_files(cell)):
             self.log.append({"cell": name, "key": key, "cached": True, "from": cell["name"]})
             return cell["outputs"]
+        if not self.compute:
+            where = f"{self.root}" + ("" if self.record is None else f" nor recorded in {self.record}")
+            raise CellMissing(f"cell {name} ({key}) is not done in {where}" if cell is None else
+                              f"cell {name} ({key}) is recorded but its files are not in {self.root}")
         folder.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         outputs = produce(folder)

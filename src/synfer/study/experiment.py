@@ -40,7 +40,7 @@ import numpy as np
 
 from ..core.dataset import DatasetFolder, atomic_write_json
 from ..core.options import bind
-from .cells import Cells
+from .cells import CellMissing, Cells
 
 #: The generator ablations in order: each adds one thing to the previous one.
 ABLATIONS = ("text", "aus", "aus-class-mean", "aus+guidance", "aus+guidance+voting")
@@ -213,6 +213,7 @@ def experiment(
     rows: list[str] | None = None,
     work: Path = Path("runs/experiment"),
     record: Path | None = None,
+    recorded_only: bool = False,
 ) -> Path:
     """Run (or reuse) every cell of the study and write ``WORK/results.json`` and ``WORK/report.md``.
 
@@ -241,6 +242,8 @@ def experiment(
         rows: only these rows (names as in the report, e.g. ``real``, ``syn-1x``); default all.
         work: where cells, results and the report go.
         record: a folder for a copy of every finished cell (see :mod:`synfer.study.cells`).
+        recorded_only: compute nothing: the results and the report of the cells done in ``work`` or recorded in
+            ``record`` (a row, set or probe with a missing cell is left out and listed under ``missing``).
 
     Returns:
         ``WORK/report.md``.
@@ -251,14 +254,15 @@ def experiment(
         class_counts, control, dict(guidance or ExperimentConfig(real, val, test, judge).guidance),
         dict(generation or {}), vote_threshold, privacy_train or prepared or real,
         dict(reduced_sizes or {"real_limit": 2000, "epochs": 5}), list(["AU12"] if au_sweeps is None else au_sweeps))
-    cells = Cells(Path(work), record)
+    cells = Cells(Path(work), record, compute=not recorded_only)
     clf_opts, real_path = dict(cfg.classifier), cfg.real
     if reduced:  # a seeded subset of the real training faces (at most real_limit / K per class), fewer epochs
         from ..core.ops import filter_dataset
 
         k = len(DatasetFolder(cfg.real).expressions)
         cap = max(1, int(cfg.reduced_sizes.get("real_limit", 2000)) // k)
-        real_path = cells.run("real-subset", {"real": cfg.real, "max_per_class": cap}, lambda d: {"data": str(
+        subset = Cells(Path(work), record)  # a filter of seconds, made even for a report of recorded cells
+        real_path = subset.run("real-subset", {"real": cfg.real, "max_per_class": cap}, lambda d: {"data": str(
             filter_dataset(Path(cfg.real), d / "data", splits=["train"], max_per_class=cap, overwrite=True))},
             files=True)["data"]
         clf_opts.update({k: v for k, v in cfg.reduced_sizes.items() if k != "real_limit"})
@@ -271,7 +275,11 @@ def experiment(
     results = run_rows(study, plan, wanted)
     results.update({"config": asdict(cfg), "reduced": reduced, "real_train_faces": study.real_size,
                     "real_class_counts": study.real_counts, "classifier": clf_opts})
-    results["au_sweeps"] = au_sweep_cells(cells, cfg)
+    try:
+        results["au_sweeps"] = au_sweep_cells(cells, cfg)
+    except CellMissing as e:
+        results["au_sweeps"] = {}
+        _missing(results, "au-sweeps", e)
     results["cells"] = cells.log
     atomic_write_json(Path(work) / "results.json", results)
     from .report import write_report
@@ -285,12 +293,16 @@ def run_rows(study: Study, plan: list, wanted: list[str]) -> dict[str, Any]:
     from .stats import paired_bootstrap
 
     cfg, cells = study.cfg, study.cells
-    out: dict[str, Any] = {"rows": {}, "quality": {}, "probes": {}}
+    out: dict[str, Any] = {"rows": {}, "quality": {}, "probes": {}, "missing": []}
     trained: dict[str, Callable[[bool], dict[str, Any]]] = {}
     for row, seeds, fn in plan:
         if row not in wanted:
             continue
-        runs = [fn(s, False) for s in seeds]
+        try:
+            runs = [fn(s, False) for s in seeds]
+        except CellMissing as e:  # only where cells may not be computed (a report of what is done)
+            _missing(out, row, e)
+            continue
         trained[row] = lambda files, fn=fn, s=seeds[0]: fn(s, files)
         out["rows"][row] = {"seeds": seeds, **{k: [r[k] for r in runs] for k in (
             "accuracy", "macro_f1", "per_class_recall", "val_accuracy", "images_per_s", "train_seconds", "model")},
@@ -306,18 +318,30 @@ def run_rows(study: Study, plan: list, wanted: list[str]) -> dict[str, Any]:
     for row, (variant, scale) in sets.items():
         if row not in out["rows"]:
             continue
-        inputs = {"sets": study.synthetic(variant, scale), "judge": cfg.judge, "test": cfg.test,
-                  "train": cfg.privacy_train}
         name = f"quality-{variant}-{scale:g}x"
-        out["quality"][row] = cells.run(name, inputs, lambda d, v=variant, n=scale: quality(
-            [Path(p) for p in study.synthetic(v, n, files=True)], Path(cfg.test), cfg.judge,
-            train=Path(cfg.privacy_train), gallery=d / "closest.png", out=d / "quality.json"))
+        try:
+            inputs = {"sets": study.synthetic(variant, scale), "judge": cfg.judge, "test": cfg.test,
+                      "train": cfg.privacy_train}
+            out["quality"][row] = cells.run(name, inputs, lambda d, v=variant, n=scale: quality(
+                [Path(p) for p in study.synthetic(v, n, files=True)], Path(cfg.test), cfg.judge,
+                train=Path(cfg.privacy_train), gallery=d / "closest.png", out=d / "quality.json"))
+        except CellMissing as e:
+            _missing(out, name, e)
     for row in ["real", *(f"syn-{n:g}x" for n in cfg.synthetic_scales)]:
         if row in trained:
             model = out["rows"][row]["model"][0]
-            out["probes"][row] = cells.run(f"probe-{row}", {"model": model, "data": cfg.test},
-                                           lambda d, row=row: _probe(trained[row](True)["model"], cfg.test, d))
+            try:
+                out["probes"][row] = cells.run(f"probe-{row}", {"model": model, "data": cfg.test},
+                                               lambda d, row=row: _probe(trained[row](True)["model"], cfg.test, d))
+            except CellMissing as e:
+                _missing(out, f"probe-{row}", e)
     return out
+
+
+def _missing(out: dict[str, Any], what: str, e: CellMissing) -> None:
+    """List ``what`` (a row, set or probe left out of a report of done cells) once, with the missing cell."""
+    if what not in {m["what"] for m in out["missing"]}:
+        out["missing"].append({"what": what, "why": str(e)})
 
 
 def _probe(model: str, data: str, out: Path) -> dict[str, Any]:

@@ -144,6 +144,9 @@ def markdown(results: dict[str, Any]) -> str:
         for row, p in results["probes"].items():
             lines.append(f"| {row} | {p['linear_probe']:.2f} | {p['10_shot']:.2f} +- {p['10_shot_std']:.2f} |")
     lines += _targets(results)
+    if results.get("missing"):
+        lines += ["", "Not yet computed (this report holds the cells that are done):", ""]
+        lines += [f"- {m['what']}: {m['why']}" for m in results["missing"]]
     lines += ["", "The paper's corresponding figures (other datasets, Stable Diffusion scale):", ""]
     lines += [f"- {k}: {v}" for k, v in PAPER.items()]
     return "\n".join(lines) + "\n"
