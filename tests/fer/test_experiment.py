@@ -104,14 +104,18 @@ def test_experiment_runs_every_row_and_reuses_cells(tmp_path: Path) -> None:
     assert {c["cell"] for c in moved["cells"] if not c["cached"]} == {"au-sweep-AU12"}
 
     # a report of what is done computes nothing: a row whose cell is not recorded is listed as missing
-    for f in (tmp_path / "record").glob("train-ablation-aus-s0-*.json"):
-        f.unlink()
+    for pattern in ("train-ablation-aus-s0-*.json", "train-real+syn-1x-s1-*.json"):
+        for f in (tmp_path / "record").glob(pattern):
+            f.unlink()
     shutil.rmtree(tmp_path / "work")
     experiment(**kw, seeds=[0, 1], record=tmp_path / "record", recorded_only=True)
     part = json.loads((tmp_path / "work" / "results.json").read_text())
     assert all(c["cached"] for c in part["cells"])
-    assert [m["what"] for m in part["missing"]] == ["ablation-aus", "au-sweeps"]  # the sweep's image is gone too
-    assert "ablation-aus" not in part["rows"] and part["rows"]["real+syn-1x"] == results["rows"]["real+syn-1x"]
+    # the sweep's image is gone too
+    assert [m["what"] for m in part["missing"]] == ["real+syn-1x seed 1", "ablation-aus", "au-sweeps"]
+    assert "ablation-aus" not in part["rows"] and part["rows"]["syn-1x"] == results["rows"]["syn-1x"]
+    mixed, full = part["rows"]["real+syn-1x"], results["rows"]["real+syn-1x"]  # the seed that is done
+    assert mixed["seeds"] == [0] and mixed["accuracy"] == full["accuracy"][:1] and mixed["vs_real"] == full["vs_real"]
     assert "ablation-aus" not in part["quality"] and part["probes"] == results["probes"]
     assert "Not yet computed" in (tmp_path / "work" / "report.md").read_text()
 

@@ -298,11 +298,17 @@ def run_rows(study: Study, plan: list, wanted: list[str]) -> dict[str, Any]:
     for row, seeds, fn in plan:
         if row not in wanted:
             continue
-        try:
-            runs = [fn(s, False) for s in seeds]
-        except CellMissing as e:  # only where cells may not be computed (a report of what is done)
-            _missing(out, row, e)
+        runs, done = [], []
+        for s in seeds:  # a report of what is done (cells not computed) keeps a row's first seeds that are done
+            try:
+                runs.append(fn(s, False))
+                done.append(s)
+            except CellMissing as e:
+                _missing(out, row if not done else f"{row} seed {s}", e)
+                break
+        if not runs:
             continue
+        seeds = done
         trained[row] = lambda files, fn=fn, s=seeds[0]: fn(s, files)
         out["rows"][row] = {"seeds": seeds, **{k: [r[k] for r in runs] for k in (
             "accuracy", "macro_f1", "per_class_recall", "val_accuracy", "images_per_s", "train_seconds", "model")},
