@@ -67,16 +67,13 @@ class Cells:
                 return cell
         return None
 
-    @staticmethod
-    def files_exist(outputs: dict[str, Any]) -> bool:
-        return all(Path(v).exists() for k, v in outputs.items() if k in FILE_KEYS and isinstance(v, str))
-
     def has_files(self, cell: dict[str, Any]) -> bool:
         """Whether a done cell's files are complete here: it finished in WORK (its ``cell.json`` is written last)
         and its outputs exist. A recorded cell whose recomputation was interrupted has a partial folder and no
         ``cell.json``: it is not ready, and :meth:`run` resumes it."""
         done_here = (self.root / f"{cell['name']}-{cell['key']}" / CELL_FILE).is_file()
-        return done_here and self.files_exist(cell["outputs"])
+        return done_here and all(Path(v).exists() for k, v in cell["outputs"].items()
+                                 if k in FILE_KEYS and isinstance(v, str))
 
     def run(self, name: str, inputs: dict[str, Any], produce: Callable[[Path], dict[str, Any]],
             files: bool = False) -> dict[str, Any]:

@@ -261,7 +261,8 @@ def experiment(
 
         k = len(DatasetFolder(cfg.real).expressions)
         cap = max(1, int(cfg.reduced_sizes.get("real_limit", 2000)) // k)
-        subset = Cells(Path(work), record)  # a filter of seconds, made even for a report of recorded cells
+        # a filter of seconds, made even for a report of recorded cells
+        subset = cells if cells.compute else Cells(Path(work), record)
         real_path = subset.run("real-subset", {"real": cfg.real, "max_per_class": cap}, lambda d: {"data": str(
             filter_dataset(Path(cfg.real), d / "data", splits=["train"], max_per_class=cap, overwrite=True))},
             files=True)["data"]
