@@ -21,8 +21,9 @@ Rows:
 Synthetic sets follow the real training split's class distribution (``class_counts: real``) or are balanced
 (``balanced``). A set of N x is N chunks of up to 1x each, chunk j generated with seed j (and voted on its own), so
 the 2x set contains the 1x one. ``results.json`` holds per row: test accuracy, macro-F1, per-class recall and
-predictions per seed, and the paired-bootstrap 95% interval of its difference to ``real`` (seed-0 models, the same
-test faces); per set: quality and privacy; the probes. The report (``report.md``, ``report.html``) is built from it.
+predictions per seed, and the paired-bootstrap 95% interval of its difference to ``real`` (first-seed models, the
+same test faces; for rows trained at several seeds also per seed and of their mean, :func:`compare_to_real`); per
+set: quality and privacy; the probes. The report (``report.md``, ``report.html``) is built from it.
 
 ``reduced`` (a flag) runs every row on a seeded subset of the real training faces (at most ``real_limit`` / K per
 class) with the classifier options in ``reduced_sizes``: the smoke mode, minutes on a CPU.
@@ -291,7 +292,6 @@ def experiment(
 def run_rows(study: Study, plan: list, wanted: list[str]) -> dict[str, Any]:
     """Train and score the wanted rows, judge their sets, probe the backbones; the results dict."""
     from .quality import quality
-    from .stats import paired_bootstrap
 
     cfg, cells = study.cfg, study.cells
     out: dict[str, Any] = {"rows": {}, "quality": {}, "probes": {}, "missing": []}
@@ -314,11 +314,11 @@ def run_rows(study: Study, plan: list, wanted: list[str]) -> dict[str, Any]:
         out["rows"][row] = {"seeds": seeds, **{k: [r[k] for r in runs] for k in (
             "accuracy", "macro_f1", "per_class_recall", "val_accuracy", "images_per_s", "train_seconds", "model")},
             "predictions": runs[0]["predictions"]}
+        if len(runs) > 1:
+            out["rows"][row]["predictions_by_seed"] = [r["predictions"] for r in runs]
     labels = study.test_split().labels.numpy()
     if "real" in out["rows"]:
-        base = np.asarray(out["rows"]["real"]["predictions"]) == labels
-        for r in out["rows"].values():
-            r["vs_real"] = paired_bootstrap(np.asarray(r["predictions"]) == labels, base)
+        compare_to_real(out["rows"], labels)
     out["test_labels"] = [int(x) for x in labels]
     sets = {f"ablation-{v}": (v, cfg.ablation_scale) for v in ABLATIONS}
     sets.update({f"syn-{n:g}x": (FULL, n) for n in cfg.synthetic_scales})
@@ -349,6 +349,33 @@ def _missing(out: dict[str, Any], what: str, e: CellMissing) -> None:
     """List ``what`` (a row, set or probe left out of a report of done cells) once, with the missing cell."""
     if what not in {m["what"] for m in out["missing"]}:
         out["missing"].append({"what": what, "why": str(e)})
+
+
+def compare_to_real(rows: dict[str, dict[str, Any]], labels: np.ndarray) -> None:
+    """Add each row's paired-bootstrap difference to ``real`` (in place): ``vs_real`` of the first seeds' models,
+    and for a row trained at two or more of real's seeds ``vs_real_seeds``: per matching seed, and of the mean over
+    them (each face's share of the seeds' models that get it right; the interval covers test-face sampling, while
+    the spread between seeds shows in ``by_seed``).
+
+    ``labels``: (N,) the test faces' class indices; rows hold ``predictions`` (N,) of their first seed and, with
+    several seeds, ``predictions_by_seed`` (S, N).
+    """
+    from .stats import paired_bootstrap
+
+    def by_seed(r: dict[str, Any]) -> dict[int, np.ndarray]:
+        preds = r.get("predictions_by_seed") or [r["predictions"]]
+        return {s: np.asarray(p) == labels for s, p in zip(r["seeds"], preds, strict=False)}
+
+    real = by_seed(rows["real"])
+    base = np.asarray(rows["real"]["predictions"]) == labels
+    for name, r in rows.items():
+        r["vs_real"] = paired_bootstrap(np.asarray(r["predictions"]) == labels, base)
+        mine = by_seed(r)
+        common = [s for s in mine if s in real]
+        if name != "real" and len(common) > 1:
+            mean = paired_bootstrap(np.mean([mine[s] for s in common], 0), np.mean([real[s] for s in common], 0))
+            r["vs_real_seeds"] = {"seeds": common, "mean": mean,
+                                  "by_seed": [paired_bootstrap(mine[s], real[s]) for s in common]}
 
 
 def _probe(model: str, data: str, out: Path) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from .stats import paired_bootstrap
+
 #: The paper's figures next to which ours are shown (AffectNet / RAF-DB; SynFER §5; ours are on FER+).
 PAPER = {
     "real+synthetic": "POSTER++ 91.59 -> 91.95 (RAF-DB, +0.36), 67.49 -> 69.04 (AffectNet, +1.55)",
@@ -34,9 +36,26 @@ def _by_scale(rows: dict[str, Any], prefix: str) -> dict[float, float]:
     return {float(m.group(1)): _mean(r["accuracy"]) for k, r in rows.items() if (m := re.fullmatch(pattern, k))}
 
 
-def _ci(r: dict[str, Any]) -> str:
-    v = r.get("vs_real")
-    return "-" if not v else f"{v['difference']:+.2f} [{v['ci95'][0]:+.2f}, {v['ci95'][1]:+.2f}]"
+#: Each generator ablation and the one it adds a step to (per-face and class-mean AU targets both add AUs to text).
+ABLATION_PARENT = {"aus": "text", "aus-class-mean": "text", "aus+guidance": "aus",
+                   "aus+guidance+voting": "aus+guidance"}
+
+
+def _fmt(v: dict[str, Any]) -> str:
+    """A paired-bootstrap difference: ``+1.23 [+0.10, +2.40]``."""
+    return f"{v['difference']:+.2f} [{v['ci95'][0]:+.2f}, {v['ci95'][1]:+.2f}]"
+
+
+def _ci(name: str, r: dict[str, Any]) -> str:
+    if name == "real":
+        return "reference"
+    v, seeds = r.get("vs_real"), r.get("vs_real_seeds")
+    if not v:
+        return "-"
+    if not seeds:
+        return _fmt(v)
+    per = "; ".join(f"seed {s}: {_fmt(b)}" for s, b in zip(seeds["seeds"], seeds["by_seed"], strict=False))
+    return f"mean of seeds: {_fmt(seeds['mean'])} ({per})"
 
 
 def _rows_table(results: dict[str, Any]) -> list[str]:
@@ -46,7 +65,7 @@ def _rows_table(results: dict[str, Any]) -> list[str]:
         accs = ", ".join(f"{a:.2f}" for a in r["accuracy"])
         mean = f"{_mean(r['accuracy']):.2f}" + (f" (seeds {r['seeds']}: {accs})" if len(r["accuracy"]) > 1 else "")
         minutes = _mean(r.get("train_seconds", [])) / 60
-        lines.append(f"| {row} | {mean} | {_ci(r)} | {_mean(r['macro_f1']):.2f} | {_mean(r.get('val_accuracy', [])):.2f}"
+        lines.append(f"| {row} | {mean} | {_ci(row, r)} | {_mean(r['macro_f1']):.2f} | {_mean(r.get('val_accuracy', [])):.2f}"
                      f" | {minutes:.0f} |")
     return lines
 
@@ -103,22 +122,34 @@ def _targets(results: dict[str, Any]) -> list[str]:
         out.append(f"- synthetic only at 1x >= 90% of real only: {s:.2f} / {real:.2f} = {100 * s / real:.1f}% -> "
                    f"{'met' if s >= 0.9 * real else 'missed'}")
     if real is not None and (mix := rows.get("real+syn-1x")) and mix.get("vs_real"):
-        v = mix["vs_real"]
+        # judged on the mean over real only's seeds where the mixed row has them: one seed pair differs by seed noise
+        seeds = mix.get("vs_real_seeds")
+        v = seeds["mean"] if seeds else mix["vs_real"]
         ok = v["difference"] >= 1 and v["ci95"][0] > 0
-        out.append(f"- real + synthetic 1x beats real only by >= 1 point, interval excluding 0: {v['difference']:+.2f} "
-                   f"[{v['ci95'][0]:+.2f}, {v['ci95'][1]:+.2f}] -> {'met' if ok else 'missed'}")
+        which = f"mean of seeds {seeds['seeds']}" if seeds else f"seed {mix['seeds'][0]}"
+        out.append(f"- real + synthetic 1x beats real only by >= 1 point, interval excluding 0 ({which}): {_fmt(v)} "
+                   f"-> {'met' if ok else 'missed'}")
+        if seeds:
+            out += [f"  - seed {s}: {_fmt(b)}" for s, b in zip(seeds["seeds"], seeds["by_seed"], strict=False)]
         if (ctrl := rows.get("real-control")) and ctrl.get("vs_real"):
-            out.append(f"- the control (real at the mixed row's steps): {ctrl['vs_real']['difference']:+.2f} "
-                       f"[{ctrl['vs_real']['ci95'][0]:+.2f}, {ctrl['vs_real']['ci95'][1]:+.2f}] vs real")
-    steps = [v for v in ("text", "aus", "aus-class-mean", "aus+guidance", "aus+guidance+voting")
-             if f"ablation-{v}" in rows]
-    for a, b in zip(steps, steps[1:], strict=False):
+            out.append(f"- the control (real at the mixed row's steps): {_fmt(ctrl['vs_real'])} vs real")
+    labels = np.asarray(results.get("test_labels", []))
+    for b, a in ABLATION_PARENT.items():
+        while a in ABLATION_PARENT and f"ablation-{a}" not in rows:  # a missing step: compare with the one before
+            a = ABLATION_PARENT[a]
         ra, rb = f"ablation-{a}", f"ablation-{b}"
+        if ra not in rows or rb not in rows:
+            continue
         acc = (_mean(rows[ra]["accuracy"]), _mean(rows[rb]["accuracy"]))
         judge = tuple(quality.get(r, {}).get("expression_accuracy") for r in (ra, rb))
         up = acc[1] > acc[0] or (None not in judge and judge[1] > judge[0])
+        diff = ""
+        if len(labels) and all(rows[r].get("predictions") for r in (ra, rb)):
+            step = paired_bootstrap(np.asarray(rows[rb]["predictions"]) == labels,
+                                    np.asarray(rows[ra]["predictions"]) == labels)
+            diff = f" ({_fmt(step)}, first seeds)"
         jtxt = "" if None in judge else f", judge {judge[0]:.1f} -> {judge[1]:.1f}"
-        out.append(f"- {a} -> {b}: classifier {acc[0]:.2f} -> {acc[1]:.2f}{jtxt} -> {'met' if up else 'missed'}")
+        out.append(f"- {a} -> {b}: classifier {acc[0]:.2f} -> {acc[1]:.2f}{diff}{jtxt} -> {'met' if up else 'missed'}")
     return ["", "Targets (measured in this run):", "", *out] if out else []
 
 
@@ -135,7 +166,9 @@ def markdown(results: dict[str, Any]) -> str:
     lines = ["# SynFER study on FER+", "",
              f"{'Reduced scale (smoke mode).' if results['reduced'] else 'Full scale.'} Classifiers chosen on the "
              "real validation split, scored once on the real test split; intervals: paired bootstrap over the test "
-             "faces (10,000 resamples) of each row's first-seed model against real only's.", *_setup(results), "",
+             "faces (10,000 resamples) of each row's first-seed model against real only's; a row trained at real only's "
+             "seeds against real only seed by seed, and on the mean over those seeds (each face's share of the "
+             "seeds' models that get it right).", *_setup(results), "",
              *_rows_table(results), *_per_class_table(results), *_quality_table(results.get("quality", {}))]
     if results.get("probes"):
         lines += ["", "Frozen backbones (supervised on real vs on synthetic faces), probed on real FER+ (linear: all "

@@ -38,7 +38,8 @@ def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, resamples: in
                      seed: int = 0) -> dict[str, float]:
     """Accuracy difference a - b (points) over the same faces, with its paired-bootstrap 95% interval.
 
-    ``correct_a``, ``correct_b``: (N,) bool, whether each model got face i right.
+    ``correct_a``, ``correct_b``: (N,) bool, whether each model got face i right, or float in [0, 1]: the share of
+    several models (seeds) that got it right.
     """
     a, b = np.asarray(correct_a, dtype=np.float64), np.asarray(correct_b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1 or not len(a):
