@@ -137,21 +137,33 @@ def test_a_recorded_cell_is_recomputed_where_its_files_are_needed(tmp_path: Path
     from synfer.study.cells import Cells
 
     calls: list[str] = []
+    accuracy = {"train-x": [50.0, 50.0], "train-y": [50.0, 51.0]}  # y's step does not reproduce its result
 
-    def produce(d: Path) -> dict:
-        calls.append("run")
-        (d / "model").mkdir()
-        return {"model": str(d / "model"), "accuracy": 50.0}
+    def produce(name: str):
+        def run(d: Path) -> dict:
+            calls.append(name)
+            (d / "model").mkdir()
+            return {"model": str(d / "model"), "accuracy": accuracy[name][calls.count(name) - 1]}
+        return run
 
     first = Cells(tmp_path / "a", tmp_path / "record")
-    out = first.run("train-x", {"data": ["a"]}, produce)
+    out = {n: first.run(n, {"data": [n]}, produce(n)) for n in accuracy}
     other = Cells(tmp_path / "b", tmp_path / "record")  # another machine: only the record
-    assert other.run("train-x", {"data": ["a"]}, produce) == out and calls == ["run"]
+    assert other.run("train-x", {"data": ["train-x"]}, produce("train-x")) == out["train-x"] and len(calls) == 2
     import shutil
 
     shutil.rmtree(tmp_path / "a")
-    assert other.run("train-x", {"data": ["a"]}, produce, files=True)["accuracy"] == 50.0 and calls == ["run", "run"]
-    assert Path(other.lookup("train-x", {"data": ["a"]})["outputs"]["model"]).is_dir()
+    for n in accuracy:  # computed again for the files: the new model, the first run's result (read on test once)
+        again = other.run(n, {"data": [n]}, produce(n), files=True)
+        assert again["accuracy"] == 50.0 and Path(again["model"]).is_dir() and again["model"].startswith(
+            str(tmp_path / "b"))
+        cell = other.lookup(n, {"data": [n]})
+        recorded = json.loads((tmp_path / "record" / f"{n}-{cell['key']}.json").read_text())
+        assert cell["outputs"] == again and recorded["outputs"] == again
+    assert calls == ["train-x", "train-y", "train-x", "train-y"]
+    x, y = (other.lookup(n, {"data": [n]}) for n in accuracy)
+    assert x["recomputed_same"] and "recomputed_outputs" not in x and "recomputed_seconds" in x
+    assert not y["recomputed_same"] and y["recomputed_outputs"] == {"accuracy": 51.0}
 
 
 def test_an_interrupted_recomputation_of_a_recorded_cell_resumes(tmp_path: Path) -> None:

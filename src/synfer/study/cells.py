@@ -8,7 +8,8 @@ themselves are resumable).
 ``record``: a folder where every finished cell's ``cell.json`` is also copied (small: options, metrics, test
 predictions), meant to be committed. On a machine where ``WORK`` is gone, a recorded cell counts as done, so a long
 study spreads over many machines; where a later cell needs a recorded cell's *files* (a synthetic set, a model),
-:meth:`Cells.run` with ``files=True`` computes it again (every step is seeded: the same files come back).
+:meth:`Cells.run` with ``files=True`` computes it again (every step is seeded, so the same files should come back;
+the recorded results stay the first run's and whether the recomputation reproduced them is recorded beside them).
 """
 
 from __future__ import annotations
@@ -94,11 +95,29 @@ class Cells:
         outputs = produce(folder)
         seconds = round(time.perf_counter() - t0, 1)
         done = {"name": name, "key": key, "inputs": inputs, "outputs": outputs, "seconds": seconds}
-        if cell is not None:  # recomputed for its files: the recorded cost stays the first run's
-            done["seconds"], done["recomputed_seconds"] = cell["seconds"], seconds
+        if cell is not None:
+            done = _recomputed(cell, done)
+            outputs = done["outputs"]
         atomic_write_json(folder / CELL_FILE, done)
         if self.record is not None:
             self.record.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.record / f"{name}-{key}.json", done)
         self.log.append({"cell": name, "key": key, "cached": False, "seconds": seconds})
         return {**outputs}
+
+
+def _recomputed(first: dict[str, Any], again: dict[str, Any]) -> dict[str, Any]:
+    """A recorded cell computed again for its files: the new files, the first run's results and cost.
+
+    The first run's results (metrics, test predictions) are the ones reported: a model is read on the test split
+    once. Whether the recomputation reproduced them is kept (``recomputed_same``; the values that differ in
+    ``recomputed_outputs``), so a step that is not deterministic shows.
+    """
+    new = json.loads(json.dumps(again["outputs"], default=str))
+    differs = sorted(k for k in new if k not in FILE_KEYS and new[k] != first["outputs"].get(k))
+    outputs = {**first["outputs"], **{k: v for k, v in again["outputs"].items() if k in FILE_KEYS}}
+    done = {**again, "outputs": outputs, "seconds": first["seconds"], "recomputed_seconds": again["seconds"],
+            "recomputed_same": not differs}
+    if differs:
+        done["recomputed_outputs"] = {k: new[k] for k in differs}
+    return done
