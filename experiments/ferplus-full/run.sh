@@ -13,8 +13,9 @@ main=$(cd "$(dirname "$0")/../.." && pwd)
 RUNS=${RUNS:-$main/runs}
 PIN=${PIN:-0d0a89a}  # the commit the synthetic sets were generated at: generate --resume checks the generator's hash
 # commits of this repository whose src changes are applied on top of PIN: fixes of the study's own machinery that
-# change no cell's result (the cells' resume of a recorded cell's interrupted recomputation)
-FIXES=${FIXES:-9730a58}
+# change no cell's result (the cells' resume of a recorded cell's interrupted recomputation; a recomputation keeps
+# the first run's results and notes whether it reproduced them)
+FIXES=${FIXES:-9730a58 7e6c147}
 WT=${WT:-$(dirname "$RUNS")/wt-study}
 FERPLUS=${FERPLUS:-$main/../shared/data/ferplus}
 AU_MODEL=${AU_MODEL:-$main/../shared/data/mediapipe_face_landmarker/face_landmarker.task}
