@@ -26,6 +26,8 @@ from ..core.dataset import atomic_write_json
 CELL_FILE = "cell.json"
 #: Output keys that name files or folders a later cell may read.
 FILE_KEYS = ("data", "model", "image", "gallery")
+#: Output keys that time a step: a recomputation keeps the first run's and does not compare them.
+COST_KEYS = ("images_per_s", "train_seconds", "seconds")
 
 
 class CellMissing(LookupError):
@@ -111,13 +113,29 @@ def _recomputed(first: dict[str, Any], again: dict[str, Any]) -> dict[str, Any]:
 
     The first run's results (metrics, test predictions) are the ones reported: a model is read on the test split
     once. Whether the recomputation reproduced them is kept (``recomputed_same``; the values that differ in
-    ``recomputed_outputs``), so a step that is not deterministic shows.
+    ``recomputed_outputs``), so a step that is not deterministic shows. File paths and timings
+    (:data:`COST_KEYS`) may differ and are not compared; paths into either run's cell folder nested in
+    results compare equal.
     """
-    new = json.loads(json.dumps(again["outputs"], default=str))
-    differs = sorted(k for k in new if k not in FILE_KEYS and new[k] != first["outputs"].get(k))
-    outputs = {**first["outputs"], **{k: v for k, v in again["outputs"].items() if k in FILE_KEYS}}
+    old = _in_cell(json.loads(json.dumps(first["outputs"], default=str)), f"{first['name']}-{first['key']}")
+    new = _in_cell(json.loads(json.dumps(again["outputs"], default=str)), f"{again['name']}-{again['key']}")
+    differs = sorted(k for k in new if k not in FILE_KEYS + COST_KEYS and new[k] != old.get(k))
+    # where the runs agree, the new values (their paths point into this WORK); where they differ, the first's
+    outputs = {**first["outputs"], **{k: v for k, v in again["outputs"].items()
+                                      if k in FILE_KEYS or k not in differs + list(COST_KEYS)}}
     done = {**again, "outputs": outputs, "seconds": first["seconds"], "recomputed_seconds": again["seconds"],
             "recomputed_same": not differs}
     if differs:
         done["recomputed_outputs"] = {k: new[k] for k in differs}
     return done
+
+
+def _in_cell(value: Any, folder: str) -> Any:
+    """``value`` (JSON) with every path into the cell folder ``folder`` made relative to it (``<cell>/...``)."""
+    if isinstance(value, dict):
+        return {k: _in_cell(v, folder) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_in_cell(v, folder) for v in value]
+    if isinstance(value, str) and folder in value:
+        return "<cell>" + value.split(folder, 1)[1]
+    return value
