@@ -15,7 +15,7 @@ PIN=${PIN:-0d0a89a}  # the commit the synthetic sets were generated at: generate
 # commits of this repository whose src changes are applied on top of PIN: fixes of the study's own machinery that
 # change no cell's result (the cells' resume of a recorded cell's interrupted recomputation; a recomputation keeps
 # the first run's results and notes whether it reproduced them)
-FIXES=${FIXES:-9730a58 7e6c147}
+FIXES=${FIXES:-9730a58 7e6c147 59dfae1}
 WT=${WT:-$(dirname "$RUNS")/wt-study}
 FERPLUS=${FERPLUS:-$main/../shared/data/ferplus}
 AU_MODEL=${AU_MODEL:-$main/../shared/data/mediapipe_face_landmarker/face_landmarker.task}
@@ -30,8 +30,14 @@ RUNS=$(cd "$RUNS" && pwd)
 if [ ! -d "$WT" ]; then
   git -C "$main" worktree prune
   git -C "$main" worktree add --detach "$WT" "$PIN"
-  for c in $FIXES; do git -C "$main" diff "$c^" "$c" -- src | git -C "$WT" apply; done
 fi
+applied="$(git -C "$WT" rev-parse --absolute-git-dir)/study-fixes"  # the fixes this worktree has, one per line
+touch "$applied"
+for c in $FIXES; do  # each fix once, in order; -C1: the pin's lines around a fix may differ from main's
+  grep -qx "$c" "$applied" && continue
+  git -C "$main" diff "$c^" "$c" -- src | git -C "$WT" apply -C1
+  echo "$c" >> "$applied"
+done
 [ "$(git -C "$WT" rev-parse --short=7 HEAD)" = "${PIN:0:7}" ] || { echo "$WT is not at $PIN" >&2; exit 1; }
 ln -sfn "$RUNS" "$WT/runs"
 

@@ -4,6 +4,7 @@ reuses every cell."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -139,11 +140,13 @@ def test_a_recorded_cell_is_recomputed_where_its_files_are_needed(tmp_path: Path
     calls: list[str] = []
     accuracy = {"train-x": [50.0, 50.0], "train-y": [50.0, 51.0]}  # y's step does not reproduce its result
 
-    def produce(name: str):
+    def produce(name: str) -> Callable[[Path], dict]:
         def run(d: Path) -> dict:
             calls.append(name)
             (d / "model").mkdir()
-            return {"model": str(d / "model"), "accuracy": accuracy[name][calls.count(name) - 1]}
+            # timings and paths into the cell's own folder differ between runs without the result differing
+            return {"model": str(d / "model"), "accuracy": accuracy[name][calls.count(name) - 1],
+                    "train_seconds": 10.0 * len(calls), "figures": {"loss": str(d / "model" / "loss.png")}}
         return run
 
     first = Cells(tmp_path / "a", tmp_path / "record")
@@ -157,12 +160,14 @@ def test_a_recorded_cell_is_recomputed_where_its_files_are_needed(tmp_path: Path
         again = other.run(n, {"data": [n]}, produce(n), files=True)
         assert again["accuracy"] == 50.0 and Path(again["model"]).is_dir() and again["model"].startswith(
             str(tmp_path / "b"))
+        assert again["train_seconds"] == out[n]["train_seconds"]  # the recorded cost stays the first run's
         cell = other.lookup(n, {"data": [n]})
         recorded = json.loads((tmp_path / "record" / f"{n}-{cell['key']}.json").read_text())
         assert cell["outputs"] == again and recorded["outputs"] == again
     assert calls == ["train-x", "train-y", "train-x", "train-y"]
     x, y = (other.lookup(n, {"data": [n]}) for n in accuracy)
     assert x["recomputed_same"] and "recomputed_outputs" not in x and "recomputed_seconds" in x
+    assert x["outputs"]["figures"]["loss"].startswith(str(tmp_path / "b"))  # agreeing values: the new run's paths
     assert not y["recomputed_same"] and y["recomputed_outputs"] == {"accuracy": 51.0}
 
 
@@ -233,6 +238,31 @@ def test_paired_bootstrap_interval_covers_the_difference() -> None:
         paired_bootstrap(a, b[:10])
 
 
+def test_compare_to_real_pairs_each_seed_with_real_only_at_that_seed() -> None:
+    from synfer.study.experiment import compare_to_real
+
+    labels = np.zeros(100, dtype=int)
+
+    def preds(correct: int) -> list[int]:
+        return [0] * correct + [1] * (100 - correct)  # right on the first `correct` faces
+
+    rows = {"real": {"seeds": [0, 1], "predictions": preds(80), "predictions_by_seed": [preds(80), preds(70)]},
+            "mixed": {"seeds": [0, 1], "predictions": preds(81), "predictions_by_seed": [preds(81), preds(76)]},
+            "other-seeds": {"seeds": [0, 2], "predictions": preds(75), "predictions_by_seed": [preds(75), preds(90)]},
+            "one-seed": {"seeds": [0], "predictions": preds(60)}}
+    compare_to_real(rows, labels)
+    mixed = rows["mixed"]
+    assert mixed["vs_real"]["difference"] == 1.0 and mixed["vs_real_seeds"]["seeds"] == [0, 1]
+    assert [b["difference"] for b in mixed["vs_real_seeds"]["by_seed"]] == [1.0, 6.0]  # seed 1 against real seed 1
+    mean = mixed["vs_real_seeds"]["mean"]
+    assert mean["difference"] == 3.5 and mean["ci95"][0] <= 3.5 <= mean["ci95"][1]
+    assert rows["one-seed"]["vs_real"]["difference"] == -20.0 and "vs_real_seeds" not in rows["one-seed"]
+    assert "vs_real_seeds" not in rows["other-seeds"] and "vs_real_seeds" not in rows["real"]
+    alone = {"syn": {"seeds": [0], "predictions": preds(50)}}
+    compare_to_real(alone, labels)  # no real row: nothing to compare with
+    assert "vs_real" not in alone["syn"]
+
+
 def test_report_says_which_targets_are_met() -> None:
     from synfer.study.report import markdown
 
@@ -282,7 +312,14 @@ def test_report_judges_the_mixed_row_on_the_seed_mean_and_each_ablation_step_pai
     assert "mean of seeds: +0.80 [-0.20, +1.80] (seed 0: +2.00 [+1.00, +3.00]; seed 1: -0.40" in text
     # aus is missing: aus+guidance is compared with text; every step with its paired interval
     assert "- text -> aus+guidance: classifier 50.00 -> 60.00 (+10.00 [" in text
-    step = text.split("- aus+guidance -> aus+guidance+voting: classifier 60.00 -> 58.00 (-2.00 [")[1].split("\n")[0]
+    voting = "- aus+guidance -> aus+guidance+voting: classifier 60.00 -> 58.00 (-2.00 ["
+    step = text.split(voting)[1].split("\n")[0]
     lo, hi = (float(x) for x in step.split("]")[0].split(", "))
     assert lo < -2.0 < hi <= 0 and step.endswith("-> missed")
     assert "text -> aus:" not in text and "aus-class-mean" not in text
+    # a step up whose interval includes 0 does not count (no judge to say otherwise); class-mean AUs against text
+    results["rows"].update({"ablation-aus-class-mean": row(51), "ablation-aus+guidance": row(61)})
+    results["rows"]["ablation-aus+guidance"]["predictions"] = [0] * 50 + [1] + [0] * 10 + [1] * 39
+    text = markdown(results)
+    assert "- text -> aus-class-mean: classifier 50.00 -> 51.00 (+1.00 [" in text
+    assert text.split("- text -> aus-class-mean:")[1].split("\n")[0].endswith("-> missed")

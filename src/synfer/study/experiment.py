@@ -317,8 +317,7 @@ def run_rows(study: Study, plan: list, wanted: list[str]) -> dict[str, Any]:
         if len(runs) > 1:
             out["rows"][row]["predictions_by_seed"] = [r["predictions"] for r in runs]
     labels = study.test_split().labels.numpy()
-    if "real" in out["rows"]:
-        compare_to_real(out["rows"], labels)
+    compare_to_real(out["rows"], labels)
     out["test_labels"] = [int(x) for x in labels]
     sets = {f"ablation-{v}": (v, cfg.ablation_scale) for v in ABLATIONS}
     sets.update({f"syn-{n:g}x": (FULL, n) for n in cfg.synthetic_scales})
@@ -352,10 +351,10 @@ def _missing(out: dict[str, Any], what: str, e: CellMissing) -> None:
 
 
 def compare_to_real(rows: dict[str, dict[str, Any]], labels: np.ndarray) -> None:
-    """Add each row's paired-bootstrap difference to ``real`` (in place): ``vs_real`` of the first seeds' models,
-    and for a row trained at two or more of real's seeds ``vs_real_seeds``: per matching seed, and of the mean over
-    them (each face's share of the seeds' models that get it right; the interval covers test-face sampling, while
-    the spread between seeds shows in ``by_seed``).
+    """Add each row's paired-bootstrap difference to ``real`` (in place; nothing without a ``real`` row):
+    ``vs_real`` of the first seeds' models, and for a row trained at two or more of real's seeds
+    ``vs_real_seeds``: per matching seed, and of the mean over them (each face's share of the seeds' models that
+    get it right; the interval covers test-face sampling, while the spread between seeds shows in ``by_seed``).
 
     ``labels``: (N,) the test faces' class indices; rows hold ``predictions`` (N,) of their first seed and, with
     several seeds, ``predictions_by_seed`` (S, N).
@@ -364,8 +363,10 @@ def compare_to_real(rows: dict[str, dict[str, Any]], labels: np.ndarray) -> None
 
     def by_seed(r: dict[str, Any]) -> dict[int, np.ndarray]:
         preds = r.get("predictions_by_seed") or [r["predictions"]]
-        return {s: np.asarray(p) == labels for s, p in zip(r["seeds"], preds, strict=False)}
+        return {s: np.asarray(p) == labels for s, p in zip(r["seeds"][:len(preds)], preds, strict=True)}
 
+    if "real" not in rows:
+        return
     real = by_seed(rows["real"])
     base = np.asarray(rows["real"]["predictions"]) == labels
     for name, r in rows.items():

@@ -15,8 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from .stats import paired_bootstrap
-
 #: The paper's figures next to which ours are shown (AffectNet / RAF-DB; SynFER §5; ours are on FER+).
 PAPER = {
     "real+synthetic": "POSTER++ 91.59 -> 91.95 (RAF-DB, +0.36), 67.49 -> 69.04 (AffectNet, +1.55)",
@@ -36,7 +34,8 @@ def _by_scale(rows: dict[str, Any], prefix: str) -> dict[float, float]:
     return {float(m.group(1)): _mean(r["accuracy"]) for k, r in rows.items() if (m := re.fullmatch(pattern, k))}
 
 
-#: Each generator ablation and the one it adds a step to (per-face and class-mean AU targets both add AUs to text).
+#: Each generator ablation and the one it adds a step to (per-face and class-mean AU targets both add AUs to
+#: text only).
 ABLATION_PARENT = {"aus": "text", "aus-class-mean": "text", "aus+guidance": "aus",
                    "aus+guidance+voting": "aus+guidance"}
 
@@ -47,6 +46,7 @@ def _fmt(v: dict[str, Any]) -> str:
 
 
 def _ci(name: str, r: dict[str, Any]) -> str:
+    """The rows table's cell: a row's difference to real only, per seed and on their mean where it has both."""
     if name == "real":
         return "reference"
     v, seeds = r.get("vs_real"), r.get("vs_real_seeds")
@@ -54,7 +54,7 @@ def _ci(name: str, r: dict[str, Any]) -> str:
         return "-"
     if not seeds:
         return _fmt(v)
-    per = "; ".join(f"seed {s}: {_fmt(b)}" for s, b in zip(seeds["seeds"], seeds["by_seed"], strict=False))
+    per = "; ".join(f"seed {s}: {_fmt(b)}" for s, b in zip(seeds["seeds"], seeds["by_seed"], strict=True))
     return f"mean of seeds: {_fmt(seeds['mean'])} ({per})"
 
 
@@ -65,7 +65,8 @@ def _rows_table(results: dict[str, Any]) -> list[str]:
         accs = ", ".join(f"{a:.2f}" for a in r["accuracy"])
         mean = f"{_mean(r['accuracy']):.2f}" + (f" (seeds {r['seeds']}: {accs})" if len(r["accuracy"]) > 1 else "")
         minutes = _mean(r.get("train_seconds", [])) / 60
-        lines.append(f"| {row} | {mean} | {_ci(row, r)} | {_mean(r['macro_f1']):.2f} | {_mean(r.get('val_accuracy', [])):.2f}"
+        lines.append(f"| {row} | {mean} | {_ci(row, r)} | {_mean(r['macro_f1']):.2f} | "
+                     f"{_mean(r.get('val_accuracy', [])):.2f}"
                      f" | {minutes:.0f} |")
     return lines
 
@@ -122,34 +123,39 @@ def _targets(results: dict[str, Any]) -> list[str]:
         out.append(f"- synthetic only at 1x >= 90% of real only: {s:.2f} / {real:.2f} = {100 * s / real:.1f}% -> "
                    f"{'met' if s >= 0.9 * real else 'missed'}")
     if real is not None and (mix := rows.get("real+syn-1x")) and mix.get("vs_real"):
-        # judged on the mean over real only's seeds where the mixed row has them: one seed pair differs by seed noise
+        # on the mean over real only's seeds where the mixed row has them: one pair of seeds carries seed noise
         seeds = mix.get("vs_real_seeds")
         v = seeds["mean"] if seeds else mix["vs_real"]
         ok = v["difference"] >= 1 and v["ci95"][0] > 0
         which = f"mean of seeds {seeds['seeds']}" if seeds else f"seed {mix['seeds'][0]}"
-        out.append(f"- real + synthetic 1x beats real only by >= 1 point, interval excluding 0 ({which}): {_fmt(v)} "
-                   f"-> {'met' if ok else 'missed'}")
+        out.append(f"- real + synthetic 1x beats real only by >= 1 point, interval excluding 0 ({which}): "
+                   f"{_fmt(v)} -> {'met' if ok else 'missed'}")
         if seeds:
-            out += [f"  - seed {s}: {_fmt(b)}" for s, b in zip(seeds["seeds"], seeds["by_seed"], strict=False)]
+            out += [f"  - seed {s}: {_fmt(b)}" for s, b in zip(seeds["seeds"], seeds["by_seed"], strict=True)]
         if (ctrl := rows.get("real-control")) and ctrl.get("vs_real"):
             out.append(f"- the control (real at the mixed row's steps): {_fmt(ctrl['vs_real'])} vs real")
     labels = np.asarray(results.get("test_labels", []))
     for b, a in ABLATION_PARENT.items():
-        while a in ABLATION_PARENT and f"ablation-{a}" not in rows:  # a missing step: compare with the one before
+        while a in ABLATION_PARENT and f"ablation-{a}" not in rows:  # a step not run: the one before it
             a = ABLATION_PARENT[a]
         ra, rb = f"ablation-{a}", f"ablation-{b}"
         if ra not in rows or rb not in rows:
             continue
         acc = (_mean(rows[ra]["accuracy"]), _mean(rows[rb]["accuracy"]))
         judge = tuple(quality.get(r, {}).get("expression_accuracy") for r in (ra, rb))
-        up = acc[1] > acc[0] or (None not in judge and judge[1] > judge[0])
+        raised = acc[1] > acc[0]
         diff = ""
         if len(labels) and all(rows[r].get("predictions") for r in (ra, rb)):
+            from .stats import paired_bootstrap
+
             step = paired_bootstrap(np.asarray(rows[rb]["predictions"]) == labels,
                                     np.asarray(rows[ra]["predictions"]) == labels)
+            raised = step["ci95"][0] > 0  # a gain counts where its interval excludes 0
             diff = f" ({_fmt(step)}, first seeds)"
+        up = raised or (None not in judge and judge[1] > judge[0])
         jtxt = "" if None in judge else f", judge {judge[0]:.1f} -> {judge[1]:.1f}"
-        out.append(f"- {a} -> {b}: classifier {acc[0]:.2f} -> {acc[1]:.2f}{diff}{jtxt} -> {'met' if up else 'missed'}")
+        out.append(f"- {a} -> {b}: classifier {acc[0]:.2f} -> {acc[1]:.2f}{diff}{jtxt} -> "
+                   f"{'met' if up else 'missed'}")
     return ["", "Targets (measured in this run):", "", *out] if out else []
 
 
@@ -166,9 +172,9 @@ def markdown(results: dict[str, Any]) -> str:
     lines = ["# SynFER study on FER+", "",
              f"{'Reduced scale (smoke mode).' if results['reduced'] else 'Full scale.'} Classifiers chosen on the "
              "real validation split, scored once on the real test split; intervals: paired bootstrap over the test "
-             "faces (10,000 resamples) of each row's first-seed model against real only's; a row trained at real only's "
-             "seeds against real only seed by seed, and on the mean over those seeds (each face's share of the "
-             "seeds' models that get it right).", *_setup(results), "",
+             "faces (10,000 resamples) of each row's first-seed model against real only's; a row trained at "
+             "real only's seeds against real only seed by seed, and on the mean over those seeds (each face's "
+             "share of the seeds' models that get it right).", *_setup(results), "",
              *_rows_table(results), *_per_class_table(results), *_quality_table(results.get("quality", {}))]
     if results.get("probes"):
         lines += ["", "Frozen backbones (supervised on real vs on synthetic faces), probed on real FER+ (linear: all "
