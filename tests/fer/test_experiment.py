@@ -307,7 +307,7 @@ def test_report_judges_the_mixed_row_on_the_seed_mean_and_each_ablation_step_pai
                "rows": {"real": row(80, [0, 1]), "real+syn-1x": mixed, "ablation-text": row(50),
                         "ablation-aus+guidance": row(60), "ablation-aus+guidance+voting": row(58)}}
     text = markdown(results)
-    assert "interval excluding 0 (mean of seeds [0, 1]): +0.80 [-0.20, +1.80] -> missed" in text
+    assert "(mean of seeds [0, 1]; the interval covers test faces, not seeds): +0.80 [-0.20, +1.80] -> missed" in text
     assert "  - seed 0: +2.00 [+1.00, +3.00]" in text and "  - seed 1: -0.40 [-1.40, +0.60]" in text
     assert "mean of seeds: +0.80 [-0.20, +1.80] (seed 0: +2.00 [+1.00, +3.00]; seed 1: -0.40" in text
     # aus is missing: aus+guidance is compared with text; every step with its paired interval
