@@ -368,10 +368,10 @@ def compare_to_real(rows: dict[str, dict[str, Any]], labels: np.ndarray) -> None
     if "real" not in rows:
         return
     real = by_seed(rows["real"])
-    base = np.asarray(rows["real"]["predictions"]) == labels
+    base = real[rows["real"]["seeds"][0]]
     for name, r in rows.items():
-        r["vs_real"] = paired_bootstrap(np.asarray(r["predictions"]) == labels, base)
         mine = by_seed(r)
+        r["vs_real"] = paired_bootstrap(mine[r["seeds"][0]], base)
         common = [s for s in mine if s in real]
         if name != "real" and len(common) > 1:
             mean = paired_bootstrap(np.mean([mine[s] for s in common], 0), np.mean([real[s] for s in common], 0))

@@ -54,8 +54,12 @@ def _ci(name: str, r: dict[str, Any]) -> str:
         return "-"
     if not seeds:
         return _fmt(v)
-    per = "; ".join(f"seed {s}: {_fmt(b)}" for s, b in zip(seeds["seeds"], seeds["by_seed"], strict=True))
-    return f"mean of seeds: {_fmt(seeds['mean'])} ({per})"
+    return f"mean of seeds: {_fmt(seeds['mean'])} ({'; '.join(_by_seed(seeds))})"
+
+
+def _by_seed(seeds: dict[str, Any]) -> list[str]:
+    """``seed S: difference [interval]`` for each seed of a row's ``vs_real_seeds``."""
+    return [f"seed {s}: {_fmt(b)}" for s, b in zip(seeds["seeds"], seeds["by_seed"], strict=True)]
 
 
 def _rows_table(results: dict[str, Any]) -> list[str]:
@@ -132,7 +136,7 @@ def _targets(results: dict[str, Any]) -> list[str]:
         out.append(f"- real + synthetic 1x beats real only by >= 1 point, interval excluding 0 ({which}): "
                    f"{_fmt(v)} -> {'met' if ok else 'missed'}")
         if seeds:
-            out += [f"  - seed {s}: {_fmt(b)}" for s, b in zip(seeds["seeds"], seeds["by_seed"], strict=True)]
+            out += [f"  - {line}" for line in _by_seed(seeds)]
         if (ctrl := rows.get("real-control")) and ctrl.get("vs_real"):
             out.append(f"- the control (real at the mixed row's steps): {_fmt(ctrl['vs_real'])} vs real")
     labels = np.asarray(results.get("test_labels", []))
