@@ -258,6 +258,13 @@ def test_compare_to_real_pairs_each_seed_with_real_only_at_that_seed() -> None:
     assert mean["difference"] == 3.5 and mean["ci95"][0] <= 3.5 <= mean["ci95"][1]
     assert rows["one-seed"]["vs_real"]["difference"] == -20.0 and "vs_real_seeds" not in rows["one-seed"]
     assert "vs_real_seeds" not in rows["other-seeds"] and "vs_real_seeds" not in rows["real"]
+    assert "vs_control" not in mixed  # no control row
+    rows["real-control"] = {"seeds": [0], "predictions": preds(78)}
+    rows["real+syn-1x"] = {"seeds": [1, 0], "predictions": preds(84), "predictions_by_seed": [preds(84), preds(83)]}
+    compare_to_real(rows, labels)
+    assert rows["real+syn-1x"]["vs_control"]["seed"] == 0
+    assert rows["real+syn-1x"]["vs_control"]["difference"] == 5.0  # its seed-0 model, not its first
+    assert "vs_control" not in rows["mixed"] and "vs_control" not in rows["real-control"]
     alone = {"syn": {"seeds": [0], "predictions": preds(50)}}
     compare_to_real(alone, labels)  # no real row: nothing to compare with
     assert "vs_real" not in alone["syn"]
@@ -282,6 +289,11 @@ def test_report_says_which_targets_are_met() -> None:
     assert "74.00 / 80.00 = 92.5% -> met" in text and "+1.50 [+0.40, +2.60] -> met" in text
     assert "text -> aus: classifier 60.00 -> 61.00, judge 20.0 -> 30.0 -> met" in text
     assert "the control (real at the mixed row's steps): +0.20 [-0.50, +0.90] vs real" in text
+    results["rows"]["real+syn-1x"]["vs_control"] = {"seed": 0, "difference": 1.3, "ci95": [0.2, 2.4]}
+    assert "vs the control at seed 0: +1.30 [+0.20, +2.40] -> the gain is more than the extra steps" in \
+        markdown(results)
+    results["rows"]["real+syn-1x"]["vs_control"]["ci95"] = [-0.1, 2.4]
+    assert "-> the gain is not shown to be more than the extra steps" in markdown(results)
     results["rows"]["real+syn-1x"] = row(81.5, 1.5, -0.1, 3.1)  # the interval includes 0: missed
     assert "+1.50 [-0.10, +3.10] -> missed" in markdown(results)
     assert "| real | 80.00 | reference |" in markdown(results)

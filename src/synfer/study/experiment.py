@@ -357,7 +357,8 @@ def compare_to_real(rows: dict[str, dict[str, Any]], labels: np.ndarray) -> None
     get it right; the interval covers test-face sampling, while the spread between seeds shows in ``by_seed``).
 
     ``labels``: (N,) the test faces' class indices; rows hold ``predictions`` (N,) of their first seed and, with
-    several seeds, ``predictions_by_seed`` (S, N).
+    several seeds, ``predictions_by_seed`` (S, N). With a ``real-control`` row, each ``real+syn-*`` row also gets
+    ``vs_control``: its difference to the control at the control's seed.
     """
     from .stats import paired_bootstrap
 
@@ -377,6 +378,12 @@ def compare_to_real(rows: dict[str, dict[str, Any]], labels: np.ndarray) -> None
             mean = paired_bootstrap(np.mean([mine[s] for s in common], 0), np.mean([real[s] for s in common], 0))
             r["vs_real_seeds"] = {"seeds": common, "mean": mean,
                                   "by_seed": [paired_bootstrap(mine[s], real[s]) for s in common]}
+    if "real-control" in rows:  # the mixed rows against real at their steps, at the control's seed
+        ctrl = rows["real-control"]
+        seed, right = ctrl["seeds"][0], by_seed(ctrl)[ctrl["seeds"][0]]
+        for name, r in rows.items():
+            if name.startswith("real+syn") and seed in (mine := by_seed(r)):
+                r["vs_control"] = {"seed": seed, **paired_bootstrap(mine[seed], right)}
 
 
 def _probe(model: str, data: str, out: Path) -> dict[str, Any]:

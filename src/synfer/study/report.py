@@ -138,7 +138,11 @@ def _targets(results: dict[str, Any]) -> list[str]:
         if seeds:
             out += [f"  - {line}" for line in _by_seed(seeds)]
         if (ctrl := rows.get("real-control")) and ctrl.get("vs_real"):
-            out.append(f"- the control (real at the mixed row's steps): {_fmt(ctrl['vs_real'])} vs real")
+            out.append(f"- the control (real at the mixed row's steps): {_fmt(ctrl['vs_real'])} vs real "
+                       f"(seed {ctrl['seeds'][0]})")
+            if c := mix.get("vs_control"):
+                out.append(f"  - real + synthetic 1x vs the control at seed {c['seed']}: {_fmt(c)} -> the gain "
+                           f"{'is' if c['ci95'][0] > 0 else 'is not shown to be'} more than the extra steps")
     labels = np.asarray(results.get("test_labels", []))
     for b, a in ABLATION_PARENT.items():
         while a in ABLATION_PARENT and f"ablation-{a}" not in rows:  # a step not run: the one before it
