@@ -287,7 +287,8 @@ def test_report_says_which_targets_are_met() -> None:
                "quality": {"ablation-text": {**q, "expression_accuracy": 20.0}, "ablation-aus": q}}
     text = markdown(results)
     assert "74.00 / 80.00 = 92.5% -> met" in text and "+1.50 [+0.40, +2.60] -> met" in text
-    assert "text -> aus: classifier 60.00 -> 61.00, judge 20.0 -> 30.0 -> met" in text
+    # no test predictions: the classifier's step is read as stated; the judge's with its interval over the faces
+    assert "text -> aus: classifier 60.00 -> 61.00, judge 20.0 -> 30.0 (+10.00 [-27.70, +47.70]) -> met" in text
     assert "the control (real at the mixed row's steps): +0.20 [-0.50, +0.90] vs real" in text
     results["rows"]["real+syn-1x"]["vs_control"] = {"seed": 0, "difference": 1.3, "ci95": [0.2, 2.4]}
     assert "vs the control at seed 0: +1.30 [+0.20, +2.40] -> the gain is more than the extra steps" in \
@@ -297,6 +298,22 @@ def test_report_says_which_targets_are_met() -> None:
     results["rows"]["real+syn-1x"] = row(81.5, 1.5, -0.1, 3.1)  # the interval includes 0: missed
     assert "+1.50 [-0.10, +3.10] -> missed" in markdown(results)
     assert "| real | 80.00 | reference |" in markdown(results)
+    # the classifier falls; the judge's small rise on few faces is within its interval: missed; on many, met
+    results["rows"]["ablation-aus"] = row(59.0, -21, -22, -20)
+    assert "judge 20.0 -> 30.0 (+10.00 [-27.70, +47.70]) -> missed" in markdown(results)
+    results["quality"] = {r: {**v, "faces": 27947} for r, v in results["quality"].items()}
+    assert "judge 20.0 -> 30.0 (+10.00 [+9.29, +10.71]) -> met" in markdown(results)
+
+
+def test_unpaired_difference_interval() -> None:
+    from synfer.study.stats import unpaired_difference
+
+    r = unpaired_difference(78.49, 27947, 78.39, 27947)  # the study's text -> per-face AUs judge step
+    assert r["difference"] == 0.1 and r["ci95"][0] < 0 < r["ci95"][1]
+    assert r["ci95"][1] - r["ci95"][0] == pytest.approx(2 * 1.96 * np.sqrt(2 * 0.784 * 0.216 / 27947) * 100, abs=0.02)
+    assert unpaired_difference(96.69, 27947, 78.39, 27947)["ci95"][0] > 17
+    with pytest.raises(ValueError, match="accuracies in"):
+        unpaired_difference(120.0, 10, 50.0, 10)
 
 
 def test_report_judges_the_mixed_row_on_the_seed_mean_and_each_ablation_step_paired() -> None:

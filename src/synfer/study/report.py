@@ -161,11 +161,22 @@ def _targets(results: dict[str, Any]) -> list[str]:
                                     np.asarray(rows[ra]["predictions"]) == labels)
             raised = step["ci95"][0] > 0  # a gain counts where its interval excludes 0
             diff = f" ({_fmt(step)}, first seeds)"
-        up = raised or (None not in judge and judge[1] > judge[0])
-        jtxt = "" if None in judge else f", judge {judge[0]:.1f} -> {judge[1]:.1f}"
+        jtxt, judged_up = "", False
+        if None not in judge:
+            jtxt = f", judge {judge[0]:.1f} -> {judge[1]:.1f}"
+            faces = [quality[r].get("faces") for r in (ra, rb)]
+            if None not in faces:
+                from .stats import unpaired_difference
+
+                jstep = unpaired_difference(judge[1], faces[1], judge[0], faces[0])
+                judged_up = jstep["ci95"][0] > 0  # a gain counts where its interval excludes 0
+                jtxt += f" ({_fmt(jstep)})"
+        up = raised or judged_up
         out.append(f"- {a} -> {b}: classifier {acc[0]:.2f} -> {acc[1]:.2f}{diff}{jtxt} -> "
                    f"{'met' if up else 'missed'}")
-    return ["", "Targets (measured in this run):", "", *out] if out else []
+    return ["", "Targets (measured in this run; an ablation step counts where the classifiers' paired interval over "
+            "test faces, or the judge's interval over the two sets' faces (normal, unpaired), excludes 0):", "",
+            *out] if out else []
 
 
 def _setup(results: dict[str, Any]) -> list[str]:
