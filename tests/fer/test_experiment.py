@@ -287,6 +287,9 @@ def test_report_says_which_targets_are_met() -> None:
                "quality": {"ablation-text": {**q, "expression_accuracy": 20.0}, "ablation-aus": q}}
     text = markdown(results)
     assert "74.00 / 80.00 = 92.5% -> met" in text and "+1.50 [+0.40, +2.60] -> met" in text
+    assert "at 2x" not in text
+    results["rows"]["syn-2x"] = row(76.0, -4, -5, -3)
+    assert "  - at 2x: 76.00 / 80.00 = 95.0%" in markdown(results)
     # no test predictions: the classifier's step is read as stated; the judge's with its interval over the faces
     assert "text -> aus: classifier 60.00 -> 61.00, judge 20.0 -> 30.0 (+10.00 [-27.70, +47.70]) -> met" in text
     assert "the control (real at the mixed row's steps): +0.20 [-0.50, +0.90] vs real" in text

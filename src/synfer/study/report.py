@@ -126,6 +126,8 @@ def _targets(results: dict[str, Any]) -> list[str]:
         s = _mean(syn["accuracy"])
         out.append(f"- synthetic only at 1x >= 90% of real only: {s:.2f} / {real:.2f} = {100 * s / real:.1f}% -> "
                    f"{'met' if s >= 0.9 * real else 'missed'}")
+        out += [f"  - at {n:g}x: {a:.2f} / {real:.2f} = {100 * a / real:.1f}%"
+                for n, a in sorted(_by_scale(rows, "syn-").items()) if n != 1]
     if real is not None and (mix := rows.get("real+syn-1x")) and mix.get("vs_real"):
         # on the mean over real only's seeds where the mixed row has them: one pair of seeds carries seed noise
         seeds = mix.get("vs_real_seeds")
