@@ -56,13 +56,14 @@ def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, resamples: in
             "resamples": resamples, "faces": len(diff)}
 
 
-def unpaired_difference(acc_a: float, faces_a: int, acc_b: float, faces_b: int) -> dict[str, float]:
+def unpaired_difference(acc_a: float, faces_a: int, acc_b: float, faces_b: int) -> dict[str, Any]:
     """Accuracy difference a - b (points) of one judge on two *different* sets of faces, with a normal 95% interval.
 
     ``acc_a``, ``acc_b``: accuracies in percent over ``faces_a`` and ``faces_b`` faces. Two generated sets share no
-    faces, so no paired bootstrap applies; the interval is ``d +- 1.96 sqrt(p_a (1 - p_a) / n_a + p_b (1 - p_b) /
-    n_b)``. Where both sets hold the same number of faces per class (the study's sets do), this overstates the
-    spread, since it ignores that the class shares are fixed: a gain whose interval excludes 0 is a real one.
+    faces (or, as a set and its relabelled copy, share them without per-face judgements kept), so no paired bootstrap
+    applies; the interval is ``d +- 1.96 sqrt(p_a (1 - p_a) / n_a + p_b (1 - p_b) / n_b)``. Fixed per-class counts
+    (the study's sets have them) and shared faces both make the true spread smaller: a gain whose interval excludes
+    0 is a real one.
     """
     if faces_a < 1 or faces_b < 1 or not (0 <= acc_a <= 100 and 0 <= acc_b <= 100):
         raise ValueError(f"unpaired_difference needs accuracies in [0, 100] over >= 1 face each; got {acc_a} over "
